@@ -1,0 +1,221 @@
+"""The `bptrain` command: run the server, submit and follow jobs, fetch weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import click
+from google.protobuf import json_format
+from rich.console import Console
+from rich.table import Table
+
+from bptrain.client import DEFAULT_SERVER, BptrainError, Client
+from bptrain.specfile import SpecFileError, load_spec_file
+from bptrain.v1 import training_pb2 as pb
+
+server_option = click.option(
+    "--server",
+    envvar="BPTRAIN_SERVER",
+    default=DEFAULT_SERVER,
+    show_default=True,
+    help="host:port of the bptrain API ($BPTRAIN_SERVER).",
+)
+output_option = click.option(
+    "--output", "-O", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _job_dict(job: pb.Job) -> dict:
+    return json_format.MessageToDict(job, preserving_proto_field_name=True)
+
+
+def _print_jobs(jobs: Iterable[pb.Job], output: str) -> None:
+    jobs = list(jobs)
+    if output == "json":
+        click.echo(json.dumps([_job_dict(j) for j in jobs], indent=2))
+        return
+    table = Table("JOB ID", "NAME", "STATE", "STEP", "LOSS", "VAL ACC", "REASON")
+    for job in jobs:
+        latest = job.latest if job.HasField("latest") else None
+        table.add_row(
+            job.job_id,
+            job.name,
+            pb.JobState.Name(job.state),
+            f"{job.step}/{job.total_steps}" if job.total_steps else str(job.step),
+            f"{latest.loss:.4f}" if latest else "",
+            f"{latest.validation_accuracy:.4f}"
+            if latest and latest.HasField("validation_accuracy")
+            else "",
+            job.reason,
+        )
+    Console().print(table)
+
+
+@click.group()
+@click.option("--log-level", default="WARNING", show_default=True, help="Python log level.")
+def main(log_level: str) -> None:
+    """bptrain: distributed neural-network training over gRPC."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=50051, show_default=True, type=int, help="0 picks a free port.")
+@click.option("--storage", default=".bptrain", show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--ray-address", default=None, help="Ray cluster HOST:PORT; none starts an embedded Ray."
+)
+@click.option("--num-cpus", default=None, type=int, help="CPUs of the embedded Ray (default: all).")
+@click.option("--worker-cpus", default=1.0, show_default=True, type=float, help="CPUs per worker.")
+@click.option(
+    "--port-file", default=None, type=click.Path(path_type=Path), help="Write the bound port here."
+)
+def serve(
+    host: str,
+    port: int,
+    storage: Path,
+    ray_address: str | None,
+    num_cpus: int | None,
+    worker_cpus: float,
+    port_file: Path | None,
+) -> None:
+    """Run the API server (and an embedded Ray unless --ray-address is given)."""
+    from services.api.server import ServerConfig
+    from services.cluster import RayConfig
+    from services.errors import UnavailableError
+    from services.jobs.manager import JobsConfig
+    from services.serve import serve as run_server
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        configs = (
+            ServerConfig(host=host, port=port),
+            JobsConfig(storage=storage, worker_cpus=worker_cpus),
+            RayConfig(address=ray_address, num_cpus=num_cpus),
+        )
+        run_server(*configs, port_file=port_file)
+    except (ValueError, OSError, UnavailableError) as error:
+        _fail(str(error))
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(path_type=Path))
+@server_option
+@click.option(
+    "--follow/--no-wait", default=True, show_default=True, help="Follow until the job ends."
+)
+@output_option
+def submit(spec_file: Path, server: str, follow: bool, output: str) -> None:
+    """Submit the job in SPEC_FILE (YAML or JSON). With --follow, exit 0 only if it SUCCEEDED."""
+    from bptrain.progress import follow as follow_job
+
+    try:
+        spec = load_spec_file(spec_file)
+        with Client(server) as client:
+            job = client.submit(spec)
+            click.echo(f"submitted {job.job_id}", err=True)
+            if not follow:
+                _print_jobs([job], output)
+                return
+            final = follow_job(client, job.job_id)
+    except (SpecFileError, BptrainError) as error:
+        _fail(str(error))
+    _print_jobs([final], output)
+    sys.exit(0 if final.state == pb.SUCCEEDED else 1)
+
+
+@main.command()
+@click.argument("job_id")
+@server_option
+@output_option
+def watch(job_id: str, server: str, output: str) -> None:
+    """Follow a job's metrics until it ends; exit 0 only if it SUCCEEDED."""
+    from bptrain.progress import follow as follow_job
+
+    try:
+        with Client(server) as client:
+            final = follow_job(client, job_id)
+    except BptrainError as error:
+        _fail(str(error))
+    _print_jobs([final], output)
+    sys.exit(0 if final.state == pb.SUCCEEDED else 1)
+
+
+@main.command()
+@server_option
+@click.option(
+    "--state",
+    type=click.Choice(
+        [name for name, _ in pb.JobState.items() if name != "JOB_STATE_UNSPECIFIED"],
+        case_sensitive=False,
+    ),
+)
+@output_option
+def jobs(server: str, state: str | None, output: str) -> None:
+    """List jobs, newest first."""
+    try:
+        with Client(server) as client:
+            _print_jobs(client.list(state=state), output)
+    except BptrainError as error:
+        _fail(str(error))
+
+
+@main.command()
+@click.argument("job_id")
+@server_option
+@output_option
+def status(job_id: str, server: str, output: str) -> None:
+    """Show one job."""
+    try:
+        with Client(server) as client:
+            job = client.get(job_id)
+    except BptrainError as error:
+        _fail(str(error))
+    if output == "json":
+        click.echo(json.dumps(_job_dict(job), indent=2))
+    else:
+        _print_jobs([job], output)
+
+
+@main.command()
+@click.argument("job_id")
+@server_option
+@output_option
+def cancel(job_id: str, server: str, output: str) -> None:
+    """Cancel a queued or running job."""
+    try:
+        with Client(server) as client:
+            _print_jobs([client.cancel(job_id)], output)
+    except BptrainError as error:
+        _fail(str(error))
+
+
+@main.command()
+@click.argument("job_id")
+@server_option
+@click.option(
+    "-o", "--out", "path", default="model.npz", show_default=True, type=click.Path(path_type=Path)
+)
+def weights(job_id: str, server: str, path: Path) -> None:
+    """Download a finished job's weights (.npz, sha256-checked)."""
+    try:
+        with Client(server) as client:
+            digest = client.download_weights(job_id, path)
+    except (BptrainError, OSError) as error:
+        _fail(str(error))
+    click.echo(f"wrote {path} (sha256 {digest})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""`bptrain.Client`: the Python SDK for a bptrain server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bptrain.specfile import load_spec_file, spec_from_dict
+from bptrain.v1 import training_pb2 as pb
+from bptrain.v1 import training_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "localhost:50051"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+RECONNECT_ATTEMPTS = 5
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+TERMINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+
+
+class BptrainError(Exception):
+    """A call the server refused or could not answer; `code` is the gRPC status name."""
+
+    def __init__(self, code: str, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code}: {details}")
+
+
+def _raise_from(error: grpc.RpcError) -> BptrainError:
+    return BptrainError(error.code().name, error.details() or "")
+
+
+def _call(method: Callable, request: Any, **kwargs: Any) -> Any:
+    try:
+        return method(request, **kwargs)
+    except grpc.RpcError as error:
+        raise _raise_from(error) from None
+
+
+class Client:
+    """Talks to one bptrain server (`target` "host:port"; default $BPTRAIN_SERVER)."""
+
+    def __init__(self, target: str | None = None, *, timeout_s: float = 30.0) -> None:
+        self.target = target or os.environ.get("BPTRAIN_SERVER") or DEFAULT_SERVER
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = training_pb2_grpc.TrainingServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_until_serving(self, timeout_s: float = 60.0) -> None:
+        """Block until the server's health check answers SERVING."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                answer = self._health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise BptrainError("UNAVAILABLE", f"no bptrain server at {self.target}")
+            time.sleep(0.2)
+
+    def submit(self, spec: pb.JobSpec | dict | str | Path) -> pb.Job:
+        """Submit a spec: a JobSpec message, a mapping, or a path to a YAML/JSON file."""
+        if isinstance(spec, (str, Path)):
+            spec = load_spec_file(spec)
+        elif isinstance(spec, dict):
+            spec = spec_from_dict(spec)
+        request = pb.SubmitJobRequest(spec=spec)
+        return _call(self._stub.SubmitJob, request, timeout=self.timeout_s)
+
+    def get(self, job_id: str) -> pb.Job:
+        return _call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
+
+    def list(self, *, state: str | None = None, page_size: int = 50) -> Iterator[pb.Job]:
+        """Every job, newest first (fetched page by page); `state` e.g. "RUNNING"."""
+        state_value = pb.JobState.Value(state.upper()) if state else pb.JOB_STATE_UNSPECIFIED
+        token = ""
+        while True:
+            request = pb.ListJobsRequest(page_size=page_size, page_token=token, state=state_value)
+            page = _call(self._stub.ListJobs, request, timeout=self.timeout_s)
+            yield from page.jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel(self, job_id: str) -> pb.Job:
+        request = pb.CancelJobRequest(job_id=job_id)
+        return _call(self._stub.CancelJob, request, timeout=self.timeout_s)
+
+    def events(self, job_id: str, after_step: int = 0) -> Iterator[pb.StreamMetricsResponse]:
+        """Metric points with step > after_step, then the final job; reconnects on a drop."""
+        cursor, attempts = after_step, 0
+        while True:
+            request = pb.StreamMetricsRequest(job_id=job_id, after_step=cursor)
+            try:
+                for event in self._stub.StreamMetrics(request):
+                    attempts = 0
+                    if event.HasField("point"):
+                        cursor = event.point.step
+                    yield event
+                    if event.HasField("final"):
+                        return
+                raise BptrainError("UNAVAILABLE", "the metrics stream ended early")
+            except grpc.RpcError as error:
+                if error.code() not in _RETRYABLE or attempts >= RECONNECT_ATTEMPTS:
+                    raise _raise_from(error) from None
+                attempts += 1
+                log.info(
+                    "metrics stream dropped (%s); resuming after step %d", error.code().name, cursor
+                )
+                time.sleep(min(0.2 * 2**attempts, 5.0))
+
+    def metrics(self, job_id: str, after_step: int = 0) -> Iterator[pb.MetricPoint]:
+        """Only the metric points of `events`."""
+        for event in self.events(job_id, after_step):
+            if event.HasField("point"):
+                yield event.point
+
+    def wait(
+        self, job_id: str, *, on_point: Callable[[pb.MetricPoint], None] | None = None
+    ) -> pb.Job:
+        """Follow a job to its end, calling `on_point` for each metric point; returns the job."""
+        for event in self.events(job_id):
+            if event.HasField("point") and on_point is not None:
+                on_point(event.point)
+            if event.HasField("final"):
+                return event.final
+        raise AssertionError("unreachable: events() ends with the final job")
+
+    def download_weights(self, job_id: str, path: str | Path) -> str:
+        """Write the job's weights (.npz) to `path` after checking their sha256; returns it."""
+        data = self._weights_bytes(job_id)
+        path = Path(path)
+        temporary = path.with_name(path.name + ".part")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+        return hashlib.sha256(data).hexdigest()
+
+    def weights(self, job_id: str) -> dict[str, np.ndarray]:
+        """The job's weights: {"W1": (in, out), "b1": (out,), ...} plus "architecture" (JSON)."""
+        with np.load(io.BytesIO(self._weights_bytes(job_id)), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+
+    def _weights_bytes(self, job_id: str) -> bytes:
+        request = pb.GetWeightsRequest(job_id=job_id, format=pb.NPZ)
+        digest, parts = hashlib.sha256(), []
+        try:
+            for chunk in self._stub.GetWeights(request, timeout=max(self.timeout_s, 300.0)):
+                if chunk.HasField("data"):
+                    digest.update(chunk.data)
+                    parts.append(chunk.data)
+                elif chunk.trailer.sha256 != digest.hexdigest():
+                    raise BptrainError("DATA_LOSS", "weights arrived corrupted (sha256 differs)")
+                else:
+                    return b"".join(parts)
+        except grpc.RpcError as error:
+            raise _raise_from(error) from None
+        raise BptrainError("DATA_LOSS", "the weights stream ended without its sha256")

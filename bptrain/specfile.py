@@ -1,0 +1,44 @@
+"""Reading a JobSpec from a YAML or JSON file; unknown fields are errors, not silently dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from bptrain.v1 import training_pb2 as pb
+
+
+class SpecFileError(ValueError):
+    """The file cannot be read as a JobSpec; the message says where and why."""
+
+
+def spec_from_dict(data: dict[str, Any], *, source: str = "spec") -> pb.JobSpec:
+    """Map a plain mapping (snake_case or lowerCamel keys) onto a JobSpec message."""
+    if not isinstance(data, dict):
+        raise SpecFileError(
+            f"{source}: expected a mapping of JobSpec fields, got {type(data).__name__}"
+        )
+    try:
+        return json_format.ParseDict(data, pb.JobSpec())
+    except json_format.ParseError as error:
+        raise SpecFileError(f"{source}: {error}") from None
+
+
+def load_spec_file(path: str | Path) -> pb.JobSpec:
+    """Read a .yaml/.yml or .json file into a JobSpec message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecFileError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SpecFileError(
+            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"
+        ) from None
+    return spec_from_dict(data, source=str(path))

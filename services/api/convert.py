@@ -1,0 +1,140 @@
+"""Protobuf ↔ domain objects. The only module besides the servicer that sees bptrain.v1 types."""
+
+from __future__ import annotations
+
+from bptrain.v1 import training_pb2 as pb
+from services.datasets import DatasetOptions
+from services.errors import InvalidSpecError
+from services.jobs.records import JobRecord, JobState, MetricPoint
+from services.jobs.spec import DatasetSpec, JobSpec, LayerSpec, nested
+from services.paramserver.optimizers import OptimizerConfig
+
+
+def _set_fields(message, names: tuple[str, ...]) -> dict:
+    """The proto3 `optional` fields the client set, by name (unset ones take defaults)."""
+    return {name: getattr(message, name) for name in names if message.HasField(name)}
+
+
+def spec_from_proto(message: pb.JobSpec) -> JobSpec:
+    """Validate a JobSpec message into the domain spec (InvalidSpecError names the field)."""
+    layers = tuple(
+        nested(f"layers[{i}]", LayerSpec, units=layer.units, activation=layer.activation)
+        for i, layer in enumerate(message.layers)
+    )
+    optimizer_fields = _set_fields(
+        message.optimizer,
+        ("learning_rate", "momentum", "beta1", "beta2", "epsilon", "weight_decay"),
+    )
+    optimizer = nested(
+        "optimizer", OptimizerConfig, kind=message.optimizer.kind or "sgd", **optimizer_fields
+    )
+    dataset_message = message.dataset
+    options = nested(
+        "dataset",
+        DatasetOptions,
+        seed=message.seed if message.HasField("seed") and message.seed >= 0 else 0,
+        **_set_fields(dataset_message, ("samples", "features", "classes", "noise")),
+    )
+    dataset = nested(
+        "dataset",
+        DatasetSpec,
+        name=dataset_message.name,
+        options=options,
+        **_set_fields(dataset_message, ("validation_fraction",)),
+    )
+    top = _set_fields(message, ("batch_size", "epochs", "steps", "workers", "seed", "eval_every"))
+    return JobSpec(
+        name=message.name or "job",
+        layers=layers,
+        loss=message.loss or "softmax_cross_entropy",
+        optimizer=optimizer,
+        dataset=dataset,
+        consistency=message.consistency or "bsp",
+        **top,
+    )
+
+
+def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
+    """The spec with every default filled in."""
+    optimizer = spec.optimizer
+    options = spec.dataset.options
+    message = pb.JobSpec(
+        name=spec.name,
+        layers=[
+            pb.LayerSpec(units=layer.units, activation=layer.activation) for layer in spec.layers
+        ],
+        loss=spec.loss,
+        optimizer=pb.OptimizerSpec(
+            kind=optimizer.kind,
+            learning_rate=optimizer.learning_rate,
+            momentum=optimizer.momentum,
+            beta1=optimizer.beta1,
+            beta2=optimizer.beta2,
+            epsilon=optimizer.epsilon,
+            weight_decay=optimizer.weight_decay,
+        ),
+        batch_size=spec.batch_size,
+        epochs=spec.epochs,
+        dataset=pb.DatasetSpec(
+            name=spec.dataset.name,
+            validation_fraction=spec.dataset.validation_fraction,
+            samples=options.samples,
+            features=options.features,
+            classes=options.classes,
+            noise=options.noise,
+        ),
+        workers=spec.workers,
+        consistency=spec.consistency,
+        seed=spec.seed,
+    )
+    if spec.steps is not None:
+        message.steps = spec.steps
+    if spec.eval_every is not None:
+        message.eval_every = spec.eval_every
+    return message
+
+
+def point_to_proto(point: MetricPoint) -> pb.MetricPoint:
+    message = pb.MetricPoint(
+        step=point.step,
+        epoch=point.epoch,
+        loss=point.loss,
+        samples_per_second=point.samples_per_second,
+        learning_rate=point.learning_rate,
+        elapsed_seconds=point.elapsed_seconds,
+        gradient_norms=point.gradient_norms,
+    )
+    if point.validation_loss is not None:
+        message.validation_loss = point.validation_loss
+    if point.validation_accuracy is not None:
+        message.validation_accuracy = point.validation_accuracy
+    return message
+
+
+def job_to_proto(record: JobRecord) -> pb.Job:
+    message = pb.Job(
+        job_id=record.job_id,
+        name=record.spec.name,
+        state=pb.JobState.Value(record.state.value),
+        reason=record.reason,
+        spec=spec_to_proto(record.spec),
+        step=record.step,
+        total_steps=record.total_steps,
+    )
+    message.created_at.FromNanoseconds(int(record.created_at * 1e9))
+    if record.started_at is not None:
+        message.started_at.FromNanoseconds(int(record.started_at * 1e9))
+    if record.finished_at is not None:
+        message.finished_at.FromNanoseconds(int(record.finished_at * 1e9))
+    if record.latest is not None:
+        message.latest.CopyFrom(point_to_proto(record.latest))
+    return message
+
+
+def state_from_proto(state: int) -> JobState | None:
+    """The ListJobs filter; JOB_STATE_UNSPECIFIED means every state."""
+    if state == pb.JOB_STATE_UNSPECIFIED:
+        return None
+    if state not in pb.JobState.values():
+        raise InvalidSpecError("state", f"must be a JobState value, got {state}")
+    return JobState(pb.JobState.Name(state))

@@ -1,0 +1,47 @@
+"""Domain errors: what went wrong, in the service's own words.
+
+Each maps to one gRPC status code in `services.api.errors` (the one place
+that knows about gRPC). Domain code raises these; it never sees protobuf.
+"""
+
+from __future__ import annotations
+
+
+class BptrainError(Exception):
+    """Base of every error a client may be told about."""
+
+
+class InvalidSpecError(BptrainError, ValueError):
+    """A field of a request is invalid; the message names the field.
+
+    `field` is a dotted path such as ``optimizer.learning_rate``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field} {problem}")
+
+    def under(self, parent: str) -> InvalidSpecError:
+        """The same error, with its field nested under `parent` (``parent.field``)."""
+        return InvalidSpecError(f"{parent}.{self.field}", self.problem)
+
+
+class NotFoundError(BptrainError, LookupError):
+    """An unknown job or dataset."""
+
+
+class FailedPreconditionError(BptrainError):
+    """The request is valid but the resource is not in a state that allows it."""
+
+
+class OutOfRangeError(BptrainError):
+    """A cursor points past what is stored."""
+
+
+class ResourceExhaustedError(BptrainError):
+    """A queue, quota or size limit was reached."""
+
+
+class UnavailableError(BptrainError):
+    """A backend the request needs (Ray) cannot be reached."""

@@ -1,0 +1,149 @@
+"""RunnerMonitor: the API process's side of one running job.
+
+It starts the job's runner actor, copies the runner's metric points into the store
+as they come, records state changes, writes the weights when the job succeeds and
+removes the runner when the job ends. It is the one writer of a job's state after
+submission; cancellation goes through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from services.jobs.records import JobState
+from services.jobs.runner import JobRunner, RunnerUpdate
+from services.jobs.spec import JobSpec
+from services.jobs.store import JobStore
+from services.jobs.weights import write_weights
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_S = 0.5
+RPC_TIMEOUT_S = 60.0
+CANCEL_TIMEOUT_S = 5.0
+
+
+class RunnerMonitor:
+    """Follows one job's runner from creation to a terminal state, in its own thread."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        spec: JobSpec,
+        store: JobStore,
+        weights_path: Path,
+        worker_cpus: float,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self.store = store
+        self.weights_path = weights_path
+        self.worker_cpus = worker_cpus
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._runner: ray.actor.ActorHandle | None = None
+        self._is_cancel_requested = False
+        self._is_stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"monitor-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def cancel(self) -> None:
+        """Stops the job; returns once it is recorded as ended (CANCELLED unless it ended first)."""
+        with self._lock:
+            self._is_cancel_requested = True
+            runner = self._runner
+        if runner is not None:
+            try:
+                ray.get(runner.cancel.remote(), timeout=CANCEL_TIMEOUT_S)
+            except (GetTimeoutError, RayActorError):
+                ray.kill(runner, no_restart=True)
+        self._thread.join(timeout=CANCEL_TIMEOUT_S + RPC_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """Stops following (the server is shutting down); the job itself is not touched."""
+        self._is_stopping = True
+        self._thread.join(timeout=2 * POLL_TIMEOUT_S + 1)
+
+    # --- the thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with self._lock:
+                if self._is_cancel_requested:
+                    self._record_end(JobState.CANCELLED, "cancelled by request")
+                    return
+                self._runner = (
+                    ray.remote(JobRunner)
+                    .options(name=f"{self.job_id}/runner", num_cpus=0, max_concurrency=4)
+                    .remote(self.job_id, self.spec, worker_cpus=self.worker_cpus)
+                )
+            self._runner.run.remote()
+            self._follow(self._runner)
+        except Exception:
+            log.exception("monitor of job %s failed", self.job_id)
+            self._record_end(
+                JobState.FAILED, "internal error while running the job (see the server log)"
+            )
+        finally:
+            if self._runner is not None and not self._is_stopping:
+                ray.kill(self._runner, no_restart=True)
+
+    def _follow(self, runner: ray.actor.ActorHandle) -> None:
+        after_step = 0
+        is_running = False
+        while not self._is_stopping:
+            try:
+                update: RunnerUpdate = ray.get(
+                    runner.poll.remote(after_step, POLL_TIMEOUT_S), timeout=RPC_TIMEOUT_S
+                )
+            except (RayActorError, GetTimeoutError) as error:
+                if self._is_cancel_requested:
+                    self._record_end(JobState.CANCELLED, "cancelled by request")
+                else:
+                    log.warning("job %s lost its runner: %s", self.job_id, error)
+                    self._record_end(
+                        JobState.FAILED, "the job's runner actor died or stopped answering"
+                    )
+                return
+            if update.points:
+                self.store.add_metrics(self.job_id, update.points)
+                after_step = update.points[-1].step
+            if not is_running and update.state is not JobState.QUEUED:
+                self.store.update(
+                    self.job_id,
+                    state=JobState.RUNNING,
+                    started_at=update.started_at or time.time(),
+                    total_steps=update.total_steps,
+                )
+                is_running = True
+            if update.points or update.state.is_terminal:
+                self.on_change()
+            if update.state.is_terminal:
+                self._finish(runner, update)
+                return
+
+    def _finish(self, runner: ray.actor.ActorHandle, update: RunnerUpdate) -> None:
+        if update.state is JobState.SUCCEEDED:
+            theta = ray.get(runner.final_theta.remote(), timeout=RPC_TIMEOUT_S)
+            write_weights(self.weights_path, self.spec, theta)
+            self.store.update(self.job_id, weights_path=str(self.weights_path))
+        self._record_end(update.state, update.reason)
+
+    def _record_end(self, state: JobState, reason: str) -> None:
+        self.store.update(self.job_id, state=state, reason=reason, finished_at=time.time())
+        self.on_change()

@@ -1,0 +1,58 @@
+"""What the service knows about a job: its state, its record and its metric points."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from services.jobs.spec import JobSpec
+
+
+class JobState(str, enum.Enum):
+    """QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricPoint:
+    """One optimizer step as the stream shows it. `step` is 1-based: θ's version after it."""
+
+    step: int
+    epoch: int
+    loss: float
+    samples_per_second: float
+    learning_rate: float
+    elapsed_seconds: float
+    validation_loss: float | None = None
+    validation_accuracy: float | None = None
+    gradient_norms: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRecord:
+    """A job as stored. Times are Unix seconds; None until they happen."""
+
+    job_id: str
+    spec: JobSpec
+    state: JobState = JobState.QUEUED
+    reason: str = ""
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    total_steps: int = 0
+    step: int = 0
+    weights_path: str = ""
+    latest: MetricPoint | None = field(default=None, compare=False)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state.is_terminal

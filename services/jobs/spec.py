@@ -1,0 +1,195 @@
+"""A job's specification as validated dataclasses: what to train, on what, and how.
+
+Every field is checked when the dataclass is built; a bad one raises
+`InvalidSpecError` naming its dotted path (``optimizer.learning_rate must be > 0,
+got -1.0``). The spec is plain data: it is stored as JSON and never holds code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.datasets import DATASET_NAMES, DatasetOptions, input_width, output_width
+from services.errors import InvalidSpecError
+from services.paramserver.optimizers import OptimizerConfig
+from worker.activations import ACTIVATIONS
+from worker.losses import LOSSES
+
+CONSISTENCY_MODES = ("bsp",)
+
+MAX_LAYERS = 64
+MAX_UNITS = 65_536
+MAX_PARAMETERS = 50_000_000
+MAX_WORKERS = 64
+MAX_BATCH_SIZE = 65_536
+MAX_EPOCHS = 100_000
+MAX_STEPS = 100_000_000
+MAX_NAME_LENGTH = 200
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSpecError(name, f"must be a finite number, got {value}")
+    if value < low:
+        raise InvalidSpecError(name, f"must be >= {low}, got {value}")
+    if value > high:
+        raise InvalidSpecError(name, f"must be <= {high}, got {value}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise InvalidSpecError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerSpec:
+    """One dense layer: z = a_prev W + b, a = activation(z); W is (in, units)."""
+
+    units: int
+    activation: str
+
+    def __post_init__(self) -> None:
+        _check_range("units", self.units, 1, MAX_UNITS)
+        _check_choice("activation", self.activation, sorted(ACTIVATIONS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSpec:
+    """A built-in dataset, its generator options and the validation hold-out."""
+
+    name: str
+    validation_fraction: float = 0.1
+    options: DatasetOptions = field(default_factory=DatasetOptions)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise InvalidSpecError("name", f"is required; one of {', '.join(DATASET_NAMES)}")
+        _check_choice("name", self.name, DATASET_NAMES)
+        _check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """Everything a job needs, defaults filled in. `steps`, when set, overrides `epochs`."""
+
+    name: str = "job"
+    layers: tuple[LayerSpec, ...]
+    loss: str = "softmax_cross_entropy"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    batch_size: int = 64
+    epochs: int = 10
+    steps: int | None = None
+    dataset: DatasetSpec
+    workers: int = 2
+    consistency: str = "bsp"
+    seed: int = 0
+    eval_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.name) > MAX_NAME_LENGTH:
+            raise InvalidSpecError("name", f"must be at most {MAX_NAME_LENGTH} characters")
+        self._check_layers()
+        _check_choice("loss", self.loss, sorted(LOSSES))
+        self._check_output_layer()
+        _check_range("workers", self.workers, 1, MAX_WORKERS)
+        _check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if self.batch_size < self.workers:
+            raise InvalidSpecError(
+                "batch_size",
+                f"must be >= workers ({self.workers}) so every worker gets a sample, "
+                f"got {self.batch_size}",
+            )
+        _check_range("epochs", self.epochs, 1, MAX_EPOCHS)
+        if self.steps is not None:
+            _check_range("steps", self.steps, 1, MAX_STEPS)
+        if self.consistency not in CONSISTENCY_MODES:
+            raise InvalidSpecError(
+                "consistency",
+                f"must be bsp (ssp and asp are not available yet), got {self.consistency!r}",
+            )
+        _check_range("seed", self.seed, 0, 2**63 - 1)
+        if self.eval_every is not None:
+            _check_range("eval_every", self.eval_every, 1, MAX_STEPS)
+
+    def _check_layers(self) -> None:
+        if not self.layers:
+            raise InvalidSpecError("layers", "must hold at least one layer")
+        if len(self.layers) > MAX_LAYERS:
+            raise InvalidSpecError("layers", f"must hold at most {MAX_LAYERS} layers")
+        if self.parameter_count > MAX_PARAMETERS:
+            raise InvalidSpecError(
+                "layers",
+                f"give {self.parameter_count} parameters; the limit is {MAX_PARAMETERS}",
+            )
+
+    def _check_output_layer(self) -> None:
+        last = f"layers[{len(self.layers) - 1}]"
+        expected = output_width(self.dataset.name, self.dataset.options)
+        if self.layers[-1].units != expected:
+            raise InvalidSpecError(
+                f"{last}.units",
+                f"must be {expected} (the outputs of {self.dataset.name}), "
+                f"got {self.layers[-1].units}",
+            )
+        is_classification = self.dataset.name != "synthetic/regression"
+        if is_classification and self.loss != "softmax_cross_entropy":
+            raise InvalidSpecError(
+                "loss", f"must be softmax_cross_entropy for {self.dataset.name}, got {self.loss!r}"
+            )
+        if not is_classification and self.loss != "mse":
+            raise InvalidSpecError(
+                "loss", f"must be mse for {self.dataset.name}, got {self.loss!r}"
+            )
+        if self.loss == "softmax_cross_entropy" and self.layers[-1].activation != "identity":
+            raise InvalidSpecError(
+                f"{last}.activation",
+                "must be identity for softmax_cross_entropy (the layer gives logits; "
+                f"softmax is fused into the loss), got {self.layers[-1].activation!r}",
+            )
+
+    @property
+    def input_width(self) -> int:
+        return input_width(self.dataset.name, self.dataset.options)
+
+    @property
+    def sizes(self) -> list[int]:
+        """[D, H1, ..., C]: layer l maps sizes[l-1] to sizes[l]."""
+        return [self.input_width, *(layer.units for layer in self.layers)]
+
+    @property
+    def activations(self) -> list[str]:
+        return [layer.activation for layer in self.layers]
+
+    @property
+    def parameter_count(self) -> int:
+        sizes = self.sizes
+        return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """Inverse of `to_dict` (for specs read back from the store)."""
+        dataset = dict(data["dataset"])
+        dataset["options"] = DatasetOptions(**dataset["options"])
+        return cls(
+            **{
+                **data,
+                "layers": tuple(LayerSpec(**layer) for layer in data["layers"]),
+                "optimizer": OptimizerConfig(**data["optimizer"]),
+                "dataset": DatasetSpec(**dataset),
+            }
+        )
+
+
+def nested(path: str, factory: Any, **fields: Any) -> Any:
+    """Build a nested spec part, naming `path` in any field error (``layers[1].units``)."""
+    try:
+        return factory(**fields)
+    except InvalidSpecError as error:
+        raise error.under(path) from None

@@ -1,0 +1,173 @@
+"""SQLite store of jobs and their metric history (one file, WAL, safe across threads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from services.errors import InvalidSpecError, NotFoundError
+from services.jobs.records import JobRecord, JobState, MetricPoint
+from services.jobs.spec import JobSpec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id       TEXT NOT NULL UNIQUE,
+    state        TEXT NOT NULL,
+    reason       TEXT NOT NULL DEFAULT '',
+    spec_json    TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    started_at   REAL,
+    finished_at  REAL,
+    total_steps  INTEGER NOT NULL DEFAULT 0,
+    weights_path TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id  TEXT NOT NULL REFERENCES jobs (job_id),
+    step    INTEGER NOT NULL,
+    point   TEXT NOT NULL,
+    PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+"""
+
+_UPDATABLE = {"state", "reason", "started_at", "finished_at", "total_steps", "weights_path"}
+
+
+class JobStore:
+    """Jobs, specs and metric points in one SQLite file.
+
+    A metric point is keyed by (job, step): writing a step again replaces it, so a
+    step recomputed after a restore is shown once, with its newest value.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, record: JobRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (job_id, state, reason, spec_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.job_id,
+                    record.state.value,
+                    record.reason,
+                    json.dumps(record.spec.to_dict()),
+                    record.created_at,
+                ),
+            )
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Set some of state, reason, started_at, finished_at, total_steps, weights_path."""
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        values = [v.value if isinstance(v, JobState) else v for v in fields.values()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*values, job_id)
+            )
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"unknown job {job_id!r}")
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"unknown job {job_id!r}")
+            return self._record(row)
+
+    def list(
+        self, *, state: JobState | None = None, limit: int = 50, page_token: str = ""
+    ) -> tuple[list[JobRecord], str]:
+        """Jobs newest first; returns (page, token of the next page or "")."""
+        try:
+            before = int(page_token) if page_token else None
+        except ValueError:
+            raise InvalidSpecError("page_token", "is not a token this server gave") from None
+        clauses, args = [], []
+        if state is not None:
+            clauses.append("state = ?")
+            args.append(state.value)
+        if before is not None:
+            clauses.append("seq < ?")
+            args.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
+            ).fetchall()
+            records = [self._record(row) for row in rows[:limit]]
+        next_token = str(rows[limit - 1]["seq"]) if len(rows) > limit else ""
+        return records, next_token
+
+    def ids_in_states(self, states: tuple[JobState, ...]) -> list[str]:
+        marks = ", ".join("?" for _ in states)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT job_id FROM jobs WHERE state IN ({marks}) ORDER BY seq",
+                [s.value for s in states],
+            ).fetchall()
+        return [row["job_id"] for row in rows]
+
+    def add_metrics(self, job_id: str, points: list[MetricPoint]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO metrics (job_id, step, point) VALUES (?, ?, ?)",
+                [(job_id, p.step, json.dumps(dataclasses.asdict(p))) for p in points],
+            )
+            self._db.execute("COMMIT")
+
+    def metrics_after(self, job_id: str, after_step: int, limit: int = 1000) -> list[MetricPoint]:
+        """Stored points with step > after_step, in step order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT point FROM metrics WHERE job_id = ? AND step > ? ORDER BY step LIMIT ?",
+                (job_id, after_step, limit),
+            ).fetchall()
+        return [_point(row["point"]) for row in rows]
+
+    def _record(self, row: sqlite3.Row) -> JobRecord:
+        latest = self._db.execute(
+            "SELECT point FROM metrics WHERE job_id = ? ORDER BY step DESC LIMIT 1",
+            (row["job_id"],),
+        ).fetchone()
+        latest_point = _point(latest["point"]) if latest else None
+        return JobRecord(
+            job_id=row["job_id"],
+            spec=JobSpec.from_dict(json.loads(row["spec_json"])),
+            state=JobState(row["state"]),
+            reason=row["reason"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            total_steps=row["total_steps"],
+            step=latest_point.step if latest_point else 0,
+            weights_path=row["weights_path"],
+            latest=latest_point,
+        )
+
+
+def _point(text: str) -> MetricPoint:
+    data = json.loads(text)
+    data["gradient_norms"] = tuple(data["gradient_norms"])
+    return MetricPoint(**data)

@@ -1,0 +1,46 @@
+"""`bptrain serve`: Ray, the jobs service and the gRPC API in one process, until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import ray
+
+from services import cluster
+from services.api.server import ServerConfig, create_server
+from services.jobs.manager import JobManager, JobsConfig
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    server_config: ServerConfig,
+    jobs_config: JobsConfig,
+    ray_config: cluster.RayConfig,
+    *,
+    port_file: Path | None = None,
+) -> None:
+    """Run until a termination signal; then stop taking calls, let in-flight ones finish."""
+    cluster.connect(ray_config)
+    manager = JobManager(jobs_config)
+    running = create_server(server_config, manager)
+    log.info(
+        "bptrain API listening on %s:%d (storage %s, Ray %s)",
+        server_config.host,
+        running.port,
+        jobs_config.storage,
+        ray_config.address or "embedded",
+    )
+    if port_file is not None:
+        port_file.write_text(f"{running.port}\n")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    running.stop(grace_s=5.0)
+    manager.shutdown()
+    ray.shutdown()

@@ -1,0 +1,56 @@
+"""Array backend: NumPy on the CPU, CuPy on the GPU, chosen once per worker.
+
+Only `get_array_module` looks at a device name. Everything downstream takes its array
+module from the arrays it is handed (`array_module_of`), so the same code runs unchanged
+on either backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, TypeAlias
+
+import numpy as np
+
+Array: TypeAlias = Any  # numpy.ndarray or cupy.ndarray; one alias keeps the signatures honest
+
+DEVICES = ("cpu", "gpu")
+_CUPY_MISSING = "device 'gpu' needs CuPy: pip install cupy-cuda12x"
+
+
+def _import_cupy() -> ModuleType:
+    try:
+        return importlib.import_module("cupy")
+    except ImportError as error:
+        raise RuntimeError(_CUPY_MISSING) from error
+
+
+def get_array_module(device: str) -> ModuleType:
+    """The array module for `device`: `numpy` for "cpu", `cupy` for "gpu".
+
+    CuPy is imported only here and only when asked for, so CPU workers never need it.
+    Raises ValueError for an unknown device and RuntimeError when CuPy is missing.
+    """
+    if device == "cpu":
+        return np
+    if device == "gpu":
+        return _import_cupy()
+    raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+
+
+def _is_cupy_array(x: Any) -> bool:
+    # A type check by module name: deciding must not import CuPy on a CPU-only machine.
+    return type(x).__module__.split(".", 1)[0] == "cupy"
+
+
+def array_module_of(x: Array) -> ModuleType:
+    """The module (`numpy` or `cupy`) whose functions operate on `x`."""
+    return _import_cupy() if _is_cupy_array(x) else np
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """`x` as a host NumPy array: CuPy arrays are copied off the device, NumPy passes through."""
+    if _is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)

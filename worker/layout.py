@@ -1,0 +1,152 @@
+"""θ as one flat contiguous array, with each layer's W^l and b^l as zero-copy views into it.
+
+Layer l (1..L) maps sizes[l-1] → sizes[l]. Its block in θ is W^l, shape (in, out) in
+row-major order, followed by b^l, shape (out,). A gradient buffer uses the same layout,
+so an optimizer step is a few vector operations over one array, and a pull or push of
+θ or g is a single array.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from worker.activations import get_activation
+from worker.backend import Array, to_numpy
+
+
+class ParamLayout:
+    """Offsets of every W^l and b^l inside the flat parameter vector θ."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        """`sizes` = [D, H1, ..., C]: the input width, every hidden width, the output width."""
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(
+                f"sizes needs at least 2 entries (input and output widths), got {sizes}"
+            )
+        for index, size in enumerate(sizes):
+            if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+                raise ValueError(f"sizes[{index}] must be an integer >= 1, got {size!r}")
+        self._sizes = tuple(int(size) for size in sizes)
+        # Per layer: (start of W, start of b, end of b) within θ.
+        self._offsets: list[tuple[int, int, int]] = []
+        offset = 0
+        for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:], strict=True):
+            w_start, b_start = offset, offset + fan_in * fan_out
+            offset = b_start + fan_out
+            self._offsets.append((w_start, b_start, offset))
+        self._size = offset
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Layer widths [D, H1, ..., C]."""
+        return self._sizes
+
+    @property
+    def num_layers(self) -> int:
+        """L, the number of weight layers."""
+        return len(self._sizes) - 1
+
+    @property
+    def size(self) -> int:
+        """Total number of scalars in θ."""
+        return self._size
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every tensor by name: {"W1": (D, H1), "b1": (H1,), ...}."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer, (fan_in, fan_out) in enumerate(
+            zip(self._sizes[:-1], self._sizes[1:], strict=True), start=1
+        ):
+            shapes[f"W{layer}"] = (fan_in, fan_out)
+            shapes[f"b{layer}"] = (fan_out,)
+        return shapes
+
+    def views(self, theta: Array) -> list[tuple[Array, Array]]:
+        """[(W^1, b^1), ..., (W^L, b^L)] as zero-copy views of the 1-D array `theta`.
+
+        W^l has shape (in, out), b^l shape (out,). Writing through a view writes θ, so
+        the same call on a gradient buffer gives the places to write ∂loss/∂W^l into.
+        Works for NumPy and CuPy arrays alike.
+        """
+        if theta.ndim != 1 or theta.shape[0] != self._size:
+            raise ValueError(
+                f"theta must be a 1-D array of {self._size} scalars for sizes "
+                f"{list(self._sizes)}, got shape {tuple(theta.shape)}"
+            )
+        views = []
+        for (w_start, b_start, b_end), fan_in, fan_out in zip(
+            self._offsets, self._sizes[:-1], self._sizes[1:], strict=True
+        ):
+            W = theta[w_start:b_start].reshape(fan_in, fan_out)  # (in, out)
+            b = theta[b_start:b_end]  # (out,)
+            views.append((W, b))
+        return views
+
+    def to_dict(self, theta: Array) -> dict[str, np.ndarray]:
+        """Host copies of every tensor: {"W1": (D, H1), "b1": (H1,), "W2": ...}."""
+        tensors: dict[str, np.ndarray] = {}
+        for layer, (W, b) in enumerate(self.views(theta), start=1):
+            tensors[f"W{layer}"] = np.array(to_numpy(W))  # np.array copies: no alias into θ
+            tensors[f"b{layer}"] = np.array(to_numpy(b))
+        return tensors
+
+    def from_dict(
+        self, tensors: Mapping[str, np.ndarray], dtype: DTypeLike = np.float32
+    ) -> np.ndarray:
+        """Pack {"W1": ..., "b1": ..., ...} into a new flat θ of `dtype`.
+
+        Raises ValueError naming the key that is missing, unexpected or of the wrong shape.
+        """
+        shapes = self.shapes()
+        unexpected = sorted(set(tensors) - set(shapes))
+        if unexpected:
+            raise ValueError(f"unexpected key {unexpected[0]!r}; expected {', '.join(shapes)}")
+        theta = np.empty(self._size, dtype=dtype)
+        flat_views = [tensor for pair in self.views(theta) for tensor in pair]
+        for (key, shape), view in zip(shapes.items(), flat_views, strict=True):
+            if key not in tensors:
+                raise ValueError(f"missing key {key!r}; expected {', '.join(shapes)}")
+            value = np.asarray(to_numpy(tensors[key]))
+            if value.shape != shape:
+                raise ValueError(
+                    f"{key!r} has shape {value.shape}, expected {shape} for sizes "
+                    f"{list(self._sizes)}"
+                )
+            view[...] = value
+        return theta
+
+    def init_theta(
+        self,
+        activations: Sequence[str],
+        seed: int,
+        dtype: DTypeLike = np.float32,
+    ) -> np.ndarray:
+        """A fresh θ: He-normal W^l for relu layers, Glorot-uniform otherwise, b^l = 0.
+
+        He-normal: W ~ N(0, 2/in). Glorot-uniform: W ~ U(−r, r), r = sqrt(6/(in + out)).
+        `activations[l-1]` names layer l's activation. The same seed always gives the
+        same θ (drawn in float64 by `np.random.default_rng(seed)`, then cast to `dtype`).
+        """
+        activations = list(activations)
+        if len(activations) != self.num_layers:
+            raise ValueError(
+                f"expected {self.num_layers} activations (one per layer) for sizes "
+                f"{list(self._sizes)}, got {len(activations)}"
+            )
+        for name in activations:
+            get_activation(name)  # an unknown name fails here, not silently as Glorot
+        rng = np.random.default_rng(seed)
+        theta = np.zeros(self._size, dtype=dtype)
+        for (W, _), name in zip(self.views(theta), activations, strict=True):
+            fan_in, fan_out = W.shape
+            if name == "relu":
+                W[...] = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
+            else:
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                W[...] = rng.uniform(-limit, limit, size=(fan_in, fan_out))
+        return theta
