@@ -43,7 +43,10 @@ def _print_jobs(jobs: Iterable[pb.Job], output: str) -> None:
     if output == "json":
         click.echo(json.dumps([_job_dict(j) for j in jobs], indent=2))
         return
-    table = Table("JOB ID", "NAME", "STATE", "STEP", "LOSS", "VAL ACC", "REASON")
+    table = Table()
+    table.add_column("JOB ID", no_wrap=True)
+    for heading in ("NAME", "STATE", "STEP", "LOSS", "VAL ACC", "REASON"):
+        table.add_column(heading)
     for job in jobs:
         latest = job.latest if job.HasField("latest") else None
         table.add_row(
@@ -57,7 +60,9 @@ def _print_jobs(jobs: Iterable[pb.Job], output: str) -> None:
             else "",
             job.reason,
         )
-    Console().print(table)
+    console = Console()
+    # Piped output is not cut to 80 columns: scripts grep job ids out of it.
+    Console(width=max(console.width, 200) if not console.is_terminal else None).print(table)
 
 
 @click.group()

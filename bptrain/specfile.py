@@ -35,6 +35,8 @@ def load_spec_file(path: str | Path) -> pb.JobSpec:
         text = path.read_text()
     except OSError as error:
         raise SpecFileError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise SpecFileError(f"{path}: not UTF-8 text: {error.reason}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:

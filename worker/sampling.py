@@ -33,6 +33,11 @@ class BatchPlan:
     workers: int
 
     def __post_init__(self) -> None:
+        if not 1 <= self.workers <= self.batch_size:
+            raise ValueError(
+                f"need 1 <= workers <= batch_size so every worker reads a row, "
+                f"got {self.workers} workers and batch_size {self.batch_size}"
+            )
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"batch_size {self.batch_size} is larger than the {self.n_train} "

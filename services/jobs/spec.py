@@ -70,6 +70,8 @@ class DatasetSpec:
             raise InvalidSpecError("name", f"is required; one of {', '.join(DATASET_NAMES)}")
         _check_choice("name", self.name, DATASET_NAMES)
         _check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
+        # Here, not in JobSpec, so a bad option is named under "dataset." (spirals need D = 2).
+        input_width(self.name, self.options)
 
 
 @dataclass(frozen=True, kw_only=True)

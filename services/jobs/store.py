@@ -131,10 +131,15 @@ class JobStore:
     def add_metrics(self, job_id: str, points: list[MetricPoint]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO metrics (job_id, step, point) VALUES (?, ?, ?)",
-                [(job_id, p.step, json.dumps(dataclasses.asdict(p))) for p in points],
-            )
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO metrics (job_id, step, point) VALUES (?, ?, ?)",
+                    [(job_id, p.step, json.dumps(dataclasses.asdict(p))) for p in points],
+                )
+            except BaseException:
+                # Left open, the transaction would swallow every later write on this connection.
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
 
     def metrics_after(self, job_id: str, after_step: int, limit: int = 1000) -> list[MetricPoint]:

@@ -1,0 +1,61 @@
+"""Shared fixtures: one embedded Ray per test session, a real gRPC server on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bptrain import Client
+
+# Small, quick jobs: digits with one hidden layer.
+DIGITS_SPEC: dict = {
+    "name": "digits-small",
+    "dataset": {"name": "digits", "validation_fraction": 0.1},
+    "layers": [{"units": 64, "activation": "relu"}, {"units": 10, "activation": "identity"}],
+    "loss": "softmax_cross_entropy",
+    "optimizer": {"kind": "adam", "learning_rate": 0.003},
+    "batch_size": 64,
+    "epochs": 8,
+    "workers": 2,
+    "seed": 3,
+}
+
+
+def digits_spec(**changes: object) -> dict:
+    """DIGITS_SPEC with top-level fields replaced."""
+    return {**DIGITS_SPEC, **changes}
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    from services.cluster import RayConfig, connect
+
+    # 4 logical CPUs on any machine, so two 2-worker jobs can overlap in tests.
+    connect(RayConfig(num_cpus=4))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """A running API server over a fresh store: yields (RunningServer, JobManager)."""
+    from services.api.server import ServerConfig, create_server
+    from services.jobs.manager import JobManager, JobsConfig
+
+    storage: Path = tmp_path_factory.mktemp("storage")
+    manager = JobManager(JobsConfig(storage=storage))
+    running = create_server(ServerConfig(port=0), manager)
+    yield running, manager
+    running.stop(grace_s=1.0)
+    manager.shutdown()
+
+
+@pytest.fixture
+def client(server: tuple) -> Iterator[Client]:
+    running, _ = server
+    with Client(f"127.0.0.1:{running.port}") as client:
+        yield client
