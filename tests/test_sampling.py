@@ -166,13 +166,9 @@ def test_epoch_order_of_an_empty_shard_is_empty() -> None:
 
 @pytest.mark.parametrize("plan", PLANS, ids=repr)
 def test_within_an_epoch_no_worker_reads_a_row_twice(plan: BatchPlan) -> None:
-    for worker, (shard, batch) in enumerate(
-        zip(plan.shard_sizes, plan.local_batches, strict=True)
-    ):
+    for worker, (shard, batch) in enumerate(zip(plan.shard_sizes, plan.local_batches, strict=True)):
         order = epoch_order(shard, seed=9, epoch=2, worker_index=worker)
-        batches = [
-            order[step * batch : (step + 1) * batch] for step in range(plan.steps_per_epoch)
-        ]
+        batches = [order[step * batch : (step + 1) * batch] for step in range(plan.steps_per_epoch)]
         read = np.concatenate(batches)
 
         assert all(len(rows) == batch for rows in batches)

@@ -64,6 +64,12 @@ class ParameterServer:
         """One BSP step from one result per worker; returns (stats, θ after the step)."""
         if len(results) != self.workers:
             raise ValueError(f"bsp needs {self.workers} gradients per step, got {len(results)}")
+        for r in results:
+            if r.gradient.shape != self.theta.shape or r.samples < 1:
+                raise ValueError(
+                    f"a gradient must be {self.theta.shape} over >= 1 sample, "
+                    f"got {r.gradient.shape} over {r.samples}"
+                )
         total = sum(r.samples for r in results)
         g = self._g
         g.fill(0.0)
