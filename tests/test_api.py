@@ -61,6 +61,8 @@ def test_job_streams_every_step_once_then_gives_accurate_weights(client: Client)
     assert final.step == final.total_steps > 0
     assert final.latest.HasField("validation_accuracy")
     assert len(final.latest.gradient_norms) == 2
+    assert [w.index for w in final.workers] == [0, 1]
+    assert all(w.node_id and w.pid > 0 for w in final.workers)
 
     digits = load_dataset("digits")
     weights = client.weights(job.job_id)

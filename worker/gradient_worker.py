@@ -6,6 +6,8 @@ tests build it without Ray. It never updates θ: the parameter server does.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,9 +64,17 @@ class GradientWorker:
         self._order_epoch = -1
         self._order = np.empty(0, dtype=np.int64)
 
-    def ready(self) -> bool:
-        """Answers once the actor is placed and constructed."""
-        return True
+    def placement(self) -> dict[str, str | int]:
+        """Where this worker runs: Ray node id (when under Ray), host name and process id."""
+        node_id = ""
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node_id = ray.get_runtime_context().get_node_id()
+        except ImportError:
+            pass
+        return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid()}
 
     def compute_gradients(self, theta: np.ndarray, epoch: int, index: int) -> GradientResult:
         """Gradient of the mean loss over batch `index` of `epoch` at θ: (P,) float32."""

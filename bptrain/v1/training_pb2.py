@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62ptrain/v1/training.proto\x12\nbptrain.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\tLayerSpec\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\"\xf9\x01\n\rOptimizerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x1a\n\rlearning_rate\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x07 \x01(\x01H\x05\x88\x01\x01\x42\x10\n\x0e_learning_rateB\x0b\n\t_momentumB\x08\n\x06_beta1B\x08\n\x06_beta2B\n\n\x08_epsilonB\x0f\n\r_weight_decay\"\xdb\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x13validation_fraction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07samples\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08\x66\x65\x61tures\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x63lasses\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05noise\x18\x06 \x01(\x01H\x04\x88\x01\x01\x42\x16\n\x14_validation_fractionB\n\n\x08_samplesB\x0b\n\t_featuresB\n\n\x08_classesB\x08\n\x06_noise\"\x85\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.bptrain.v1.LayerSpec\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12,\n\toptimizer\x18\x04 \x01(\x0b\x32\x19.bptrain.v1.OptimizerSpec\x12\x17\n\nbatch_size\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12(\n\x07\x64\x61taset\x18\x08 \x01(\x0b\x32\x17.bptrain.v1.DatasetSpec\x12\x14\n\x07workers\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x0b\x63onsistency\x18\n \x01(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x04\x88\x01\x01\x12\x17\n\neval_every\x18\x0c \x01(\x05H\x05\x88\x01\x01\x42\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x08\n\x06_stepsB\n\n\x08_workersB\x07\n\x05_seedB\r\n\x0b_eval_every\"\x88\x02\n\x0bMetricPoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x1c\n\x0fvalidation_loss\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13validation_accuracy\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x08 \x01(\x01\x12\x16\n\x0egradient_norms\x18\t \x03(\x01\x42\x12\n\x10_validation_lossB\x16\n\x14_validation_accuracy\"\xd8\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12!\n\x04spec\x18\x05 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04step\x18\t \x01(\x03\x12\x13\n\x0btotal_steps\x18\n \x01(\x03\x12\'\n\x06latest\x18\x0b \x01(\x0b\x32\x17.bptrain.v1.MetricPoint\"5\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.bptrain.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x14StreamMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nafter_step\x18\x02 \x01(\x03\"l\n\x15StreamMetricsResponse\x12(\n\x05point\x18\x01 \x01(\x0b\x32\x17.bptrain.v1.MetricPointH\x00\x12 \n\x05\x66inal\x18\x02 \x01(\x0b\x32\x0f.bptrain.v1.JobH\x00\x42\x07\n\x05\x65vent\"N\n\x11GetWeightsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat\"U\n\x0cWeightsChunk\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12-\n\x07trailer\x18\x02 \x01(\x0b\x32\x1a.bptrain.v1.WeightsTrailerH\x00\x42\x06\n\x04part\"`\n\x0eWeightsTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05*8\n\rWeightsFormat\x12\x1e\n\x1aWEIGHTS_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03NPZ\x10\x01\x32\xa7\x03\n\x0fTrainingService\x12:\n\tSubmitJob\x12\x1c.bptrain.v1.SubmitJobRequest\x1a\x0f.bptrain.v1.Job\x12\x34\n\x06GetJob\x12\x19.bptrain.v1.GetJobRequest\x1a\x0f.bptrain.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.bptrain.v1.ListJobsRequest\x1a\x1c.bptrain.v1.ListJobsResponse\x12:\n\tCancelJob\x12\x1c.bptrain.v1.CancelJobRequest\x1a\x0f.bptrain.v1.Job\x12V\n\rStreamMetrics\x12 .bptrain.v1.StreamMetricsRequest\x1a!.bptrain.v1.StreamMetricsResponse0\x01\x12G\n\nGetWeights\x12\x1d.bptrain.v1.GetWeightsRequest\x1a\x18.bptrain.v1.WeightsChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62ptrain/v1/training.proto\x12\nbptrain.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\tLayerSpec\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\"\xf9\x01\n\rOptimizerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x1a\n\rlearning_rate\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x07 \x01(\x01H\x05\x88\x01\x01\x42\x10\n\x0e_learning_rateB\x0b\n\t_momentumB\x08\n\x06_beta1B\x08\n\x06_beta2B\n\n\x08_epsilonB\x0f\n\r_weight_decay\"\xdb\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x13validation_fraction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07samples\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08\x66\x65\x61tures\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x63lasses\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05noise\x18\x06 \x01(\x01H\x04\x88\x01\x01\x42\x16\n\x14_validation_fractionB\n\n\x08_samplesB\x0b\n\t_featuresB\n\n\x08_classesB\x08\n\x06_noise\"\x85\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.bptrain.v1.LayerSpec\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12,\n\toptimizer\x18\x04 \x01(\x0b\x32\x19.bptrain.v1.OptimizerSpec\x12\x17\n\nbatch_size\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12(\n\x07\x64\x61taset\x18\x08 \x01(\x0b\x32\x17.bptrain.v1.DatasetSpec\x12\x14\n\x07workers\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x0b\x63onsistency\x18\n \x01(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x04\x88\x01\x01\x12\x17\n\neval_every\x18\x0c \x01(\x05H\x05\x88\x01\x01\x42\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x08\n\x06_stepsB\n\n\x08_workersB\x07\n\x05_seedB\r\n\x0b_eval_every\"\x88\x02\n\x0bMetricPoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x1c\n\x0fvalidation_loss\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13validation_accuracy\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x08 \x01(\x01\x12\x16\n\x0egradient_norms\x18\t \x03(\x01\x42\x12\n\x10_validation_lossB\x16\n\x14_validation_accuracy\"\x86\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12!\n\x04spec\x18\x05 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04step\x18\t \x01(\x03\x12\x13\n\x0btotal_steps\x18\n \x01(\x03\x12\'\n\x06latest\x18\x0b \x01(\x0b\x32\x17.bptrain.v1.MetricPoint\x12,\n\x07workers\x18\x0c \x03(\x0b\x32\x1b.bptrain.v1.WorkerPlacement\"P\n\x0fWorkerPlacement\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x03\"5\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.bptrain.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x14StreamMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nafter_step\x18\x02 \x01(\x03\"l\n\x15StreamMetricsResponse\x12(\n\x05point\x18\x01 \x01(\x0b\x32\x17.bptrain.v1.MetricPointH\x00\x12 \n\x05\x66inal\x18\x02 \x01(\x0b\x32\x0f.bptrain.v1.JobH\x00\x42\x07\n\x05\x65vent\"N\n\x11GetWeightsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat\"U\n\x0cWeightsChunk\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12-\n\x07trailer\x18\x02 \x01(\x0b\x32\x1a.bptrain.v1.WeightsTrailerH\x00\x42\x06\n\x04part\"`\n\x0eWeightsTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05*8\n\rWeightsFormat\x12\x1e\n\x1aWEIGHTS_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03NPZ\x10\x01\x32\xa7\x03\n\x0fTrainingService\x12:\n\tSubmitJob\x12\x1c.bptrain.v1.SubmitJobRequest\x1a\x0f.bptrain.v1.Job\x12\x34\n\x06GetJob\x12\x19.bptrain.v1.GetJobRequest\x1a\x0f.bptrain.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.bptrain.v1.ListJobsRequest\x1a\x1c.bptrain.v1.ListJobsResponse\x12:\n\tCancelJob\x12\x1c.bptrain.v1.CancelJobRequest\x1a\x0f.bptrain.v1.Job\x12V\n\rStreamMetrics\x12 .bptrain.v1.StreamMetricsRequest\x1a!.bptrain.v1.StreamMetricsResponse0\x01\x12G\n\nGetWeights\x12\x1d.bptrain.v1.GetWeightsRequest\x1a\x18.bptrain.v1.WeightsChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bptrain.v1.training_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=2332
-  _globals['_JOBSTATE']._serialized_end=2436
-  _globals['_WEIGHTSFORMAT']._serialized_start=2438
-  _globals['_WEIGHTSFORMAT']._serialized_end=2494
+  _globals['_JOBSTATE']._serialized_start=2460
+  _globals['_JOBSTATE']._serialized_end=2564
+  _globals['_WEIGHTSFORMAT']._serialized_start=2566
+  _globals['_WEIGHTSFORMAT']._serialized_end=2622
   _globals['_LAYERSPEC']._serialized_start=74
   _globals['_LAYERSPEC']._serialized_end=120
   _globals['_OPTIMIZERSPEC']._serialized_start=123
@@ -47,27 +47,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICPOINT']._serialized_start=989
   _globals['_METRICPOINT']._serialized_end=1253
   _globals['_JOB']._serialized_start=1256
-  _globals['_JOB']._serialized_end=1600
-  _globals['_SUBMITJOBREQUEST']._serialized_start=1602
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1655
-  _globals['_GETJOBREQUEST']._serialized_start=1657
-  _globals['_GETJOBREQUEST']._serialized_end=1688
-  _globals['_LISTJOBSREQUEST']._serialized_start=1690
-  _globals['_LISTJOBSREQUEST']._serialized_end=1783
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1785
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1859
-  _globals['_CANCELJOBREQUEST']._serialized_start=1861
-  _globals['_CANCELJOBREQUEST']._serialized_end=1895
-  _globals['_STREAMMETRICSREQUEST']._serialized_start=1897
-  _globals['_STREAMMETRICSREQUEST']._serialized_end=1955
-  _globals['_STREAMMETRICSRESPONSE']._serialized_start=1957
-  _globals['_STREAMMETRICSRESPONSE']._serialized_end=2065
-  _globals['_GETWEIGHTSREQUEST']._serialized_start=2067
-  _globals['_GETWEIGHTSREQUEST']._serialized_end=2145
-  _globals['_WEIGHTSCHUNK']._serialized_start=2147
-  _globals['_WEIGHTSCHUNK']._serialized_end=2232
-  _globals['_WEIGHTSTRAILER']._serialized_start=2234
-  _globals['_WEIGHTSTRAILER']._serialized_end=2330
-  _globals['_TRAININGSERVICE']._serialized_start=2497
-  _globals['_TRAININGSERVICE']._serialized_end=2920
+  _globals['_JOB']._serialized_end=1646
+  _globals['_WORKERPLACEMENT']._serialized_start=1648
+  _globals['_WORKERPLACEMENT']._serialized_end=1728
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1730
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1783
+  _globals['_GETJOBREQUEST']._serialized_start=1785
+  _globals['_GETJOBREQUEST']._serialized_end=1816
+  _globals['_LISTJOBSREQUEST']._serialized_start=1818
+  _globals['_LISTJOBSREQUEST']._serialized_end=1911
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1913
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1987
+  _globals['_CANCELJOBREQUEST']._serialized_start=1989
+  _globals['_CANCELJOBREQUEST']._serialized_end=2023
+  _globals['_STREAMMETRICSREQUEST']._serialized_start=2025
+  _globals['_STREAMMETRICSREQUEST']._serialized_end=2083
+  _globals['_STREAMMETRICSRESPONSE']._serialized_start=2085
+  _globals['_STREAMMETRICSRESPONSE']._serialized_end=2193
+  _globals['_GETWEIGHTSREQUEST']._serialized_start=2195
+  _globals['_GETWEIGHTSREQUEST']._serialized_end=2273
+  _globals['_WEIGHTSCHUNK']._serialized_start=2275
+  _globals['_WEIGHTSCHUNK']._serialized_end=2360
+  _globals['_WEIGHTSTRAILER']._serialized_start=2362
+  _globals['_WEIGHTSTRAILER']._serialized_end=2458
+  _globals['_TRAININGSERVICE']._serialized_start=2625
+  _globals['_TRAININGSERVICE']._serialized_end=3048
 # @@protoc_insertion_point(module_scope)

@@ -128,6 +128,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         message.finished_at.FromNanoseconds(int(record.finished_at * 1e9))
     if record.latest is not None:
         message.latest.CopyFrom(point_to_proto(record.latest))
+    for index, where in enumerate(record.placement):
+        message.workers.add(index=index, **where)
     return message
 
 

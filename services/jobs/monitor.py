@@ -129,6 +129,7 @@ class RunnerMonitor:
                     state=JobState.RUNNING,
                     started_at=update.started_at or time.time(),
                     total_steps=update.total_steps,
+                    placement=update.placement,
                 )
                 is_running = True
             if update.points or update.state.is_terminal:

@@ -51,6 +51,7 @@ class JobRecord:
     total_steps: int = 0
     step: int = 0
     weights_path: str = ""
+    placement: tuple[dict, ...] = ()  # per worker: node_id, hostname, pid
     latest: MetricPoint | None = field(default=None, compare=False)
 
     @property

@@ -79,6 +79,7 @@ class RunnerUpdate:
     reason: str
     total_steps: int
     started_at: float | None
+    placement: tuple[dict, ...] = ()
     points: list[MetricPoint] = field(default_factory=list)
 
 
@@ -95,6 +96,7 @@ class JobRunner:
         self._reason = ""
         self._total_steps = 0
         self._started_at: float | None = None
+        self._placement: tuple[dict, ...] = ()
         self._cancelled = threading.Event()
         self._actors: list[ray.actor.ActorHandle] = []
         self._theta: np.ndarray | None = None
@@ -141,6 +143,7 @@ class JobRunner:
                 reason=self._reason,
                 total_steps=self._total_steps,
                 started_at=self._started_at,
+                placement=self._placement,
                 points=list(self._points),
             )
 
@@ -220,7 +223,11 @@ class JobRunner:
             X, y = data.shard(i)
             worker = (
                 ray.remote(GradientWorker)
-                .options(name=f"{self.job_id}/worker-{i}", num_cpus=self.worker_cpus)
+                .options(
+                    name=f"{self.job_id}/worker-{i}",
+                    num_cpus=self.worker_cpus,
+                    scheduling_strategy="SPREAD",  # over the cluster's nodes
+                )
                 .remote(
                     sizes=spec.sizes,
                     activations=spec.activations,
@@ -235,13 +242,16 @@ class JobRunner:
             self._actors.append(worker)
             workers.append(worker)
         try:
-            ray.get([w.ready.remote() for w in workers], timeout=PLACEMENT_TIMEOUT_S)
+            placement = ray.get(
+                [w.placement.remote() for w in workers], timeout=PLACEMENT_TIMEOUT_S
+            )
         except GetTimeoutError:
             cpus = ray.cluster_resources().get("CPU", 0)
             raise JobFailed(
                 f"could not place {spec.workers} workers ({self.worker_cpus} CPU each) within "
                 f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
             ) from None
+        self._placement = tuple(placement)
         return ps, workers
 
     # --- state ---------------------------------------------------------------------------

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at   REAL,
     finished_at  REAL,
     total_steps  INTEGER NOT NULL DEFAULT 0,
-    weights_path TEXT NOT NULL DEFAULT ''
+    weights_path TEXT NOT NULL DEFAULT '',
+    placement_json TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -35,7 +36,17 @@ CREATE TABLE IF NOT EXISTS metrics (
 ) WITHOUT ROWID;
 """
 
-_UPDATABLE = {"state", "reason", "started_at", "finished_at", "total_steps", "weights_path"}
+_UPDATABLE = {
+    "state",
+    "reason",
+    "started_at",
+    "finished_at",
+    "total_steps",
+    "weights_path",
+    "placement",
+}
+# Columns added after the first release: (table, column, declaration) for older files.
+_ADDED_COLUMNS = (("jobs", "placement_json", "TEXT NOT NULL DEFAULT '[]'"),)
 
 
 class JobStore:
@@ -55,6 +66,13 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -79,6 +97,8 @@ class JobStore:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
+        if "placement" in fields:
+            fields["placement_json"] = json.dumps(list(fields.pop("placement")))
         values = [v.value if isinstance(v, JobState) else v for v in fields.values()]
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._lock:
@@ -168,6 +188,7 @@ class JobStore:
             total_steps=row["total_steps"],
             step=latest_point.step if latest_point else 0,
             weights_path=row["weights_path"],
+            placement=tuple(json.loads(row["placement_json"])),
             latest=latest_point,
         )
 
