@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,6 +87,20 @@ def main(log_level: str) -> None:
 @click.option(
     "--port-file", default=None, type=click.Path(path_type=Path), help="Write the bound port here."
 )
+@click.option(
+    "--tokens-file",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Bearer tokens, one per line (else $BPTRAIN_TOKENS, comma-separated; none: no auth).",
+)
+@click.option("--tls-cert", default=None, type=click.Path(path_type=Path), help="PEM certificate.")
+@click.option("--tls-key", default=None, type=click.Path(path_type=Path), help="PEM private key.")
+@click.option(
+    "--tls-client-ca",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="CA that client certificates must be signed by (mutual TLS).",
+)
 def serve(
     host: str,
     port: int,
@@ -94,9 +109,14 @@ def serve(
     num_cpus: int | None,
     worker_cpus: float,
     port_file: Path | None,
+    tokens_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
 ) -> None:
     """Run the API server (and an embedded Ray unless --ray-address is given)."""
-    from services.api.server import ServerConfig
+    from services.api.auth import parse_tokens
+    from services.api.server import ServerConfig, TlsConfig
     from services.cluster import RayConfig
     from services.errors import UnavailableError
     from services.jobs.manager import JobsConfig
@@ -104,8 +124,16 @@ def serve(
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
+        tokens = parse_tokens(
+            tokens_file.read_text() if tokens_file else os.environ.get("BPTRAIN_TOKENS", "")
+        )
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if tls_client_ca is not None and tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        tls = TlsConfig(cert=tls_cert, key=tls_key, client_ca=tls_client_ca) if tls_cert else None
         configs = (
-            ServerConfig(host=host, port=port),
+            ServerConfig(host=host, port=port, tokens=tokens, tls=tls),
             JobsConfig(storage=storage, worker_cpus=worker_cpus),
             RayConfig(address=ray_address, num_cpus=num_cpus),
         )

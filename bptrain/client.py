@@ -48,19 +48,79 @@ def _call(method: Callable, request: Any, **kwargs: Any) -> Any:
         raise _raise_from(error) from None
 
 
-class Client:
-    """Talks to one bptrain server (`target` "host:port"; default $BPTRAIN_SERVER)."""
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call."""
 
-    def __init__(self, target: str | None = None, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+def _channel(
+    target: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
+) -> grpc.Channel:
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls_ca is None and tls_cert is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(tls_ca).read_bytes() if tls_ca else None,
+        private_key=Path(tls_key).read_bytes() if tls_key else None,
+        certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
+    )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+class Client:
+    """Talks to one bptrain server.
+
+    target: "host:port" (default $BPTRAIN_SERVER, then localhost:50051).
+    token: bearer token (default $BPTRAIN_TOKEN). tls_ca: the CA that signed the
+    server's certificate (PEM) to connect over TLS; tls_cert/tls_key: this client's
+    certificate and key for mutual TLS (defaults $BPTRAIN_TLS_CA, _CERT, _KEY).
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.target = target or os.environ.get("BPTRAIN_SERVER") or DEFAULT_SERVER
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        token = token if token is not None else os.environ.get("BPTRAIN_TOKEN", "")
+        tls_ca = tls_ca or os.environ.get("BPTRAIN_TLS_CA") or None
+        tls_cert = tls_cert or os.environ.get("BPTRAIN_TLS_CERT") or None
+        tls_key = tls_key or os.environ.get("BPTRAIN_TLS_KEY") or None
+        self._channel = _channel(self.target, tls_ca, tls_cert, tls_key)
+        if token:
+            self._channel = grpc.intercept_channel(self._channel, _BearerToken(token))
         self._stub = training_pb2_grpc.TrainingServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bptrain.v1 import training_pb2, training_pb2_grpc
+from services.api.auth import TokenAuthInterceptor
 from services.api.errors import ErrorMappingInterceptor
 from services.api.servicer import TrainingServicer
 from services.jobs.manager import JobManager
@@ -19,18 +21,50 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """Server certificate and key (PEM files); with `client_ca`, clients must present a
+    certificate signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS {name} file {path} does not exist")
+
+    def credentials(self) -> grpc.ServerCredentials:
+        client_ca = Path(self.client_ca).read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    """Where the API listens. Port 0 picks a free port (create_server returns it)."""
+    """Where and how the API listens. Port 0 picks a free port (create_server returns it).
+
+    With `tokens`, every RPC but health needs ``authorization: Bearer <token>``.
+    """
 
     host: str = "127.0.0.1"
     port: int = 50051
     threads: int = 32
+    max_concurrent_rpcs: int = 256
+    tokens: frozenset[str] = frozenset()
+    tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.threads < 2:
             raise ValueError(f"threads must be >= 2, got {self.threads}")
+        if self.max_concurrent_rpcs < 1:
+            raise ValueError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
 
 
 @dataclass
@@ -48,7 +82,11 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
     """Build and start the server; returns it with the port it bound."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[
+            *([TokenAuthInterceptor(config.tokens)] if config.tokens else []),
+            ErrorMappingInterceptor(),
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -62,7 +100,10 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
     )
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        if config.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, config.tls.credentials())
     except RuntimeError:
         port = 0
     if port == 0:
