@@ -148,15 +148,23 @@ def serve(
 @click.option(
     "--follow/--no-wait", default=True, show_default=True, help="Follow until the job ends."
 )
+@click.option("--submission-id", default="", help="Idempotency key: a retry returns the same job.")
+@click.option("--dry-run", is_flag=True, help="Only validate; print the spec with its defaults.")
 @output_option
-def submit(spec_file: Path, server: str, follow: bool, output: str) -> None:
+def submit(
+    spec_file: Path, server: str, follow: bool, submission_id: str, dry_run: bool, output: str
+) -> None:
     """Submit the job in SPEC_FILE (YAML or JSON). With --follow, exit 0 only if it SUCCEEDED."""
     from bptrain.progress import follow as follow_job
 
     try:
         spec = load_spec_file(spec_file)
         with Client(server) as client:
-            job = client.submit(spec)
+            if dry_run:
+                checked = client.submit(spec, validate_only=True).job
+                click.echo(json.dumps(_job_dict(checked)["spec"], indent=2))
+                return
+            job = client.submit(spec, submission_id=submission_id).job
             click.echo(f"submitted {job.job_id}", err=True)
             if not follow:
                 _print_jobs([job], output)

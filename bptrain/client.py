@@ -147,14 +147,26 @@ class Client:
                 raise BptrainError("UNAVAILABLE", f"no bptrain server at {self.target}")
             time.sleep(0.2)
 
-    def submit(self, spec: pb.JobSpec | dict | str | Path) -> pb.Job:
-        """Submit a spec: a JobSpec message, a mapping, or a path to a YAML/JSON file."""
+    def submit(
+        self,
+        spec: pb.JobSpec | dict | str | Path,
+        *,
+        submission_id: str = "",
+        validate_only: bool = False,
+    ) -> JobHandle:
+        """Submit a spec: a JobSpec message, a mapping, or a path to a YAML/JSON file.
+
+        `submission_id` makes the call idempotent (a retry returns the same job);
+        `validate_only` checks the spec and returns it with defaults, queueing nothing.
+        """
         if isinstance(spec, (str, Path)):
             spec = load_spec_file(spec)
         elif isinstance(spec, dict):
             spec = spec_from_dict(spec)
-        request = pb.SubmitJobRequest(spec=spec)
-        return _call(self._stub.SubmitJob, request, timeout=self.timeout_s)
+        request = pb.SubmitJobRequest(
+            spec=spec, submission_id=submission_id, validate_only=validate_only
+        )
+        return JobHandle(self, _call(self._stub.SubmitJob, request, timeout=self.timeout_s))
 
     def get(self, job_id: str) -> pb.Job:
         return _call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
@@ -244,3 +256,38 @@ class Client:
         except grpc.RpcError as error:
             raise _raise_from(error) from None
         raise BptrainError("DATA_LOSS", "the weights stream ended without its sha256")
+
+
+class JobHandle:
+    """A submitted job: the `bptrain.v1.Job` it was (its fields read through), plus verbs.
+
+    ``client.submit(spec).wait()`` follows the job to its end and returns the final Job.
+    """
+
+    def __init__(self, client: Client, job: pb.Job) -> None:
+        self.client = client
+        self.job = job
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.job, name)
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.job.job_id!r}, {pb.JobState.Name(self.job.state)})"
+
+    def refresh(self) -> pb.Job:
+        self.job = self.client.get(self.job.job_id)
+        return self.job
+
+    def wait(self, *, on_point: Callable[[pb.MetricPoint], None] | None = None) -> pb.Job:
+        self.job = self.client.wait(self.job.job_id, on_point=on_point)
+        return self.job
+
+    def metrics(self, after_step: int = 0) -> Iterator[pb.MetricPoint]:
+        return self.client.metrics(self.job.job_id, after_step)
+
+    def cancel(self) -> pb.Job:
+        self.job = self.client.cancel(self.job.job_id)
+        return self.job
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.client.weights(self.job.job_id)

@@ -31,6 +31,10 @@ class NotFoundError(BptrainError, LookupError):
     """An unknown job or dataset."""
 
 
+class AlreadyExistsError(BptrainError):
+    """A client-chosen key is already taken by something else."""
+
+
 class FailedPreconditionError(BptrainError):
     """The request is valid but the resource is not in a state that allows it."""
 

@@ -23,6 +23,13 @@ class WeightsFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WEIGHTS_FORMAT_UNSPECIFIED: _ClassVar[WeightsFormat]
     NPZ: _ClassVar[WeightsFormat]
+    SAFETENSORS: _ClassVar[WeightsFormat]
+    ONNX: _ClassVar[WeightsFormat]
+
+class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATASET_FORMAT_UNSPECIFIED: _ClassVar[DatasetFormat]
+    DATASET_NPZ: _ClassVar[DatasetFormat]
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 RUNNING: JobState
@@ -31,6 +38,10 @@ FAILED: JobState
 CANCELLED: JobState
 WEIGHTS_FORMAT_UNSPECIFIED: WeightsFormat
 NPZ: WeightsFormat
+SAFETENSORS: WeightsFormat
+ONNX: WeightsFormat
+DATASET_FORMAT_UNSPECIFIED: DatasetFormat
+DATASET_NPZ: DatasetFormat
 
 class LayerSpec(_message.Message):
     __slots__ = ("units", "activation")
@@ -59,20 +70,22 @@ class OptimizerSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "validation_fraction", "samples", "features", "classes", "noise")
+    __slots__ = ("name", "dataset_id", "validation_fraction", "samples", "features", "classes", "noise")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     NOISE_FIELD_NUMBER: _ClassVar[int]
     name: str
+    dataset_id: str
     validation_fraction: float
     samples: int
     features: int
     classes: int
     noise: float
-    def __init__(self, name: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., samples: _Optional[int] = ..., features: _Optional[int] = ..., classes: _Optional[int] = ..., noise: _Optional[float] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dataset_id: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., samples: _Optional[int] = ..., features: _Optional[int] = ..., classes: _Optional[int] = ..., noise: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every")
@@ -125,7 +138,7 @@ class MetricPoint(_message.Message):
     def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., learning_rate: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., gradient_norms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers")
+    __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers", "queue_position", "queue_reason", "submission_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +151,9 @@ class Job(_message.Message):
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -150,7 +166,10 @@ class Job(_message.Message):
     total_steps: int
     latest: MetricPoint
     workers: _containers.RepeatedCompositeFieldContainer[WorkerPlacement]
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerPlacement, _Mapping]]] = ...) -> None: ...
+    queue_position: int
+    queue_reason: str
+    submission_id: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerPlacement, _Mapping]]] = ..., queue_position: _Optional[int] = ..., queue_reason: _Optional[str] = ..., submission_id: _Optional[str] = ...) -> None: ...
 
 class WorkerPlacement(_message.Message):
     __slots__ = ("index", "node_id", "hostname", "pid")
@@ -165,10 +184,14 @@ class WorkerPlacement(_message.Message):
     def __init__(self, index: _Optional[int] = ..., node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "submission_id", "validate_only")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+    submission_id: str
+    validate_only: bool
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., submission_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -241,3 +264,57 @@ class WeightsTrailer(_message.Message):
     total_bytes: int
     format: WeightsFormat
     def __init__(self, sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., format: _Optional[_Union[WeightsFormat, str]] = ...) -> None: ...
+
+class UploadDatasetRequest(_message.Message):
+    __slots__ = ("header", "chunk", "sha256")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    header: DatasetHeader
+    chunk: bytes
+    sha256: str
+    def __init__(self, header: _Optional[_Union[DatasetHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class DatasetHeader(_message.Message):
+    __slots__ = ("name", "format")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    format: DatasetFormat
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ...) -> None: ...
+
+class Dataset(_message.Message):
+    __slots__ = ("dataset_id", "name", "task", "rows", "features", "outputs", "size_bytes", "created_at")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    name: str
+    task: str
+    rows: int
+    features: int
+    outputs: int
+    size_bytes: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, dataset_id: _Optional[str] = ..., name: _Optional[str] = ..., task: _Optional[str] = ..., rows: _Optional[int] = ..., features: _Optional[int] = ..., outputs: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
+
+class DeleteDatasetRequest(_message.Message):
+    __slots__ = ("dataset_id",)
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    def __init__(self, dataset_id: _Optional[str] = ...) -> None: ...

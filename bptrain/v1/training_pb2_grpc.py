@@ -64,6 +64,21 @@ class TrainingServiceStub:
                 request_serializer=bptrain_dot_v1_dot_training__pb2.GetWeightsRequest.SerializeToString,
                 response_deserializer=bptrain_dot_v1_dot_training__pb2.WeightsChunk.FromString,
                 _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/bptrain.v1.TrainingService/UploadDataset',
+                request_serializer=bptrain_dot_v1_dot_training__pb2.UploadDatasetRequest.SerializeToString,
+                response_deserializer=bptrain_dot_v1_dot_training__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/bptrain.v1.TrainingService/ListDatasets',
+                request_serializer=bptrain_dot_v1_dot_training__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=bptrain_dot_v1_dot_training__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/bptrain.v1.TrainingService/DeleteDataset',
+                request_serializer=bptrain_dot_v1_dot_training__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=bptrain_dot_v1_dot_training__pb2.Dataset.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -114,6 +129,27 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDataset(self, request_iterator, context):
+        """Client streaming: a DatasetHeader, then the file's bytes in chunks, then their
+        sha256. A bad, truncated or over-quota upload leaves nothing behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """FAILED_PRECONDITION while a queued or running job uses the dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +182,21 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.GetWeights,
                     request_deserializer=bptrain_dot_v1_dot_training__pb2.GetWeightsRequest.FromString,
                     response_serializer=bptrain_dot_v1_dot_training__pb2.WeightsChunk.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=bptrain_dot_v1_dot_training__pb2.UploadDatasetRequest.FromString,
+                    response_serializer=bptrain_dot_v1_dot_training__pb2.Dataset.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=bptrain_dot_v1_dot_training__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=bptrain_dot_v1_dot_training__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=bptrain_dot_v1_dot_training__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=bptrain_dot_v1_dot_training__pb2.Dataset.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +361,87 @@ class TrainingService:
             '/bptrain.v1.TrainingService/GetWeights',
             bptrain_dot_v1_dot_training__pb2.GetWeightsRequest.SerializeToString,
             bptrain_dot_v1_dot_training__pb2.WeightsChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/bptrain.v1.TrainingService/UploadDataset',
+            bptrain_dot_v1_dot_training__pb2.UploadDatasetRequest.SerializeToString,
+            bptrain_dot_v1_dot_training__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bptrain.v1.TrainingService/ListDatasets',
+            bptrain_dot_v1_dot_training__pb2.ListDatasetsRequest.SerializeToString,
+            bptrain_dot_v1_dot_training__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bptrain.v1.TrainingService/DeleteDataset',
+            bptrain_dot_v1_dot_training__pb2.DeleteDatasetRequest.SerializeToString,
+            bptrain_dot_v1_dot_training__pb2.Dataset.FromString,
             options,
             channel_credentials,
             insecure,

@@ -120,6 +120,9 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         spec=spec_to_proto(record.spec),
         step=record.step,
         total_steps=record.total_steps,
+        queue_position=record.queue_position,
+        queue_reason=record.queue_reason,
+        submission_id=record.submission_id,
     )
     message.created_at.FromNanoseconds(int(record.created_at * 1e9))
     if record.started_at is not None:

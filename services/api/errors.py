@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from services.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidSpecError,
     NotFoundError,
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidSpecError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),

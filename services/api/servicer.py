@@ -27,7 +27,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
         spec = convert.spec_from_proto(request.spec)
-        return convert.job_to_proto(self.manager.submit(spec))
+        if request.validate_only:
+            return pb.Job(name=spec.name, spec=convert.spec_to_proto(spec))
+        record = self.manager.submit(spec, submission_id=request.submission_id)
+        return convert.job_to_proto(record)
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return convert.job_to_proto(self.manager.get(_job_id(request.job_id)))

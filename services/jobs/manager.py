@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import threading
 import time
 import uuid
@@ -10,7 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.errors import FailedPreconditionError, InvalidSpecError
+from services.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidSpecError,
+    ResourceExhaustedError,
+)
 from services.jobs.monitor import RunnerMonitor
 from services.jobs.records import JobRecord, JobState, MetricPoint
 from services.jobs.spec import JobSpec
@@ -23,16 +30,29 @@ DEFAULT_PAGE_SIZE = 50
 FOLLOW_WAIT_S = 1.0
 
 
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobsConfig:
-    """Where jobs keep their state, and what each worker asks Ray for."""
+    """Where jobs keep their state, what each worker asks Ray for, and the queue's limits.
+
+    At most `max_running_jobs` jobs run at once; later ones wait QUEUED in FIFO order,
+    and a submission beyond `max_queued_jobs` waiting jobs is refused.
+    """
 
     storage: Path = Path(".bptrain")
     worker_cpus: float = 1.0
+    max_running_jobs: int = 2
+    max_queued_jobs: int = 100
 
     def __post_init__(self) -> None:
         if not 0 < self.worker_cpus <= 1024:
             raise ValueError(f"worker_cpus must be in (0, 1024], got {self.worker_cpus}")
+        if self.max_running_jobs < 1:
+            raise ValueError(f"max_running_jobs must be >= 1, got {self.max_running_jobs}")
+        if self.max_queued_jobs < 0:
+            raise ValueError(f"max_queued_jobs must be >= 0, got {self.max_queued_jobs}")
 
     @property
     def database(self) -> Path:
@@ -43,47 +63,105 @@ class JobsConfig:
 
 
 class JobManager:
-    """Owns the store and one RunnerMonitor per live job. Needs Ray to be initialised."""
+    """Owns the store, the queue, and one RunnerMonitor per started job. Needs Ray."""
 
     def __init__(self, config: JobsConfig | None = None) -> None:
         self.config = config or JobsConfig()
         self.store = JobStore(self.config.database)
-        self._monitors: dict[str, RunnerMonitor] = {}
+        self._monitors: dict[str, RunnerMonitor] = {}  # started and not yet ended
+        self._waiting: list[str] = []  # QUEUED job ids not yet started, oldest first
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._version = 0
-        self._fail_orphans()
+        self._recover()
 
-    def _fail_orphans(self) -> None:
-        # Jobs a previous server left unfinished have no runner any more: say so.
-        for job_id in self.store.ids_in_states((JobState.QUEUED, JobState.RUNNING)):
+    def _recover(self) -> None:
+        """Jobs a previous server left: queued ones queue again, running ones failed."""
+        for job_id in self.store.ids_in_states((JobState.RUNNING,)):
             self.store.update(
                 job_id,
                 state=JobState.FAILED,
-                reason="the API server stopped while the job was unfinished",
+                reason="the API server stopped while the job ran",
                 finished_at=time.time(),
             )
-
-    def submit(self, spec: JobSpec) -> JobRecord:
-        record = JobRecord(job_id=f"job-{uuid.uuid4().hex[:12]}", spec=spec, created_at=time.time())
-        self.store.create(record)
-        monitor = RunnerMonitor(
-            job_id=record.job_id,
-            spec=spec,
-            store=self.store,
-            weights_path=self.config.weights_path(record.job_id),
-            worker_cpus=self.config.worker_cpus,
-            on_change=self._notify,
-        )
+        self._waiting = self.store.ids_in_states((JobState.QUEUED,))
         with self._lock:
-            self._monitors = {i: m for i, m in self._monitors.items() if m.is_alive}
-            self._monitors[record.job_id] = monitor
-        monitor.start()
-        log.info("job %s submitted (%s)", record.job_id, spec.name)
-        return record
+            self._start_waiting()
+
+    def submit(self, spec: JobSpec, *, submission_id: str = "") -> JobRecord:
+        """Queue a job; the same `submission_id` and spec again return the first job."""
+        if submission_id and not SUBMISSION_ID.fullmatch(submission_id):
+            raise InvalidSpecError(
+                "submission_id", "must be 1-128 characters of A-Z a-z 0-9 . _ -"
+            )
+        with self._lock:
+            if submission_id:
+                earlier = self.store.find_submission(submission_id)
+                if earlier is not None:
+                    if earlier.spec != spec:
+                        raise AlreadyExistsError(
+                            f"submission_id {submission_id!r} was used for job "
+                            f"{earlier.job_id} with a different spec"
+                        )
+                    return self._with_queue_place(earlier)
+            if len(self._waiting) >= self.config.max_queued_jobs:
+                raise ResourceExhaustedError(
+                    f"the queue is full: {len(self._waiting)} jobs wait "
+                    f"(limit {self.config.max_queued_jobs}); try again later"
+                )
+            record = JobRecord(
+                job_id=f"job-{uuid.uuid4().hex[:12]}",
+                spec=spec,
+                created_at=time.time(),
+                submission_id=submission_id,
+            )
+            self.store.create(record)
+            self._waiting.append(record.job_id)
+            self._start_waiting()
+            log.info("job %s submitted (%s)", record.job_id, spec.name)
+            return self._with_queue_place(record)
+
+    def _start_waiting(self) -> None:
+        """Start waiting jobs, oldest first, while running slots are free (lock held)."""
+        while self._waiting and len(self._monitors) < self.config.max_running_jobs:
+            job_id = self._waiting.pop(0)
+            monitor = RunnerMonitor(
+                job_id=job_id,
+                spec=self.store.get(job_id).spec,
+                store=self.store,
+                weights_path=self.config.weights_path(job_id),
+                worker_cpus=self.config.worker_cpus,
+                on_change=self._notify,
+                on_end=self._job_ended,
+            )
+            self._monitors[job_id] = monitor
+            monitor.start()
+
+    def _job_ended(self, job_id: str) -> None:
+        with self._lock:
+            self._monitors.pop(job_id, None)
+            self._start_waiting()
+        self._notify()
 
     def get(self, job_id: str) -> JobRecord:
-        return self.store.get(job_id)
+        return self._with_queue_place(self.store.get(job_id))
+
+    def _with_queue_place(self, record: JobRecord) -> JobRecord:
+        if record.state is not JobState.QUEUED:
+            return record
+        waiting = list(self._waiting)
+        if record.job_id in waiting:
+            running = self.config.max_running_jobs
+            return dataclasses.replace(
+                record,
+                queue_position=waiting.index(record.job_id) + 1,
+                queue_reason=f"waiting for a free slot: {running} of {running} jobs are running",
+            )
+        return dataclasses.replace(
+            record,
+            queue_reason=f"starting: placing the parameter server and "
+            f"{record.spec.workers} workers on Ray",
+        )
 
     def list(
         self, *, state: JobState | None = None, page_size: int = 0, page_token: str = ""
@@ -91,7 +169,8 @@ class JobManager:
         if page_size < 0:
             raise InvalidSpecError("page_size", f"must be >= 0, got {page_size}")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        return self.store.list(state=state, limit=size, page_token=page_token)
+        records, next_token = self.store.list(state=state, limit=size, page_token=page_token)
+        return [self._with_queue_place(r) for r in records], next_token
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ends a queued or running job; returns it once it is recorded as ended."""
@@ -100,8 +179,17 @@ class JobManager:
             return record
         with self._lock:
             monitor = self._monitors.get(job_id)
+            if job_id in self._waiting:
+                self._waiting.remove(job_id)
+                self.store.update(
+                    job_id,
+                    state=JobState.CANCELLED,
+                    reason="cancelled by request",
+                    finished_at=time.time(),
+                )
         if monitor is not None:
             monitor.cancel()
+        self._notify()
         return self.store.get(job_id)
 
     def follow(

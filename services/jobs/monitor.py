@@ -42,6 +42,7 @@ class RunnerMonitor:
         weights_path: Path,
         worker_cpus: float,
         on_change: Callable[[], None],
+        on_end: Callable[[str], None] = lambda job_id: None,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
@@ -49,6 +50,7 @@ class RunnerMonitor:
         self.weights_path = weights_path
         self.worker_cpus = worker_cpus
         self.on_change = on_change
+        self.on_end = on_end
         self._lock = threading.Lock()
         self._runner: ray.actor.ActorHandle | None = None
         self._is_cancel_requested = False
@@ -102,6 +104,8 @@ class RunnerMonitor:
         finally:
             if self._runner is not None and not self._is_stopping:
                 ray.kill(self._runner, no_restart=True)
+            if not self._is_stopping:
+                self.on_end(self.job_id)
 
     def _follow(self, runner: ray.actor.ActorHandle) -> None:
         after_step = 0

@@ -52,6 +52,9 @@ class JobRecord:
     step: int = 0
     weights_path: str = ""
     placement: tuple[dict, ...] = ()  # per worker: node_id, hostname, pid
+    submission_id: str = ""
+    queue_position: int = 0  # 1-based while waiting for a slot (derived, not stored)
+    queue_reason: str = ""
     latest: MetricPoint | None = field(default=None, compare=False)
 
     @property

@@ -25,8 +25,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at  REAL,
     total_steps  INTEGER NOT NULL DEFAULT 0,
     weights_path TEXT NOT NULL DEFAULT '',
-    placement_json TEXT NOT NULL DEFAULT '[]'
+    placement_json TEXT NOT NULL DEFAULT '[]',
+    submission_id TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_submission ON jobs (submission_id)
+    WHERE submission_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS metrics (
     job_id  TEXT NOT NULL REFERENCES jobs (job_id),
@@ -46,7 +49,10 @@ _UPDATABLE = {
     "placement",
 }
 # Columns added after the first release: (table, column, declaration) for older files.
-_ADDED_COLUMNS = (("jobs", "placement_json", "TEXT NOT NULL DEFAULT '[]'"),)
+_ADDED_COLUMNS = (
+    ("jobs", "placement_json", "TEXT NOT NULL DEFAULT '[]'"),
+    ("jobs", "submission_id", "TEXT"),
+)
 
 
 class JobStore:
@@ -81,14 +87,15 @@ class JobStore:
     def create(self, record: JobRecord) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (job_id, state, reason, spec_json, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, state, reason, spec_json, created_at, submission_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     record.job_id,
                     record.state.value,
                     record.reason,
                     json.dumps(record.spec.to_dict()),
                     record.created_at,
+                    record.submission_id or None,
                 ),
             )
 
@@ -138,6 +145,14 @@ class JobStore:
             records = [self._record(row) for row in rows[:limit]]
         next_token = str(rows[limit - 1]["seq"]) if len(rows) > limit else ""
         return records, next_token
+
+    def find_submission(self, submission_id: str) -> JobRecord | None:
+        """The job a client created with this idempotency key, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE submission_id = ?", (submission_id,)
+            ).fetchone()
+            return self._record(row) if row is not None else None
 
     def ids_in_states(self, states: tuple[JobState, ...]) -> list[str]:
         marks = ", ".join("?" for _ in states)
@@ -189,6 +204,7 @@ class JobStore:
             step=latest_point.step if latest_point else 0,
             weights_path=row["weights_path"],
             placement=tuple(json.loads(row["placement_json"])),
+            submission_id=row["submission_id"] or "",
             latest=latest_point,
         )
 
