@@ -84,6 +84,10 @@ def main(log_level: str) -> None:
 )
 @click.option("--num-cpus", default=None, type=int, help="CPUs of the embedded Ray (default: all).")
 @click.option("--worker-cpus", default=1.0, show_default=True, type=float, help="CPUs per worker.")
+@click.option("--max-running-jobs", default=2, show_default=True, type=int, help="Jobs at once.")
+@click.option(
+    "--max-queued-jobs", default=100, show_default=True, type=int, help="Waiting jobs at most."
+)
 @click.option(
     "--port-file", default=None, type=click.Path(path_type=Path), help="Write the bound port here."
 )
@@ -108,6 +112,8 @@ def serve(
     ray_address: str | None,
     num_cpus: int | None,
     worker_cpus: float,
+    max_running_jobs: int,
+    max_queued_jobs: int,
     port_file: Path | None,
     tokens_file: Path | None,
     tls_cert: Path | None,
@@ -134,7 +140,12 @@ def serve(
         tls = TlsConfig(cert=tls_cert, key=tls_key, client_ca=tls_client_ca) if tls_cert else None
         configs = (
             ServerConfig(host=host, port=port, tokens=tokens, tls=tls),
-            JobsConfig(storage=storage, worker_cpus=worker_cpus),
+            JobsConfig(
+                storage=storage,
+                worker_cpus=worker_cpus,
+                max_running_jobs=max_running_jobs,
+                max_queued_jobs=max_queued_jobs,
+            ),
             RayConfig(address=ray_address, num_cpus=num_cpus),
         )
         run_server(*configs, port_file=port_file)
