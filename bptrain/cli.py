@@ -39,6 +39,13 @@ def _job_dict(job: pb.Job) -> dict:
     return json_format.MessageToDict(job, preserving_proto_field_name=True)
 
 
+def _print_table(table: Table) -> None:
+    console = Console()
+    if not console.is_terminal:  # piped: not cut to 80 columns, scripts grep ids out of it
+        console = Console(width=max(console.width, 200))
+    console.print(table)
+
+
 def _print_jobs(jobs: Iterable[pb.Job], output: str) -> None:
     jobs = list(jobs)
     if output == "json":
@@ -61,9 +68,7 @@ def _print_jobs(jobs: Iterable[pb.Job], output: str) -> None:
             else "",
             job.reason,
         )
-    console = Console()
-    # Piped output is not cut to 80 columns: scripts grep job ids out of it.
-    Console(width=max(console.width, 200) if not console.is_terminal else None).print(table)
+    _print_table(table)
 
 
 @click.group()
@@ -97,6 +102,14 @@ def main(log_level: str) -> None:
     type=click.Path(path_type=Path),
     help="Bearer tokens, one per line (else $BPTRAIN_TOKENS, comma-separated; none: no auth).",
 )
+@click.option(
+    "--metrics-port",
+    default=9464,
+    show_default=True,
+    type=int,
+    help="Port of the Prometheus /metrics endpoint; 0 picks a free port.",
+)
+@click.option("--metrics-host", default=None, help="Interface of /metrics (default: --host).")
 @click.option("--tls-cert", default=None, type=click.Path(path_type=Path), help="PEM certificate.")
 @click.option("--tls-key", default=None, type=click.Path(path_type=Path), help="PEM private key.")
 @click.option(
@@ -116,6 +129,8 @@ def serve(
     max_queued_jobs: int,
     port_file: Path | None,
     tokens_file: Path | None,
+    metrics_port: int,
+    metrics_host: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
@@ -126,6 +141,7 @@ def serve(
     from services.cluster import RayConfig
     from services.errors import UnavailableError
     from services.jobs.manager import JobsConfig
+    from services.metrics import MetricsConfig
     from services.serve import serve as run_server
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
@@ -148,7 +164,8 @@ def serve(
             ),
             RayConfig(address=ray_address, num_cpus=num_cpus),
         )
-        run_server(*configs, port_file=port_file)
+        metrics_config = MetricsConfig(host=metrics_host or host, port=metrics_port)
+        run_server(*configs, port_file=port_file, metrics_config=metrics_config)
     except (ValueError, OSError, UnavailableError) as error:
         _fail(str(error))
 
@@ -259,14 +276,82 @@ def cancel(job_id: str, server: str, output: str) -> None:
 @click.option(
     "-o", "--out", "path", default="model.npz", show_default=True, type=click.Path(path_type=Path)
 )
-def weights(job_id: str, server: str, path: Path) -> None:
-    """Download a finished job's weights (.npz, sha256-checked)."""
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npz", "safetensors", "onnx"]),
+    default=None,
+    help="Default: from the output file's suffix, else npz.",
+)
+def weights(job_id: str, server: str, path: Path, fmt: str | None) -> None:
+    """Download a finished job's weights (sha256-checked)."""
+    suffix = path.suffix.lstrip(".").lower()
+    fmt = fmt or (suffix if suffix in ("npz", "safetensors", "onnx") else "npz")
     try:
         with Client(server) as client:
-            digest = client.download_weights(job_id, path)
+            digest = client.download_weights(job_id, path, format=fmt)
     except (BptrainError, OSError) as error:
         _fail(str(error))
     click.echo(f"wrote {path} (sha256 {digest})")
+
+
+@main.group()
+def datasets() -> None:
+    """Upload, list and delete datasets (.npz with X and y)."""
+
+
+def _print_datasets(items: list[pb.Dataset], output: str) -> None:
+    if output == "json":
+        rows = [json_format.MessageToDict(d, preserving_proto_field_name=True) for d in items]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    table.add_column("DATASET ID", no_wrap=True)
+    for heading in ("NAME", "TASK", "ROWS", "FEATURES", "OUTPUTS", "BYTES"):
+        table.add_column(heading)
+    for d in items:
+        row = (d.name, d.task, d.rows, d.features, d.outputs, d.size_bytes)
+        table.add_row(d.dataset_id, *map(str, row))
+    _print_table(table)
+
+
+@datasets.command("upload")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", default=None, help="Name to show (default: the file's stem).")
+@server_option
+@output_option
+def datasets_upload(path: Path, name: str | None, server: str, output: str) -> None:
+    """Upload PATH; prints its dataset_id (use it as dataset.dataset_id with name uploaded)."""
+    try:
+        with Client(server) as client:
+            _print_datasets([client.upload_dataset(path, name=name)], output)
+    except BptrainError as error:
+        _fail(str(error))
+
+
+@datasets.command("list")
+@server_option
+@output_option
+def datasets_list(server: str, output: str) -> None:
+    """List uploaded datasets, newest first."""
+    try:
+        with Client(server) as client:
+            _print_datasets(client.list_datasets(), output)
+    except BptrainError as error:
+        _fail(str(error))
+
+
+@datasets.command("delete")
+@click.argument("dataset_id")
+@server_option
+def datasets_delete(dataset_id: str, server: str) -> None:
+    """Delete an uploaded dataset (refused while a job uses it)."""
+    try:
+        with Client(server) as client:
+            client.delete_dataset(dataset_id)
+    except BptrainError as error:
+        _fail(str(error))
+    click.echo(f"deleted {dataset_id}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 RECONNECT_ATTEMPTS = 5
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 TERMINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 
@@ -227,9 +228,41 @@ class Client:
                 return event.final
         raise AssertionError("unreachable: events() ends with the final job")
 
-    def download_weights(self, job_id: str, path: str | Path) -> str:
-        """Write the job's weights (.npz) to `path` after checking their sha256; returns it."""
-        data = self._weights_bytes(job_id)
+    def upload_dataset(self, path: str | Path, *, name: str | None = None) -> pb.Dataset:
+        """Upload an .npz with X (N, D) and y (N,) labels or (N, K) targets; returns it.
+
+        Use the returned dataset_id in a spec: ``dataset: {name: uploaded, dataset_id: ...}``.
+        """
+        path = Path(path)
+        header = pb.DatasetHeader(name=name or path.stem, format=pb.DATASET_NPZ)
+
+        def parts() -> Iterator[pb.UploadDatasetRequest]:
+            yield pb.UploadDatasetRequest(header=header)
+            digest = hashlib.sha256()
+            with open(path, "rb") as file:
+                while chunk := file.read(UPLOAD_CHUNK_BYTES):
+                    digest.update(chunk)
+                    yield pb.UploadDatasetRequest(chunk=chunk)
+            yield pb.UploadDatasetRequest(sha256=digest.hexdigest())
+
+        if not path.is_file():
+            raise BptrainError("INVALID_ARGUMENT", f"{path} is not a file")
+        return _call(self._stub.UploadDataset, parts(), timeout=max(self.timeout_s, 600.0))
+
+    def list_datasets(self) -> list[pb.Dataset]:
+        request = pb.ListDatasetsRequest()
+        return list(_call(self._stub.ListDatasets, request, timeout=self.timeout_s).datasets)
+
+    def delete_dataset(self, dataset_id: str) -> pb.Dataset:
+        request = pb.DeleteDatasetRequest(dataset_id=dataset_id)
+        return _call(self._stub.DeleteDataset, request, timeout=self.timeout_s)
+
+    def download_weights(self, job_id: str, path: str | Path, *, format: str = "npz") -> str:
+        """Write the job's weights to `path` after checking their sha256; returns it.
+
+        format: "npz" (W1, b1, ... and the architecture), "safetensors" or "onnx".
+        """
+        data = self._weights_bytes(job_id, format)
         path = Path(path)
         temporary = path.with_name(path.name + ".part")
         temporary.write_bytes(data)
@@ -241,8 +274,10 @@ class Client:
         with np.load(io.BytesIO(self._weights_bytes(job_id)), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
 
-    def _weights_bytes(self, job_id: str) -> bytes:
-        request = pb.GetWeightsRequest(job_id=job_id, format=pb.NPZ)
+    def _weights_bytes(self, job_id: str, format: str = "npz") -> bytes:
+        if format.upper() not in ("NPZ", "SAFETENSORS", "ONNX"):
+            raise BptrainError("INVALID_ARGUMENT", "format must be npz, safetensors or onnx")
+        request = pb.GetWeightsRequest(job_id=job_id, format=pb.WeightsFormat.Value(format.upper()))
         digest, parts = hashlib.sha256(), []
         try:
             for chunk in self._stub.GetWeights(request, timeout=max(self.timeout_s, 300.0)):

@@ -12,6 +12,7 @@ import ray
 from services import cluster
 from services.api.server import ServerConfig, create_server
 from services.jobs.manager import JobManager, JobsConfig
+from services.metrics import MetricsConfig, MetricsExporter, ServiceMetrics, build_registry
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,14 @@ def serve(
     ray_config: cluster.RayConfig,
     *,
     port_file: Path | None = None,
+    metrics_config: MetricsConfig | None = None,
 ) -> None:
     """Run until a termination signal; then stop taking calls, let in-flight ones finish."""
     cluster.connect(ray_config)
-    manager = JobManager(jobs_config)
+    manager = JobManager(jobs_config, metrics=ServiceMetrics(build_registry()))
+    metrics_config = metrics_config or MetricsConfig()
+    exporter = MetricsExporter.start(metrics_config, manager.metrics.registry)
+    log.info("metrics on http://%s:%d/metrics", metrics_config.host, exporter.port)
     running = create_server(server_config, manager)
     log.info(
         "bptrain API listening on %s:%d (storage %s, Ray %s)",
@@ -42,5 +47,6 @@ def serve(
     stop.wait()
     log.info("shutting down")
     running.stop(grace_s=5.0)
+    exporter.stop()
     manager.shutdown()
     ray.shutdown()

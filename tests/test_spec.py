@@ -300,7 +300,7 @@ def test_negative_learning_rate_message_names_field_and_value() -> None:
 def test_a_later_bad_layer_is_named_by_its_index() -> None:
     message = minimal_message()
     message.layers.insert(0, pb.LayerSpec(units=16, activation="relu"))
-    message.layers.insert(1, pb.LayerSpec(units=16, activation="softplus"))
+    message.layers.insert(1, pb.LayerSpec(units=16, activation="swish"))
 
     assert invalid_field(message).field == "layers[1].activation"
 

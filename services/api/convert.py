@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bptrain.v1 import training_pb2 as pb
 from services.datasets import DatasetOptions
+from services.datasets.uploads import DatasetInfo
 from services.errors import InvalidSpecError
 from services.jobs.records import JobRecord, JobState, MetricPoint
-from services.jobs.spec import DatasetSpec, JobSpec, LayerSpec, nested
+from services.jobs.spec import UPLOADED, DatasetSpec, JobSpec, LayerSpec, nested
 from services.paramserver.optimizers import OptimizerConfig
 
 
@@ -15,8 +18,13 @@ def _set_fields(message, names: tuple[str, ...]) -> dict:
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-def spec_from_proto(message: pb.JobSpec) -> JobSpec:
-    """Validate a JobSpec message into the domain spec (InvalidSpecError names the field)."""
+def spec_from_proto(
+    message: pb.JobSpec, find_dataset: Callable[[str], DatasetInfo] | None = None
+) -> JobSpec:
+    """Validate a JobSpec message into the domain spec (InvalidSpecError names the field).
+
+    `find_dataset` looks up an uploaded dataset by id (NotFoundError when unknown).
+    """
     layers = tuple(
         nested(f"layers[{i}]", LayerSpec, units=layer.units, activation=layer.activation)
         for i, layer in enumerate(message.layers)
@@ -35,11 +43,17 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         seed=message.seed if message.HasField("seed") and message.seed >= 0 else 0,
         **_set_fields(dataset_message, ("samples", "features", "classes", "noise")),
     )
+    uploaded: dict = {}
+    if dataset_message.name == UPLOADED and dataset_message.dataset_id and find_dataset:
+        info = find_dataset(dataset_message.dataset_id)
+        uploaded = {"task": info.task, "features": info.features, "outputs": info.outputs}
     dataset = nested(
         "dataset",
         DatasetSpec,
         name=dataset_message.name,
         options=options,
+        dataset_id=dataset_message.dataset_id,
+        **uploaded,
         **_set_fields(dataset_message, ("validation_fraction",)),
     )
     top = _set_fields(message, ("batch_size", "epochs", "steps", "workers", "seed", "eval_every"))
@@ -77,6 +91,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         epochs=spec.epochs,
         dataset=pb.DatasetSpec(
             name=spec.dataset.name,
+            dataset_id=spec.dataset.dataset_id,
             validation_fraction=spec.dataset.validation_fraction,
             samples=options.samples,
             features=options.features,
@@ -143,3 +158,17 @@ def state_from_proto(state: int) -> JobState | None:
     if state not in pb.JobState.values():
         raise InvalidSpecError("state", f"must be a JobState value, got {state}")
     return JobState(pb.JobState.Name(state))
+
+
+def dataset_to_proto(info: DatasetInfo) -> pb.Dataset:
+    message = pb.Dataset(
+        dataset_id=info.dataset_id,
+        name=info.name,
+        task=info.task,
+        rows=info.rows,
+        features=info.features,
+        outputs=info.outputs,
+        size_bytes=info.size_bytes,
+    )
+    message.created_at.FromNanoseconds(int(info.created_at * 1e9))
+    return message

@@ -15,6 +15,7 @@ from services.api.auth import TokenAuthInterceptor
 from services.api.errors import ErrorMappingInterceptor
 from services.api.servicer import TrainingServicer
 from services.jobs.manager import JobManager
+from services.metrics import RpcMetricsInterceptor
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -83,6 +84,7 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
         interceptors=[
+            RpcMetricsInterceptor(manager.metrics),  # outermost: sees every final status code
             *([TokenAuthInterceptor(config.tokens)] if config.tokens else []),
             ErrorMappingInterceptor(),
         ],

@@ -14,6 +14,13 @@ from services.jobs.manager import JobManager
 from services.jobs.records import JobRecord
 from services.jobs.weights import read_chunks
 
+_WEIGHTS_FORMATS = {
+    pb.WEIGHTS_FORMAT_UNSPECIFIED: "npz",
+    pb.NPZ: "npz",
+    pb.SAFETENSORS: "safetensors",
+    pb.ONNX: "onnx",
+}
+
 
 def _job_id(job_id: str) -> str:
     if not job_id:
@@ -26,7 +33,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self.manager = manager
 
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        spec = convert.spec_from_proto(request.spec)
+        spec = convert.spec_from_proto(request.spec, self.manager.datasets.get)
         if request.validate_only:
             return pb.Job(name=spec.name, spec=convert.spec_to_proto(spec))
         record = self.manager.submit(spec, submission_id=request.submission_id)
@@ -61,14 +68,55 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                 yield pb.StreamMetricsResponse(point=convert.point_to_proto(event))
 
     def GetWeights(self, request: pb.GetWeightsRequest, context: grpc.ServicerContext):
-        if request.format not in (pb.WEIGHTS_FORMAT_UNSPECIFIED, pb.NPZ):
-            raise InvalidSpecError("format", f"must be NPZ, got {request.format}")
-        path = self.manager.weights_path(_job_id(request.job_id))
+        fmt = _WEIGHTS_FORMATS.get(request.format)
+        if fmt is None:
+            raise InvalidSpecError(
+                "format", f"must be NPZ, SAFETENSORS or ONNX, got {request.format}"
+            )
+        path = self.manager.weights_file(_job_id(request.job_id), fmt)
         digest = hashlib.sha256()
         total = 0
         for chunk in read_chunks(path):
             digest.update(chunk)
             total += len(chunk)
             yield pb.WeightsChunk(data=chunk)
-        trailer = pb.WeightsTrailer(sha256=digest.hexdigest(), total_bytes=total, format=pb.NPZ)
+        trailer = pb.WeightsTrailer(
+            sha256=digest.hexdigest(), total_bytes=total, format=request.format or pb.NPZ
+        )
         yield pb.WeightsChunk(trailer=trailer)
+
+    def UploadDataset(self, request_iterator, context: grpc.ServicerContext) -> pb.Dataset:
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidSpecError("header", "must be the first message of an upload")
+        if first.header.format not in (pb.DATASET_FORMAT_UNSPECIFIED, pb.DATASET_NPZ):
+            raise InvalidSpecError(
+                "header.format", f"must be DATASET_NPZ, got {first.header.format}"
+            )
+        upload = self.manager.datasets.begin(first.header.name)
+        try:
+            for message in request_iterator:
+                if message.HasField("chunk"):
+                    upload.write(message.chunk)
+                elif message.HasField("sha256"):
+                    return convert.dataset_to_proto(upload.finish(message.sha256))
+                else:
+                    raise InvalidSpecError("header", "may only be sent once, first")
+            raise InvalidSpecError(
+                "sha256", "never arrived: the upload ended early (truncated stream)"
+            )
+        finally:
+            upload.discard()
+
+    def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> pb.ListDatasetsResponse:
+        infos = self.manager.datasets.list()
+        return pb.ListDatasetsResponse(datasets=[convert.dataset_to_proto(i) for i in infos])
+
+    def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> pb.Dataset:
+        if not request.dataset_id:
+            raise InvalidSpecError("dataset_id", "is required")
+        return convert.dataset_to_proto(self.manager.delete_dataset(request.dataset_id))

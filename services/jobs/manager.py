@@ -12,16 +12,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.datasets.uploads import DatasetInfo, DatasetRegistry
 from services.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidSpecError,
     ResourceExhaustedError,
 )
+from services.jobs.export import exported
 from services.jobs.monitor import RunnerMonitor
 from services.jobs.records import JobRecord, JobState, MetricPoint
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
+from services.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class JobsConfig:
     worker_cpus: float = 1.0
     max_running_jobs: int = 2
     max_queued_jobs: int = 100
+    max_dataset_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         if not 0 < self.worker_cpus <= 1024:
@@ -53,10 +57,16 @@ class JobsConfig:
             raise ValueError(f"max_running_jobs must be >= 1, got {self.max_running_jobs}")
         if self.max_queued_jobs < 0:
             raise ValueError(f"max_queued_jobs must be >= 0, got {self.max_queued_jobs}")
+        if self.max_dataset_bytes < 1:
+            raise ValueError(f"max_dataset_bytes must be >= 1, got {self.max_dataset_bytes}")
 
     @property
     def database(self) -> Path:
         return self.storage / "bptrain.db"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.storage / "datasets"
 
     def weights_path(self, job_id: str) -> Path:
         return self.storage / "jobs" / job_id / "weights.npz"
@@ -65,9 +75,18 @@ class JobsConfig:
 class JobManager:
     """Owns the store, the queue, and one RunnerMonitor per started job. Needs Ray."""
 
-    def __init__(self, config: JobsConfig | None = None) -> None:
+    def __init__(
+        self, config: JobsConfig | None = None, *, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.config = config or JobsConfig()
         self.store = JobStore(self.config.database)
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
+        self.metrics.track_job_states(self.config.database)
+        self.datasets = DatasetRegistry(
+            self.config.datasets_dir,
+            self.config.database,
+            max_bytes=self.config.max_dataset_bytes,
+        )
         self._monitors: dict[str, RunnerMonitor] = {}  # started and not yet ended
         self._waiting: list[str] = []  # QUEUED job ids not yet started, oldest first
         self._lock = threading.Lock()
@@ -84,6 +103,7 @@ class JobManager:
                 reason="the API server stopped while the job ran",
                 finished_at=time.time(),
             )
+            self.metrics.job_finished(job_id, JobState.FAILED)
         self._waiting = self.store.ids_in_states((JobState.QUEUED,))
         with self._lock:
             self._start_waiting()
@@ -91,9 +111,7 @@ class JobManager:
     def submit(self, spec: JobSpec, *, submission_id: str = "") -> JobRecord:
         """Queue a job; the same `submission_id` and spec again return the first job."""
         if submission_id and not SUBMISSION_ID.fullmatch(submission_id):
-            raise InvalidSpecError(
-                "submission_id", "must be 1-128 characters of A-Z a-z 0-9 . _ -"
-            )
+            raise InvalidSpecError("submission_id", "must be 1-128 characters of A-Z a-z 0-9 . _ -")
         with self._lock:
             if submission_id:
                 earlier = self.store.find_submission(submission_id)
@@ -116,6 +134,7 @@ class JobManager:
                 submission_id=submission_id,
             )
             self.store.create(record)
+            self.metrics.job_submitted()
             self._waiting.append(record.job_id)
             self._start_waiting()
             log.info("job %s submitted (%s)", record.job_id, spec.name)
@@ -131,8 +150,10 @@ class JobManager:
                 store=self.store,
                 weights_path=self.config.weights_path(job_id),
                 worker_cpus=self.config.worker_cpus,
+                datasets_dir=self.config.datasets_dir,
                 on_change=self._notify,
                 on_end=self._job_ended,
+                metrics=self.metrics,
             )
             self._monitors[job_id] = monitor
             monitor.start()
@@ -187,6 +208,7 @@ class JobManager:
                     reason="cancelled by request",
                     finished_at=time.time(),
                 )
+                self.metrics.job_finished(job_id, JobState.CANCELLED)
         if monitor is not None:
             monitor.cancel()
         self._notify()
@@ -218,6 +240,10 @@ class JobManager:
                 return
             self._wait_for_change(seen)
 
+    def weights_file(self, job_id: str, fmt: str = "npz") -> Path:
+        """The job's weights as `fmt` (npz, safetensors or onnx); see services/jobs/export.py."""
+        return exported(self.weights_path(job_id), fmt)
+
     def weights_path(self, job_id: str) -> Path:
         record = self.store.get(job_id)
         if record.state is not JobState.SUCCEEDED or not record.weights_path:
@@ -230,6 +256,18 @@ class JobManager:
             raise FailedPreconditionError(f"the weights file of job {job_id} is missing")
         return path
 
+    def delete_dataset(self, dataset_id: str) -> DatasetInfo:
+        """Delete an uploaded dataset unless a queued or running job uses it."""
+        self.datasets.get(dataset_id)  # NotFoundError first
+        with self._lock:
+            for job_id in self.store.ids_in_states((JobState.QUEUED, JobState.RUNNING)):
+                if self.store.get(job_id).spec.dataset.dataset_id == dataset_id:
+                    raise FailedPreconditionError(
+                        f"dataset {dataset_id} is in use by job {job_id}; "
+                        "delete it once that job has ended"
+                    )
+            return self.datasets.delete(dataset_id)
+
     def shutdown(self) -> None:
         """Stops following jobs; they are marked FAILED when the next server starts."""
         with self._lock:
@@ -237,6 +275,7 @@ class JobManager:
         for monitor in monitors:
             monitor.stop()
         self.store.close()
+        self.datasets.close()
 
     def _wait_for_change(self, seen: int) -> None:
         with self._changed:

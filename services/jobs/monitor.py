@@ -22,6 +22,7 @@ from services.jobs.runner import JobRunner, RunnerUpdate
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
 from services.jobs.weights import write_weights
+from services.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,20 @@ class RunnerMonitor:
         store: JobStore,
         weights_path: Path,
         worker_cpus: float,
+        datasets_dir: Path,
         on_change: Callable[[], None],
         on_end: Callable[[str], None] = lambda job_id: None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
         self.store = store
         self.weights_path = weights_path
         self.worker_cpus = worker_cpus
+        self.datasets_dir = datasets_dir
         self.on_change = on_change
         self.on_end = on_end
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
         self._lock = threading.Lock()
         self._runner: ray.actor.ActorHandle | None = None
         self._is_cancel_requested = False
@@ -92,7 +97,12 @@ class RunnerMonitor:
                 self._runner = (
                     ray.remote(JobRunner)
                     .options(name=f"{self.job_id}/runner", num_cpus=0, max_concurrency=4)
-                    .remote(self.job_id, self.spec, worker_cpus=self.worker_cpus)
+                    .remote(
+                        self.job_id,
+                        self.spec,
+                        worker_cpus=self.worker_cpus,
+                        datasets_dir=str(self.datasets_dir.resolve()),
+                    )
                 )
             self._runner.run.remote()
             self._follow(self._runner)
@@ -126,6 +136,7 @@ class RunnerMonitor:
                 return
             if update.points:
                 self.store.add_metrics(self.job_id, update.points)
+                self.metrics.points_recorded(self.job_id, update.points)
                 after_step = update.points[-1].step
             if not is_running and update.state is not JobState.QUEUED:
                 self.store.update(
@@ -151,4 +162,5 @@ class RunnerMonitor:
 
     def _record_end(self, state: JobState, reason: str) -> None:
         self.store.update(self.job_id, state=state, reason=reason, finished_at=time.time())
+        self.metrics.job_finished(self.job_id, state)
         self.on_change()

@@ -13,14 +13,16 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from services.datasets import load_dataset, split_validation
+from services.datasets.uploads import load_uploaded
 from services.jobs.records import JobState, MetricPoint
-from services.jobs.spec import JobSpec
+from services.jobs.spec import UPLOADED, JobSpec
 from services.paramserver.server import ParameterServer
 from worker.gradient_worker import GradientWorker
 from worker.model import MLP
@@ -54,9 +56,21 @@ class TrainingData:
         return self.X_train[start : start + size], self.y_train[start : start + size]
 
 
-def prepare_data(spec: JobSpec) -> TrainingData:
-    """Load the dataset, hold out validation rows, plan the shards (all seeded by the spec)."""
-    dataset = load_dataset(spec.dataset.name, spec.dataset.options)
+def prepare_data(spec: JobSpec, datasets_dir: Path | None = None) -> TrainingData:
+    """Load the dataset, hold out validation rows, plan the shards (all seeded by the spec).
+
+    Uploaded datasets are read from `datasets_dir` (shared storage in a cluster).
+    """
+    if spec.dataset.name == UPLOADED:
+        if datasets_dir is None:
+            raise JobFailed("the runner was not told where uploaded datasets are stored")
+        dataset_id = spec.dataset.dataset_id
+        path = Path(datasets_dir) / f"{dataset_id}.npz"
+        if not path.is_file():
+            raise JobFailed(f"uploaded dataset {dataset_id} is missing from {datasets_dir}")
+        dataset = load_uploaded(path, dataset_id)
+    else:
+        dataset = load_dataset(spec.dataset.name, spec.dataset.options)
     X_train, y_train, X_val, y_val = split_validation(
         dataset.X_train, dataset.y_train, spec.dataset.validation_fraction, spec.seed
     )
@@ -86,10 +100,18 @@ class RunnerUpdate:
 class JobRunner:
     """Runs one job from start to a terminal state; see the module docstring."""
 
-    def __init__(self, job_id: str, spec: JobSpec, *, worker_cpus: float = 1.0) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        *,
+        worker_cpus: float = 1.0,
+        datasets_dir: str | None = None,
+    ) -> None:
         self.job_id = job_id
         self.spec = spec
         self.worker_cpus = worker_cpus
+        self.datasets_dir = Path(datasets_dir) if datasets_dir else None
         self._changed = threading.Condition()
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
@@ -162,7 +184,7 @@ class JobRunner:
 
     def _train(self) -> None:
         spec = self.spec
-        data = prepare_data(spec)
+        data = prepare_data(spec, self.datasets_dir)
         steps = total_steps(spec, data.plan)
         ps, workers = self._start_actors(data)
         model = MLP(spec.sizes, spec.activations, spec.loss)

@@ -20,6 +20,7 @@ from worker.activations import ACTIVATIONS
 from worker.losses import LOSSES
 
 CONSISTENCY_MODES = ("bsp",)
+UPLOADED = "uploaded"  # dataset name of a dataset sent with UploadDataset
 
 MAX_LAYERS = 64
 MAX_UNITS = 65_536
@@ -59,19 +60,52 @@ class LayerSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
-    """A built-in dataset, its generator options and the validation hold-out."""
+    """A built-in or uploaded dataset, its generator options and the validation hold-out.
+
+    For name "uploaded", `dataset_id` names the upload, and the server fills in
+    `task`, `features` and `outputs` from it before the spec is built.
+    """
 
     name: str
     validation_fraction: float = 0.1
     options: DatasetOptions = field(default_factory=DatasetOptions)
+    dataset_id: str = ""
+    task: str = ""
+    features: int = 0
+    outputs: int = 0
 
     def __post_init__(self) -> None:
+        names = (*DATASET_NAMES, UPLOADED)
         if not self.name:
-            raise InvalidSpecError("name", f"is required; one of {', '.join(DATASET_NAMES)}")
-        _check_choice("name", self.name, DATASET_NAMES)
+            raise InvalidSpecError("name", f"is required; one of {', '.join(names)}")
+        _check_choice("name", self.name, names)
         _check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
-        # Here, not in JobSpec, so a bad option is named under "dataset." (spirals need D = 2).
-        input_width(self.name, self.options)
+        if self.name == UPLOADED:
+            if not self.dataset_id:
+                raise InvalidSpecError("dataset_id", "is required when name is uploaded")
+            if self.task not in ("classification", "regression") or self.features < 1:
+                raise InvalidSpecError("dataset_id", "must name an uploaded dataset")
+        else:
+            if self.dataset_id:
+                raise InvalidSpecError("dataset_id", "applies only to name uploaded")
+            # Here, not in JobSpec, so a bad option is named under "dataset." (spirals: D = 2).
+            input_width(self.name, self.options)
+
+    @property
+    def input_width(self) -> int:
+        """D, the features per row."""
+        return self.features if self.name == UPLOADED else input_width(self.name, self.options)
+
+    @property
+    def output_width(self) -> int:
+        """C classes, or K regression targets."""
+        return self.outputs if self.name == UPLOADED else output_width(self.name, self.options)
+
+    @property
+    def is_classification(self) -> bool:
+        if self.name == UPLOADED:
+            return self.task == "classification"
+        return self.name != "synthetic/regression"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,14 +164,14 @@ class JobSpec:
 
     def _check_output_layer(self) -> None:
         last = f"layers[{len(self.layers) - 1}]"
-        expected = output_width(self.dataset.name, self.dataset.options)
+        expected = self.dataset.output_width
         if self.layers[-1].units != expected:
             raise InvalidSpecError(
                 f"{last}.units",
                 f"must be {expected} (the outputs of {self.dataset.name}), "
                 f"got {self.layers[-1].units}",
             )
-        is_classification = self.dataset.name != "synthetic/regression"
+        is_classification = self.dataset.is_classification
         if is_classification and self.loss != "softmax_cross_entropy":
             raise InvalidSpecError(
                 "loss", f"must be softmax_cross_entropy for {self.dataset.name}, got {self.loss!r}"
@@ -155,7 +189,7 @@ class JobSpec:
 
     @property
     def input_width(self) -> int:
-        return input_width(self.dataset.name, self.dataset.options)
+        return self.dataset.input_width
 
     @property
     def sizes(self) -> list[int]:

@@ -1,0 +1,241 @@
+"""Uploaded datasets: received in chunks, checked, stored once by sha256.
+
+A dataset file is a numpy .npz holding X: (N, D) float and y: (N,) integer class
+labels or (N, K) float regression targets. It is opened with ``allow_pickle=False``
+(data, never code), checked for dtype, shape and finite values, and only then
+renamed into place: a bad, truncated or over-quota upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.datasets.builtin import Dataset, _assemble
+from services.errors import InvalidSpecError, NotFoundError, ResourceExhaustedError
+
+MIN_ROWS = 10
+MAX_FEATURES = 10_000
+MAX_OUTPUTS = 1_000
+MAX_NAME_LENGTH = 200
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_id  TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    task        TEXT NOT NULL,
+    rows        INTEGER NOT NULL,
+    features    INTEGER NOT NULL,
+    outputs     INTEGER NOT NULL,
+    size_bytes  INTEGER NOT NULL,
+    created_at  REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetInfo:
+    """What the service knows of an uploaded dataset. `dataset_id` is its file's sha256."""
+
+    dataset_id: str
+    name: str
+    task: str  # "classification" | "regression"
+    rows: int
+    features: int  # D
+    outputs: int  # C classes, or K targets
+    size_bytes: int
+    created_at: float
+
+
+def check_arrays(X: np.ndarray, y: np.ndarray) -> tuple[str, int]:
+    """Validate an uploaded (X, y); returns (task, outputs). Errors name the array."""
+    if X.ndim != 2 or X.dtype.kind not in "fiu":
+        raise InvalidSpecError("X", f"must be a 2-D numeric array, got {X.ndim}-D {X.dtype}")
+    rows, features = X.shape
+    if rows < MIN_ROWS:
+        raise InvalidSpecError("X", f"must have at least {MIN_ROWS} rows, got {rows}")
+    if not 1 <= features <= MAX_FEATURES:
+        raise InvalidSpecError("X", f"must have 1 to {MAX_FEATURES} columns, got {features}")
+    if not np.isfinite(X).all():
+        raise InvalidSpecError("X", "must hold only finite values (found NaN or inf)")
+    if len(y) != rows:
+        raise InvalidSpecError("y", f"must have one row per row of X ({rows}), got {len(y)}")
+    if y.ndim == 1 and y.dtype.kind in "iu":
+        if y.min() < 0:
+            raise InvalidSpecError("y", "class labels must be >= 0")
+        classes = int(y.max()) + 1
+        if not 2 <= classes <= MAX_OUTPUTS:
+            raise InvalidSpecError("y", f"must hold 2 to {MAX_OUTPUTS} classes, got {classes}")
+        return "classification", classes
+    if y.ndim == 2 and y.dtype.kind == "f":
+        if not 1 <= y.shape[1] <= MAX_OUTPUTS:
+            raise InvalidSpecError("y", f"must have 1 to {MAX_OUTPUTS} target columns")
+        if not np.isfinite(y).all():
+            raise InvalidSpecError("y", "must hold only finite values (found NaN or inf)")
+        return "regression", int(y.shape[1])
+    raise InvalidSpecError(
+        "y", f"must be (N,) integer labels or (N, K) float targets, got {y.ndim}-D {y.dtype}"
+    )
+
+
+def read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """X and y from an .npz, refusing pickled (object) arrays and anything malformed."""
+    if not zipfile.is_zipfile(path):
+        raise InvalidSpecError("file", "is not a readable .npz (not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"X", "y"} - set(archive.files)
+            if missing:
+                raise InvalidSpecError(
+                    "file", f"must hold arrays X and y; missing {', '.join(sorted(missing))}"
+                )
+            return archive["X"], archive["y"]
+    except ValueError as error:
+        if isinstance(error, InvalidSpecError):
+            raise
+        if "pickle" in str(error):
+            raise InvalidSpecError(
+                "file", "holds pickled Python objects; only plain-data numeric arrays are accepted"
+            ) from None
+        raise InvalidSpecError("file", "is not a plain-data .npz") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise InvalidSpecError("file", f"is not a readable .npz ({error})") from None
+
+
+class Upload:
+    """One upload in progress: bytes go to a temporary file and are hashed on the way."""
+
+    def __init__(self, registry: DatasetRegistry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._path = registry.directory / f".upload-{uuid.uuid4().hex}"
+        self._file = open(self._path, "wb")  # noqa: SIM115 (closed in finish/discard)
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.registry.max_bytes:
+            raise ResourceExhaustedError(
+                f"the upload is over the {self.registry.max_bytes}-byte dataset limit"
+            )
+        self._digest.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self, sha256: str) -> DatasetInfo:
+        """Check the digest and the data, then store it; returns the dataset."""
+        self._file.close()
+        if sha256.lower() != self._digest.hexdigest():
+            raise InvalidSpecError(
+                "sha256", "does not match the bytes received (corrupted or truncated upload)"
+            )
+        X, y = read_arrays(self._path)
+        task, outputs = check_arrays(X, y)
+        info = DatasetInfo(
+            dataset_id=self._digest.hexdigest(),
+            name=self.name,
+            task=task,
+            rows=int(X.shape[0]),
+            features=int(X.shape[1]),
+            outputs=outputs,
+            size_bytes=self.size,
+            created_at=time.time(),
+        )
+        return self.registry._store(self._path, info)
+
+    def discard(self) -> None:
+        """Remove what was received (no-op once `finish` stored it)."""
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class DatasetRegistry:
+    """Uploaded datasets: files `DIRECTORY/<sha256>.npz`, metadata in a SQLite table."""
+
+    def __init__(self, directory: Path, database: Path, *, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+        for leftover in self.directory.glob(".upload-*"):  # from a server that stopped mid-upload
+            leftover.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def begin(self, name: str) -> Upload:
+        if not 1 <= len(name) <= MAX_NAME_LENGTH:
+            raise InvalidSpecError("name", f"must be 1 to {MAX_NAME_LENGTH} characters")
+        return Upload(self, name)
+
+    def path(self, dataset_id: str) -> Path:
+        return self.directory / f"{dataset_id}.npz"
+
+    def get(self, dataset_id: str) -> DatasetInfo:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM datasets WHERE dataset_id = ?", (dataset_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"unknown dataset {dataset_id!r}")
+        return DatasetInfo(**dict(row))
+
+    def list(self) -> list[DatasetInfo]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM datasets ORDER BY created_at DESC").fetchall()
+        return [DatasetInfo(**dict(row)) for row in rows]
+
+    def delete(self, dataset_id: str) -> DatasetInfo:
+        info = self.get(dataset_id)
+        with self._lock:
+            self._db.execute("DELETE FROM datasets WHERE dataset_id = ?", (dataset_id,))
+        self.path(dataset_id).unlink(missing_ok=True)
+        return info
+
+    def _store(self, received: Path, info: DatasetInfo) -> DatasetInfo:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM datasets WHERE dataset_id = ?", (info.dataset_id,)
+            ).fetchone()
+            if row is not None:  # the same bytes again: one copy
+                received.unlink(missing_ok=True)
+                return DatasetInfo(**dict(row))
+            os.replace(received, self.path(info.dataset_id))
+            self._db.execute(
+                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.dataset_id,
+                    info.name,
+                    info.task,
+                    info.rows,
+                    info.features,
+                    info.outputs,
+                    info.size_bytes,
+                    info.created_at,
+                ),
+            )
+        return info
+
+
+def load_uploaded(path: Path, dataset_id: str) -> Dataset:
+    """An uploaded file as a Dataset with the same fixed 80/20 test split as the built-ins."""
+    X, y = read_arrays(path)
+    task, outputs = check_arrays(X, y)
+    classes = outputs if task == "classification" else 0
+    return _assemble(f"uploaded/{dataset_id[:12]}", X, y, classes, np.random.default_rng(0))
