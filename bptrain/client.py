@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bptrain.model import Model
 from bptrain.specfile import load_spec_file, spec_from_dict
 from bptrain.v1 import training_pb2 as pb
 from bptrain.v1 import training_pb2_grpc
@@ -273,6 +274,10 @@ class Client:
         """The job's weights: {"W1": (in, out), "b1": (out,), ...} plus "architecture" (JSON)."""
         with np.load(io.BytesIO(self._weights_bytes(job_id)), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
+
+    def model(self, job_id: str) -> Model:
+        """The trained model, rebuilt here from its weights: ``client.model(id).predict(X)``."""
+        return Model.load(self._weights_bytes(job_id))
 
     def _weights_bytes(self, job_id: str, format: str = "npz") -> bytes:
         if format.upper() not in ("NPZ", "SAFETENSORS", "ONNX"):

@@ -81,3 +81,13 @@ def test_an_unknown_format_is_invalid_argument(client: Client, trained: str) -> 
     with pytest.raises(BptrainError) as caught:
         client.download_weights(trained, "/dev/null", format="pickle")
     assert caught.value.code == "INVALID_ARGUMENT"
+
+
+def test_the_sdk_rebuilds_the_model_and_predicts_like_numpy(client: Client, trained: str) -> None:
+    model = client.model(trained)
+    X = load_dataset("digits").X_test
+    expected = numpy_forward(client.weights(trained), ["tanh", "sigmoid", "identity"], X)
+    assert np.max(np.abs(model.predict(X) - expected)) <= 1e-5
+    assert model.predict_classes(X).shape == (len(X),)
+    with pytest.raises(ValueError, match=r"X must be \(N, 64\)"):
+        model.predict(np.zeros((2, 3)))
