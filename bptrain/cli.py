@@ -94,6 +94,9 @@ def main(log_level: str) -> None:
     "--max-queued-jobs", default=100, show_default=True, type=int, help="Waiting jobs at most."
 )
 @click.option(
+    "--max-dataset-bytes", default=1 << 30, show_default=True, type=int, help="Upload size limit."
+)
+@click.option(
     "--port-file", default=None, type=click.Path(path_type=Path), help="Write the bound port here."
 )
 @click.option(
@@ -127,6 +130,7 @@ def serve(
     worker_cpus: float,
     max_running_jobs: int,
     max_queued_jobs: int,
+    max_dataset_bytes: int,
     port_file: Path | None,
     tokens_file: Path | None,
     metrics_port: int,
@@ -161,6 +165,7 @@ def serve(
                 worker_cpus=worker_cpus,
                 max_running_jobs=max_running_jobs,
                 max_queued_jobs=max_queued_jobs,
+                max_dataset_bytes=max_dataset_bytes,
             ),
             RayConfig(address=ray_address, num_cpus=num_cpus),
         )

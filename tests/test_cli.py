@@ -143,3 +143,27 @@ def test_no_server_is_a_clear_error() -> None:
     result = bptrain("jobs", "--server", "127.0.0.1:1", timeout=60)
     assert result.returncode == 1
     assert result.stderr.startswith("error: UNAVAILABLE")
+
+
+def test_datasets_upload_list_and_delete(served: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "points.npz"
+    np.savez(path, X=rng.normal(size=(40, 3)).astype(np.float32), y=rng.integers(0, 2, size=40))
+    uploaded = bptrain("datasets", "upload", str(path), "--output", "json", "--server", served)
+    assert uploaded.returncode == 0, uploaded.stderr
+    dataset = json.loads(uploaded.stdout)[0]
+    assert (dataset["rows"], dataset["features"], dataset["outputs"]) == ("40", 3, 2)
+    listed = bptrain("datasets", "list", "--server", served)
+    assert dataset["dataset_id"] in listed.stdout
+    deleted = bptrain("datasets", "delete", dataset["dataset_id"], "--server", served)
+    assert deleted.returncode == 0 and "deleted" in deleted.stdout
+    missing = bptrain("datasets", "upload", str(tmp_path / "nope.npz"), "--server", served)
+    assert missing.returncode == 1 and "is not a file" in missing.stderr
+
+
+def test_dry_run_prints_the_spec_with_defaults(served: str, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "dry.yaml")
+    result = bptrain("submit", str(spec), "--dry-run", "--server", served)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["workers"] == 2 and printed["optimizer"]["kind"] == "adam"
