@@ -258,31 +258,43 @@ class Client:
         request = pb.DeleteDatasetRequest(dataset_id=dataset_id)
         return _call(self._stub.DeleteDataset, request, timeout=self.timeout_s)
 
-    def download_weights(self, job_id: str, path: str | Path, *, format: str = "npz") -> str:
+    def download_weights(
+        self, job_id: str, path: str | Path, *, format: str = "npz", latest: bool = False
+    ) -> str:
         """Write the job's weights to `path` after checking their sha256; returns it.
 
         format: "npz" (W1, b1, ... and the architecture), "safetensors" or "onnx".
+        latest: for a running job, θ as of its latest step.
         """
-        data = self._weights_bytes(job_id, format)
+        data = self._weights_bytes(job_id, format, latest)
         path = Path(path)
-        temporary = path.with_name(path.name + ".part")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        if path.exists() and not path.is_file():  # a device or pipe (/dev/stdout): write into it
+            path.write_bytes(data)
+        else:  # a regular file appears whole or not at all
+            temporary = path.with_name(path.name + ".part")
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
         return hashlib.sha256(data).hexdigest()
 
-    def weights(self, job_id: str) -> dict[str, np.ndarray]:
-        """The job's weights: {"W1": (in, out), "b1": (out,), ...} plus "architecture" (JSON)."""
-        with np.load(io.BytesIO(self._weights_bytes(job_id)), allow_pickle=False) as archive:
+    def weights(self, job_id: str, *, latest: bool = False) -> dict[str, np.ndarray]:
+        """The job's weights: {"W1": (in, out), "b1": (out,), ...} plus "architecture" (JSON).
+
+        latest: for a running job, θ as of its latest step.
+        """
+        data = self._weights_bytes(job_id, latest=latest)
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
 
     def model(self, job_id: str) -> Model:
         """The trained model, rebuilt here from its weights: ``client.model(id).predict(X)``."""
         return Model.load(self._weights_bytes(job_id))
 
-    def _weights_bytes(self, job_id: str, format: str = "npz") -> bytes:
+    def _weights_bytes(self, job_id: str, format: str = "npz", latest: bool = False) -> bytes:
         if format.upper() not in ("NPZ", "SAFETENSORS", "ONNX"):
             raise BptrainError("INVALID_ARGUMENT", "format must be npz, safetensors or onnx")
-        request = pb.GetWeightsRequest(job_id=job_id, format=pb.WeightsFormat.Value(format.upper()))
+        request = pb.GetWeightsRequest(
+            job_id=job_id, format=pb.WeightsFormat.Value(format.upper()), latest=latest
+        )
         digest, parts = hashlib.sha256(), []
         try:
             for chunk in self._stub.GetWeights(request, timeout=max(self.timeout_s, 300.0)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -170,6 +171,20 @@ def test_weights_of_an_unfinished_job_are_a_failed_precondition(client: Client) 
             client.weights(job.job_id)
         assert caught.value.code == "FAILED_PRECONDITION"
         assert "SUCCEEDED" in caught.value.details
+    finally:
+        client.cancel(job.job_id)
+
+
+def test_a_running_job_gives_its_latest_weights_on_request(client: Client, tmp_path) -> None:
+    job = client.submit(digits_spec(epochs=5000))
+    try:
+        wait_for_step(client, job.job_id, 5)
+        weights = client.weights(job.job_id, latest=True)
+        assert weights["W1"].shape == (64, 64) and weights["b2"].shape == (10,)
+        assert np.abs(weights["b1"]).sum() > 0  # trained: biases start at zero
+        path = tmp_path / "live.onnx"
+        digest = client.download_weights(job.job_id, path, format="onnx", latest=True)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     finally:
         client.cancel(job.job_id)
 

@@ -77,9 +77,11 @@ def test_onnx_passes_the_checker_and_matches_numpy(
         assert np.max(np.abs(onnx_out - expected)) <= 1e-5
 
 
-def test_an_unknown_format_is_invalid_argument(client: Client, trained: str) -> None:
+def test_an_unknown_format_is_invalid_argument(
+    client: Client, trained: str, tmp_path: Path
+) -> None:
     with pytest.raises(BptrainError) as caught:
-        client.download_weights(trained, "/dev/null", format="pickle")
+        client.download_weights(trained, tmp_path / "model.pkl", format="pickle")
     assert caught.value.code == "INVALID_ARGUMENT"
 
 
@@ -91,3 +93,13 @@ def test_the_sdk_rebuilds_the_model_and_predicts_like_numpy(client: Client, trai
     assert model.predict_classes(X).shape == (len(X),)
     with pytest.raises(ValueError, match=r"X must be \(N, 64\)"):
         model.predict(np.zeros((2, 3)))
+
+
+def test_downloading_to_a_device_writes_into_it_and_leaves_it_a_device(
+    client: Client, trained: str
+) -> None:
+    import os
+    import stat
+
+    client.download_weights(trained, os.devnull)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)

@@ -240,12 +240,14 @@ class StreamMetricsResponse(_message.Message):
     def __init__(self, point: _Optional[_Union[MetricPoint, _Mapping]] = ..., final: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class GetWeightsRequest(_message.Message):
-    __slots__ = ("job_id", "format")
+    __slots__ = ("job_id", "format", "latest")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     format: WeightsFormat
-    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[_Union[WeightsFormat, str]] = ...) -> None: ...
+    latest: bool
+    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[_Union[WeightsFormat, str]] = ..., latest: _Optional[bool] = ...) -> None: ...
 
 class WeightsChunk(_message.Message):
     __slots__ = ("data", "trailer")

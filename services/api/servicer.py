@@ -73,7 +73,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             raise InvalidSpecError(
                 "format", f"must be NPZ, SAFETENSORS or ONNX, got {request.format}"
             )
-        path = self.manager.weights_file(_job_id(request.job_id), fmt)
+        path = self.manager.weights_file(_job_id(request.job_id), fmt, latest=request.latest)
         digest = hashlib.sha256()
         total = 0
         for chunk in read_chunks(path):

@@ -24,6 +24,7 @@ from services.jobs.monitor import RunnerMonitor
 from services.jobs.records import JobRecord, JobState, MetricPoint
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
+from services.jobs.weights import write_weights
 from services.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,22 @@ class JobManager:
                 return
             self._wait_for_change(seen)
 
-    def weights_file(self, job_id: str, fmt: str = "npz") -> Path:
-        """The job's weights as `fmt` (npz, safetensors or onnx); see services/jobs/export.py."""
+    def weights_file(self, job_id: str, fmt: str = "npz", *, latest: bool = False) -> Path:
+        """The job's weights as `fmt` (npz, safetensors or onnx); see services/jobs/export.py.
+
+        With `latest`, a RUNNING job answers with θ as of its latest step.
+        """
+        record = self.store.get(job_id)
+        if latest and record.state is JobState.RUNNING:
+            with self._lock:
+                monitor = self._monitors.get(job_id)
+            if monitor is None:
+                raise FailedPreconditionError(f"job {job_id} is no longer running")
+            step, theta = monitor.snapshot()
+            path = self.config.weights_path(job_id).with_name(f"step-{step}.npz")
+            if not path.exists():
+                write_weights(path, record.spec, theta)
+            return exported(path, fmt)
         return exported(self.weights_path(job_id), fmt)
 
     def weights_path(self, job_id: str) -> Path:

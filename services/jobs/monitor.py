@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from services.errors import FailedPreconditionError
 from services.jobs.records import JobState
 from services.jobs.runner import JobRunner, RunnerUpdate
 from services.jobs.spec import JobSpec
@@ -80,6 +82,20 @@ class RunnerMonitor:
             except (GetTimeoutError, RayActorError):
                 ray.kill(runner, no_restart=True)
         self._thread.join(timeout=CANCEL_TIMEOUT_S + RPC_TIMEOUT_S)
+
+    def snapshot(self) -> tuple[int, np.ndarray]:
+        """(step, θ) of the running job's latest step."""
+        runner = self._runner
+        if runner is None:
+            raise FailedPreconditionError(f"job {self.job_id} has not started yet")
+        try:
+            return ray.get(runner.snapshot.remote(), timeout=RPC_TIMEOUT_S)
+        except (RayActorError, GetTimeoutError):
+            raise FailedPreconditionError(f"job {self.job_id} is no longer running") from None
+        except RayTaskError:
+            raise FailedPreconditionError(
+                f"job {self.job_id} has not finished a step yet"
+            ) from None
 
     def stop(self) -> None:
         """Stops following (the server is shutting down); the job itself is not touched."""

@@ -122,6 +122,7 @@ class JobRunner:
         self._cancelled = threading.Event()
         self._actors: list[ray.actor.ActorHandle] = []
         self._theta: np.ndarray | None = None
+        self._latest: tuple[int, ray.ObjectRef] | None = None  # (step, θ after it)
 
     # --- called by the job manager ---------------------------------------------------
 
@@ -180,6 +181,14 @@ class JobRunner:
             raise RuntimeError("the job has no final θ")
         return self._theta
 
+    def snapshot(self) -> tuple[int, np.ndarray]:
+        """(step, θ after that step) while the job runs: (P,) float32."""
+        latest = self._latest
+        if latest is None:
+            raise RuntimeError("the job has not finished a step yet")
+        step, theta_ref = latest
+        return step, ray.get(theta_ref)
+
     # --- training ----------------------------------------------------------------------
 
     def _train(self) -> None:
@@ -204,6 +213,7 @@ class JobRunner:
             gradient_refs = [w.compute_gradients.remote(theta_ref, epoch, index) for w in workers]
             stats_ref, theta_ref = ps.apply_gradients.options(num_returns=2).remote(*gradient_refs)
             stats = ray.get(stats_ref)
+            self._latest = (step, theta_ref)
             if not math.isfinite(stats.loss):
                 raise JobFailed(f"diverged at step {step} (loss is {stats.loss})")
             now = time.monotonic()
