@@ -1,0 +1,119 @@
+"""Checkpoints of a job: θ, optimizer state and step, written atomically with a checksum.
+
+Each checkpoint is two files in the job's directory:
+  ckpt-<step>.npz   the arrays (theta, optimizer buffers) — written to a temp file,
+                    fsynced, then renamed, so a crash never leaves half a file;
+  ckpt-<step>.json  step, θ version, optimizer step and the .npz's sha256 — written
+                    after the .npz, so a checkpoint without one is ignored.
+Loading takes the newest checkpoint whose sha256 matches and skips (and logs) the
+others; the last `keep` checkpoints are kept. The data cursor is the step itself:
+every worker's batch order follows from (seed, epoch, worker), so it is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"ckpt-(\d+)\.json")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """θ and optimizer state after `step` optimizer steps."""
+
+    step: int
+    theta: np.ndarray  # (P,) float32
+    optimizer_step: int
+    buffers: dict[str, np.ndarray]  # each (P,): velocity, or Adam's m and v
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+class CheckpointStore:
+    """The checkpoints of one job, in `directory`."""
+
+    def __init__(self, directory: Path, *, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def save(self, checkpoint: Checkpoint) -> Path:
+        """Write `checkpoint` and drop all but the newest `keep`; returns the .npz path."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        arrays = {f"buffer_{name}": array for name, array in checkpoint.buffers.items()}
+        np.savez(buffer, theta=checkpoint.theta, **arrays)
+        data = buffer.getvalue()
+        npz = self.directory / f"ckpt-{checkpoint.step}.npz"
+        _write_atomically(npz, data)
+        meta = {
+            "step": checkpoint.step,
+            "optimizer_step": checkpoint.optimizer_step,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        _write_atomically(npz.with_suffix(".json"), json.dumps(meta).encode())
+        self._prune()
+        return npz
+
+    def steps(self) -> list[int]:
+        """Steps that have a checkpoint description, newest first."""
+        if not self.directory.is_dir():
+            return []
+        found = (_NAME.fullmatch(p.name) for p in self.directory.iterdir())
+        return sorted((int(m.group(1)) for m in found if m), reverse=True)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that reads back intact, or None."""
+        for step in self.steps():
+            checkpoint = self._load(step)
+            if checkpoint is not None:
+                return checkpoint
+        return None
+
+    def _load(self, step: int) -> Checkpoint | None:
+        npz = self.directory / f"ckpt-{step}.npz"
+        try:
+            meta = json.loads(npz.with_suffix(".json").read_text())
+            data = npz.read_bytes()
+        except (OSError, ValueError) as error:
+            log.warning("checkpoint %s is unreadable (%s); trying an older one", npz, error)
+            return None
+        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            log.warning("checkpoint %s fails its checksum; trying an older one", npz)
+            return None
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            buffers = {
+                name.removeprefix("buffer_"): archive[name]
+                for name in archive.files
+                if name.startswith("buffer_")
+            }
+            return Checkpoint(
+                step=int(meta["step"]),
+                theta=archive["theta"],
+                optimizer_step=int(meta["optimizer_step"]),
+                buffers=buffers,
+            )
+
+    def _prune(self) -> None:
+        for step in self.steps()[self.keep :]:
+            for suffix in (".json", ".npz"):
+                (self.directory / f"ckpt-{step}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,81 @@
+"""CheckpointStore: atomic writes, checksums, the newest intact checkpoint, pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.jobs.checkpoints import Checkpoint, CheckpointStore
+
+
+def checkpoint(step: int) -> Checkpoint:
+    rng = np.random.default_rng(step)
+    return Checkpoint(
+        step=step,
+        theta=rng.normal(size=50).astype(np.float32),
+        optimizer_step=step,
+        buffers={"m": rng.normal(size=50).astype(np.float32), "v": np.ones(50, np.float32)},
+    )
+
+
+def test_the_latest_checkpoint_reads_back_exactly(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    assert store.latest() is None
+    store.save(checkpoint(10))
+    store.save(checkpoint(20))
+    latest = store.latest()
+    expected = checkpoint(20)
+    assert latest is not None and latest.step == 20 and latest.optimizer_step == 20
+    np.testing.assert_array_equal(latest.theta, expected.theta)
+    assert sorted(latest.buffers) == ["m", "v"]
+    np.testing.assert_array_equal(latest.buffers["m"], expected.buffers["m"])
+
+
+def test_only_the_newest_are_kept(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    for step in (5, 10, 15, 20):
+        store.save(checkpoint(step))
+    assert store.steps() == [20, 15]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-15.json",
+        "ckpt-15.npz",
+        "ckpt-20.json",
+        "ckpt-20.npz",
+    ]
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete the arrays", "bad json"])
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path: Path, damage: str) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(checkpoint(10))
+    store.save(checkpoint(20))
+    npz = tmp_path / "ckpt-20.npz"
+    if damage == "flip a byte":
+        data = bytearray(npz.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        npz.write_bytes(bytes(data))
+    elif damage == "truncate":
+        npz.write_bytes(npz.read_bytes()[:100])
+    elif damage == "delete the arrays":
+        npz.unlink()
+    else:
+        npz.with_suffix(".json").write_text("{not json")
+    latest = store.latest()
+    assert latest is not None and latest.step == 10
+    np.testing.assert_array_equal(latest.theta, checkpoint(10).theta)
+
+
+def test_a_half_written_checkpoint_without_its_description_is_ignored(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(checkpoint(10))
+    (tmp_path / "ckpt-30.npz").write_bytes(b"partial")  # crashed before the .json
+    (tmp_path / ".ckpt-40.npz.tmp").write_bytes(b"partial")  # crashed before the rename
+    assert store.steps() == [10]
+    assert store.latest().step == 10
+
+
+def test_keep_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="keep"):
+        CheckpointStore(tmp_path, keep=0)
