@@ -8,7 +8,8 @@ import pytest
 from bptrain.specfile import spec_from_dict
 from services.api.convert import spec_from_proto
 from services.jobs.records import JobState
-from services.jobs.runner import JobRunner, prepare_data
+from services.jobs.runner import JobRunner
+from services.jobs.training_data import prepare_data
 from tests.conftest import digits_spec
 from worker.layout import ParamLayout
 from worker.model import MLP

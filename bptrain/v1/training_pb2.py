@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62ptrain/v1/training.proto\x12\nbptrain.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\tLayerSpec\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\"\xf9\x01\n\rOptimizerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x1a\n\rlearning_rate\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x07 \x01(\x01H\x05\x88\x01\x01\x42\x10\n\x0e_learning_rateB\x0b\n\t_momentumB\x08\n\x06_beta1B\x08\n\x06_beta2B\n\n\x08_epsilonB\x0f\n\r_weight_decay\"\xef\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x07 \x01(\t\x12 \n\x13validation_fraction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07samples\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08\x66\x65\x61tures\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x63lasses\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05noise\x18\x06 \x01(\x01H\x04\x88\x01\x01\x42\x16\n\x14_validation_fractionB\n\n\x08_samplesB\x0b\n\t_featuresB\n\n\x08_classesB\x08\n\x06_noise\"\x85\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.bptrain.v1.LayerSpec\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12,\n\toptimizer\x18\x04 \x01(\x0b\x32\x19.bptrain.v1.OptimizerSpec\x12\x17\n\nbatch_size\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12(\n\x07\x64\x61taset\x18\x08 \x01(\x0b\x32\x17.bptrain.v1.DatasetSpec\x12\x14\n\x07workers\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x0b\x63onsistency\x18\n \x01(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x04\x88\x01\x01\x12\x17\n\neval_every\x18\x0c \x01(\x05H\x05\x88\x01\x01\x42\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x08\n\x06_stepsB\n\n\x08_workersB\x07\n\x05_seedB\r\n\x0b_eval_every\"\x88\x02\n\x0bMetricPoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x1c\n\x0fvalidation_loss\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13validation_accuracy\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x08 \x01(\x01\x12\x16\n\x0egradient_norms\x18\t \x03(\x01\x42\x12\n\x10_validation_lossB\x16\n\x14_validation_accuracy\"\xcb\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12!\n\x04spec\x18\x05 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04step\x18\t \x01(\x03\x12\x13\n\x0btotal_steps\x18\n \x01(\x03\x12\'\n\x06latest\x18\x0b \x01(\x0b\x32\x17.bptrain.v1.MetricPoint\x12,\n\x07workers\x18\x0c \x03(\x0b\x32\x1b.bptrain.v1.WorkerPlacement\x12\x16\n\x0equeue_position\x18\r \x01(\x05\x12\x14\n\x0cqueue_reason\x18\x0e \x01(\t\x12\x15\n\rsubmission_id\x18\x0f \x01(\t\"P\n\x0fWorkerPlacement\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x03\"c\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\x12\x15\n\rsubmission_id\x18\x02 \x01(\t\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.bptrain.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x14StreamMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nafter_step\x18\x02 \x01(\x03\"l\n\x15StreamMetricsResponse\x12(\n\x05point\x18\x01 \x01(\x0b\x32\x17.bptrain.v1.MetricPointH\x00\x12 \n\x05\x66inal\x18\x02 \x01(\x0b\x32\x0f.bptrain.v1.JobH\x00\x42\x07\n\x05\x65vent\"^\n\x11GetWeightsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat\x12\x0e\n\x06latest\x18\x03 \x01(\x08\"U\n\x0cWeightsChunk\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12-\n\x07trailer\x18\x02 \x01(\x0b\x32\x1a.bptrain.v1.WeightsTrailerH\x00\x42\x06\n\x04part\"`\n\x0eWeightsTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat\"n\n\x14UploadDatasetRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.bptrain.v1.DatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06sha256\x18\x03 \x01(\tH\x00\x42\x06\n\x04part\"H\n\rDatasetHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.bptrain.v1.DatasetFormat\"\xae\x01\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x01(\x05\x12\x0f\n\x07outputs\x18\x06 \x01(\x05\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x13ListDatasetsRequest\"=\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.bptrain.v1.Dataset\"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05*S\n\rWeightsFormat\x12\x1e\n\x1aWEIGHTS_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03NPZ\x10\x01\x12\x0f\n\x0bSAFETENSORS\x10\x02\x12\x08\n\x04ONNX\x10\x03*@\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44\x41TASET_NPZ\x10\x01\x32\x8c\x05\n\x0fTrainingService\x12:\n\tSubmitJob\x12\x1c.bptrain.v1.SubmitJobRequest\x1a\x0f.bptrain.v1.Job\x12\x34\n\x06GetJob\x12\x19.bptrain.v1.GetJobRequest\x1a\x0f.bptrain.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.bptrain.v1.ListJobsRequest\x1a\x1c.bptrain.v1.ListJobsResponse\x12:\n\tCancelJob\x12\x1c.bptrain.v1.CancelJobRequest\x1a\x0f.bptrain.v1.Job\x12V\n\rStreamMetrics\x12 .bptrain.v1.StreamMetricsRequest\x1a!.bptrain.v1.StreamMetricsResponse0\x01\x12G\n\nGetWeights\x12\x1d.bptrain.v1.GetWeightsRequest\x1a\x18.bptrain.v1.WeightsChunk0\x01\x12H\n\rUploadDataset\x12 .bptrain.v1.UploadDatasetRequest\x1a\x13.bptrain.v1.Dataset(\x01\x12Q\n\x0cListDatasets\x12\x1f.bptrain.v1.ListDatasetsRequest\x1a .bptrain.v1.ListDatasetsResponse\x12\x46\n\rDeleteDataset\x12 .bptrain.v1.DeleteDatasetRequest\x1a\x13.bptrain.v1.Datasetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62ptrain/v1/training.proto\x12\nbptrain.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\tLayerSpec\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\"\xf9\x01\n\rOptimizerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x1a\n\rlearning_rate\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x07 \x01(\x01H\x05\x88\x01\x01\x42\x10\n\x0e_learning_rateB\x0b\n\t_momentumB\x08\n\x06_beta1B\x08\n\x06_beta2B\n\n\x08_epsilonB\x0f\n\r_weight_decay\"\xef\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x07 \x01(\t\x12 \n\x13validation_fraction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07samples\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08\x66\x65\x61tures\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x63lasses\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05noise\x18\x06 \x01(\x01H\x04\x88\x01\x01\x42\x16\n\x14_validation_fractionB\n\n\x08_samplesB\x0b\n\t_featuresB\n\n\x08_classesB\x08\n\x06_noise\"\xe3\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.bptrain.v1.LayerSpec\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12,\n\toptimizer\x18\x04 \x01(\x0b\x32\x19.bptrain.v1.OptimizerSpec\x12\x17\n\nbatch_size\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12(\n\x07\x64\x61taset\x18\x08 \x01(\x0b\x32\x17.bptrain.v1.DatasetSpec\x12\x14\n\x07workers\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x0b\x63onsistency\x18\n \x01(\t\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x04\x88\x01\x01\x12\x17\n\neval_every\x18\x0c \x01(\x05H\x05\x88\x01\x01\x12\x1d\n\x10\x63heckpoint_every\x18\r \x01(\x05H\x06\x88\x01\x01\x12\x18\n\x0bmax_seconds\x18\x0e \x01(\x01H\x07\x88\x01\x01\x42\r\n\x0b_batch_sizeB\t\n\x07_epochsB\x08\n\x06_stepsB\n\n\x08_workersB\x07\n\x05_seedB\r\n\x0b_eval_everyB\x13\n\x11_checkpoint_everyB\x0e\n\x0c_max_seconds\"\x88\x02\n\x0bMetricPoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x1c\n\x0fvalidation_loss\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13validation_accuracy\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x08 \x01(\x01\x12\x16\n\x0egradient_norms\x18\t \x03(\x01\x42\x12\n\x10_validation_lossB\x16\n\x14_validation_accuracy\"\xcb\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12!\n\x04spec\x18\x05 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04step\x18\t \x01(\x03\x12\x13\n\x0btotal_steps\x18\n \x01(\x03\x12\'\n\x06latest\x18\x0b \x01(\x0b\x32\x17.bptrain.v1.MetricPoint\x12,\n\x07workers\x18\x0c \x03(\x0b\x32\x1b.bptrain.v1.WorkerPlacement\x12\x16\n\x0equeue_position\x18\r \x01(\x05\x12\x14\n\x0cqueue_reason\x18\x0e \x01(\t\x12\x15\n\rsubmission_id\x18\x0f \x01(\t\"P\n\x0fWorkerPlacement\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x03\"c\n\x10SubmitJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.bptrain.v1.JobSpec\x12\x15\n\rsubmission_id\x18\x02 \x01(\t\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.bptrain.v1.JobState\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.bptrain.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x14StreamMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nafter_step\x18\x02 \x01(\x03\"l\n\x15StreamMetricsResponse\x12(\n\x05point\x18\x01 \x01(\x0b\x32\x17.bptrain.v1.MetricPointH\x00\x12 \n\x05\x66inal\x18\x02 \x01(\x0b\x32\x0f.bptrain.v1.JobH\x00\x42\x07\n\x05\x65vent\"^\n\x11GetWeightsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat\x12\x0e\n\x06latest\x18\x03 \x01(\x08\"U\n\x0cWeightsChunk\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12-\n\x07trailer\x18\x02 \x01(\x0b\x32\x1a.bptrain.v1.WeightsTrailerH\x00\x42\x06\n\x04part\"`\n\x0eWeightsTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.bptrain.v1.WeightsFormat\"n\n\x14UploadDatasetRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.bptrain.v1.DatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06sha256\x18\x03 \x01(\tH\x00\x42\x06\n\x04part\"H\n\rDatasetHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.bptrain.v1.DatasetFormat\"\xae\x01\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x01(\x05\x12\x0f\n\x07outputs\x18\x06 \x01(\x05\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x13ListDatasetsRequest\"=\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.bptrain.v1.Dataset\"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05*S\n\rWeightsFormat\x12\x1e\n\x1aWEIGHTS_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03NPZ\x10\x01\x12\x0f\n\x0bSAFETENSORS\x10\x02\x12\x08\n\x04ONNX\x10\x03*@\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44\x41TASET_NPZ\x10\x01\x32\x8c\x05\n\x0fTrainingService\x12:\n\tSubmitJob\x12\x1c.bptrain.v1.SubmitJobRequest\x1a\x0f.bptrain.v1.Job\x12\x34\n\x06GetJob\x12\x19.bptrain.v1.GetJobRequest\x1a\x0f.bptrain.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.bptrain.v1.ListJobsRequest\x1a\x1c.bptrain.v1.ListJobsResponse\x12:\n\tCancelJob\x12\x1c.bptrain.v1.CancelJobRequest\x1a\x0f.bptrain.v1.Job\x12V\n\rStreamMetrics\x12 .bptrain.v1.StreamMetricsRequest\x1a!.bptrain.v1.StreamMetricsResponse0\x01\x12G\n\nGetWeights\x12\x1d.bptrain.v1.GetWeightsRequest\x1a\x18.bptrain.v1.WeightsChunk0\x01\x12H\n\rUploadDataset\x12 .bptrain.v1.UploadDatasetRequest\x1a\x13.bptrain.v1.Dataset(\x01\x12Q\n\x0cListDatasets\x12\x1f.bptrain.v1.ListDatasetsRequest\x1a .bptrain.v1.ListDatasetsResponse\x12\x46\n\rDeleteDataset\x12 .bptrain.v1.DeleteDatasetRequest\x1a\x13.bptrain.v1.Datasetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bptrain.v1.training_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=3104
-  _globals['_JOBSTATE']._serialized_end=3208
-  _globals['_WEIGHTSFORMAT']._serialized_start=3210
-  _globals['_WEIGHTSFORMAT']._serialized_end=3293
-  _globals['_DATASETFORMAT']._serialized_start=3295
-  _globals['_DATASETFORMAT']._serialized_end=3359
+  _globals['_JOBSTATE']._serialized_start=3198
+  _globals['_JOBSTATE']._serialized_end=3302
+  _globals['_WEIGHTSFORMAT']._serialized_start=3304
+  _globals['_WEIGHTSFORMAT']._serialized_end=3387
+  _globals['_DATASETFORMAT']._serialized_start=3389
+  _globals['_DATASETFORMAT']._serialized_end=3453
   _globals['_LAYERSPEC']._serialized_start=74
   _globals['_LAYERSPEC']._serialized_end=120
   _globals['_OPTIMIZERSPEC']._serialized_start=123
@@ -45,45 +45,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETSPEC']._serialized_start=375
   _globals['_DATASETSPEC']._serialized_end=614
   _globals['_JOBSPEC']._serialized_start=617
-  _globals['_JOBSPEC']._serialized_end=1006
-  _globals['_METRICPOINT']._serialized_start=1009
-  _globals['_METRICPOINT']._serialized_end=1273
-  _globals['_JOB']._serialized_start=1276
-  _globals['_JOB']._serialized_end=1735
-  _globals['_WORKERPLACEMENT']._serialized_start=1737
-  _globals['_WORKERPLACEMENT']._serialized_end=1817
-  _globals['_SUBMITJOBREQUEST']._serialized_start=1819
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1918
-  _globals['_GETJOBREQUEST']._serialized_start=1920
-  _globals['_GETJOBREQUEST']._serialized_end=1951
-  _globals['_LISTJOBSREQUEST']._serialized_start=1953
-  _globals['_LISTJOBSREQUEST']._serialized_end=2046
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2048
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2122
-  _globals['_CANCELJOBREQUEST']._serialized_start=2124
-  _globals['_CANCELJOBREQUEST']._serialized_end=2158
-  _globals['_STREAMMETRICSREQUEST']._serialized_start=2160
-  _globals['_STREAMMETRICSREQUEST']._serialized_end=2218
-  _globals['_STREAMMETRICSRESPONSE']._serialized_start=2220
-  _globals['_STREAMMETRICSRESPONSE']._serialized_end=2328
-  _globals['_GETWEIGHTSREQUEST']._serialized_start=2330
-  _globals['_GETWEIGHTSREQUEST']._serialized_end=2424
-  _globals['_WEIGHTSCHUNK']._serialized_start=2426
-  _globals['_WEIGHTSCHUNK']._serialized_end=2511
-  _globals['_WEIGHTSTRAILER']._serialized_start=2513
-  _globals['_WEIGHTSTRAILER']._serialized_end=2609
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=2611
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=2721
-  _globals['_DATASETHEADER']._serialized_start=2723
-  _globals['_DATASETHEADER']._serialized_end=2795
-  _globals['_DATASET']._serialized_start=2798
-  _globals['_DATASET']._serialized_end=2972
-  _globals['_LISTDATASETSREQUEST']._serialized_start=2974
-  _globals['_LISTDATASETSREQUEST']._serialized_end=2995
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=2997
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=3058
-  _globals['_DELETEDATASETREQUEST']._serialized_start=3060
-  _globals['_DELETEDATASETREQUEST']._serialized_end=3102
-  _globals['_TRAININGSERVICE']._serialized_start=3362
-  _globals['_TRAININGSERVICE']._serialized_end=4014
+  _globals['_JOBSPEC']._serialized_end=1100
+  _globals['_METRICPOINT']._serialized_start=1103
+  _globals['_METRICPOINT']._serialized_end=1367
+  _globals['_JOB']._serialized_start=1370
+  _globals['_JOB']._serialized_end=1829
+  _globals['_WORKERPLACEMENT']._serialized_start=1831
+  _globals['_WORKERPLACEMENT']._serialized_end=1911
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1913
+  _globals['_SUBMITJOBREQUEST']._serialized_end=2012
+  _globals['_GETJOBREQUEST']._serialized_start=2014
+  _globals['_GETJOBREQUEST']._serialized_end=2045
+  _globals['_LISTJOBSREQUEST']._serialized_start=2047
+  _globals['_LISTJOBSREQUEST']._serialized_end=2140
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2142
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2216
+  _globals['_CANCELJOBREQUEST']._serialized_start=2218
+  _globals['_CANCELJOBREQUEST']._serialized_end=2252
+  _globals['_STREAMMETRICSREQUEST']._serialized_start=2254
+  _globals['_STREAMMETRICSREQUEST']._serialized_end=2312
+  _globals['_STREAMMETRICSRESPONSE']._serialized_start=2314
+  _globals['_STREAMMETRICSRESPONSE']._serialized_end=2422
+  _globals['_GETWEIGHTSREQUEST']._serialized_start=2424
+  _globals['_GETWEIGHTSREQUEST']._serialized_end=2518
+  _globals['_WEIGHTSCHUNK']._serialized_start=2520
+  _globals['_WEIGHTSCHUNK']._serialized_end=2605
+  _globals['_WEIGHTSTRAILER']._serialized_start=2607
+  _globals['_WEIGHTSTRAILER']._serialized_end=2703
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=2705
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=2815
+  _globals['_DATASETHEADER']._serialized_start=2817
+  _globals['_DATASETHEADER']._serialized_end=2889
+  _globals['_DATASET']._serialized_start=2892
+  _globals['_DATASET']._serialized_end=3066
+  _globals['_LISTDATASETSREQUEST']._serialized_start=3068
+  _globals['_LISTDATASETSREQUEST']._serialized_end=3089
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=3091
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=3152
+  _globals['_DELETEDATASETREQUEST']._serialized_start=3154
+  _globals['_DELETEDATASETREQUEST']._serialized_end=3196
+  _globals['_TRAININGSERVICE']._serialized_start=3456
+  _globals['_TRAININGSERVICE']._serialized_end=4108
 # @@protoc_insertion_point(module_scope)

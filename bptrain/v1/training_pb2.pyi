@@ -88,7 +88,7 @@ class DatasetSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dataset_id: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., samples: _Optional[int] = ..., features: _Optional[int] = ..., classes: _Optional[int] = ..., noise: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every")
+    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every", "checkpoint_every", "max_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,8 @@ class JobSpec(_message.Message):
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
     loss: str
@@ -113,7 +115,9 @@ class JobSpec(_message.Message):
     consistency: str
     seed: int
     eval_every: int
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ...) -> None: ...
+    checkpoint_every: int
+    max_seconds: float
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
     __slots__ = ("step", "epoch", "loss", "samples_per_second", "learning_rate", "validation_loss", "validation_accuracy", "elapsed_seconds", "gradient_norms")

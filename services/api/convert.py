@@ -56,7 +56,19 @@ def spec_from_proto(
         **uploaded,
         **_set_fields(dataset_message, ("validation_fraction",)),
     )
-    top = _set_fields(message, ("batch_size", "epochs", "steps", "workers", "seed", "eval_every"))
+    top = _set_fields(
+        message,
+        (
+            "batch_size",
+            "epochs",
+            "steps",
+            "workers",
+            "seed",
+            "eval_every",
+            "checkpoint_every",
+            "max_seconds",
+        ),
+    )
     return JobSpec(
         name=message.name or "job",
         layers=layers,
@@ -106,6 +118,10 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         message.steps = spec.steps
     if spec.eval_every is not None:
         message.eval_every = spec.eval_every
+    if spec.checkpoint_every is not None:
+        message.checkpoint_every = spec.checkpoint_every
+    if spec.max_seconds is not None:
+        message.max_seconds = spec.max_seconds
     return message
 
 

@@ -19,6 +19,7 @@ from services.errors import (
     InvalidSpecError,
     ResourceExhaustedError,
 )
+from services.jobs.checkpoints import CheckpointStore
 from services.jobs.export import exported
 from services.jobs.monitor import RunnerMonitor
 from services.jobs.records import JobRecord, JobState, MetricPoint
@@ -71,6 +72,9 @@ class JobsConfig:
 
     def weights_path(self, job_id: str) -> Path:
         return self.storage / "jobs" / job_id / "weights.npz"
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        return self.storage / "jobs" / job_id / "checkpoints"
 
 
 class JobManager:
@@ -244,9 +248,18 @@ class JobManager:
     def weights_file(self, job_id: str, fmt: str = "npz", *, latest: bool = False) -> Path:
         """The job's weights as `fmt` (npz, safetensors or onnx); see services/jobs/export.py.
 
-        With `latest`, a RUNNING job answers with θ as of its latest step.
+        With `latest`, a RUNNING job answers with θ as of its latest step, and a job that
+        ended without weights (FAILED, CANCELLED) with its last checkpoint.
         """
         record = self.store.get(job_id)
+        if latest and record.state in (JobState.FAILED, JobState.CANCELLED):
+            checkpoint = CheckpointStore(self.config.checkpoint_dir(job_id)).latest()
+            if checkpoint is None:
+                raise FailedPreconditionError(f"job {job_id} ended before its first checkpoint")
+            path = self.config.weights_path(job_id).with_name(f"checkpoint-{checkpoint.step}.npz")
+            if not path.exists():
+                write_weights(path, record.spec, checkpoint.theta)
+            return exported(path, fmt)
         if latest and record.state is JobState.RUNNING:
             with self._lock:
                 monitor = self._monitors.get(job_id)

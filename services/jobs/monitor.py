@@ -118,6 +118,7 @@ class RunnerMonitor:
                         self.spec,
                         worker_cpus=self.worker_cpus,
                         datasets_dir=str(self.datasets_dir.resolve()),
+                        checkpoint_dir=str(self.weights_path.parent.resolve() / "checkpoints"),
                     )
                 )
             self._runner.run.remote()
@@ -136,6 +137,7 @@ class RunnerMonitor:
     def _follow(self, runner: ray.actor.ActorHandle) -> None:
         after_step = 0
         is_running = False
+        placement: tuple[dict, ...] = ()
         while not self._is_stopping:
             try:
                 update: RunnerUpdate = ray.get(
@@ -162,7 +164,10 @@ class RunnerMonitor:
                     total_steps=update.total_steps,
                     placement=update.placement,
                 )
-                is_running = True
+                is_running, placement = True, update.placement
+            elif update.placement != placement:  # a worker was replaced
+                self.store.update(self.job_id, placement=update.placement)
+                placement = update.placement
             if update.points or update.state.is_terminal:
                 self.on_change()
             if update.state.is_terminal:

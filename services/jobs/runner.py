@@ -4,6 +4,11 @@ A plain class made a Ray actor by the job manager (threaded, so `poll` and `canc
 answer while `run` trains). The driver (the API process) is not in the step loop:
 each step passes θ's ObjectRef from the parameter server to the workers and their
 gradient ObjectRefs back to the parameter server; only a few scalars reach the runner.
+
+Failures: a step that loses an actor (or waits past STEP_TIMEOUT_S) is repaired by
+the Cohort and retried; the parameter server applies each step once, so a retried
+push is not applied twice. Checkpoints go to `checkpoint_dir` every
+`checkpoint_every` steps and at the end.
 """
 
 from __future__ import annotations
@@ -17,20 +22,27 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 
-from services.datasets import load_dataset, split_validation
-from services.datasets.uploads import load_uploaded
+from services.jobs.checkpoints import CheckpointStore
+from services.jobs.cohort import Cohort, PlacementError
 from services.jobs.records import JobState, MetricPoint
-from services.jobs.spec import UPLOADED, JobSpec
-from services.paramserver.server import ParameterServer
-from worker.gradient_worker import GradientWorker
+from services.jobs.spec import JobSpec
+from services.jobs.training_data import DataError, prepare_data, total_steps
 from worker.model import MLP
-from worker.sampling import BatchPlan
 
 log = logging.getLogger(__name__)
 
-PLACEMENT_TIMEOUT_S = 120.0
+STEP_TIMEOUT_S = 60.0  # a BSP barrier waits this long for every worker, then repairs
+MAX_REPLACEMENTS = 1000  # lost actors a job survives before it gives up
+DIVERGENCE_FACTOR = 1e6
+
+
+def is_diverged(loss: float, gradient_norms: tuple[float, ...], first_loss: float) -> bool:
+    """A non-finite loss or gradient, or a loss grown DIVERGENCE_FACTOR-fold since step 1."""
+    if not math.isfinite(loss) or not all(map(math.isfinite, gradient_norms)):
+        return True
+    return loss > DIVERGENCE_FACTOR * max(first_loss, 1e-3)
 
 
 class JobCancelled(Exception):
@@ -39,50 +51,6 @@ class JobCancelled(Exception):
 
 class JobFailed(Exception):
     """The job cannot go on; the message is the reason users see."""
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """A job's rows after the validation hold-out, and how they split over workers."""
-
-    X_train: np.ndarray  # (N, D) float32
-    y_train: np.ndarray  # (N,) labels or (N, K) targets
-    X_val: np.ndarray
-    y_val: np.ndarray
-    plan: BatchPlan
-
-    def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        start, size = self.plan.shard_starts[i], self.plan.shard_sizes[i]
-        return self.X_train[start : start + size], self.y_train[start : start + size]
-
-
-def prepare_data(spec: JobSpec, datasets_dir: Path | None = None) -> TrainingData:
-    """Load the dataset, hold out validation rows, plan the shards (all seeded by the spec).
-
-    Uploaded datasets are read from `datasets_dir` (shared storage in a cluster).
-    """
-    if spec.dataset.name == UPLOADED:
-        if datasets_dir is None:
-            raise JobFailed("the runner was not told where uploaded datasets are stored")
-        dataset_id = spec.dataset.dataset_id
-        path = Path(datasets_dir) / f"{dataset_id}.npz"
-        if not path.is_file():
-            raise JobFailed(f"uploaded dataset {dataset_id} is missing from {datasets_dir}")
-        dataset = load_uploaded(path, dataset_id)
-    else:
-        dataset = load_dataset(spec.dataset.name, spec.dataset.options)
-    X_train, y_train, X_val, y_val = split_validation(
-        dataset.X_train, dataset.y_train, spec.dataset.validation_fraction, spec.seed
-    )
-    try:
-        plan = BatchPlan(n_train=len(X_train), batch_size=spec.batch_size, workers=spec.workers)
-    except ValueError as error:
-        raise JobFailed(str(error)) from None
-    return TrainingData(X_train, y_train, X_val, y_val, plan)
-
-
-def total_steps(spec: JobSpec, plan: BatchPlan) -> int:
-    return spec.steps if spec.steps is not None else spec.epochs * plan.steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -95,6 +63,7 @@ class RunnerUpdate:
     started_at: float | None
     placement: tuple[dict, ...] = ()
     points: list[MetricPoint] = field(default_factory=list)
+    restarts: int = 0  # actors replaced after a failure
 
 
 class JobRunner:
@@ -107,20 +76,21 @@ class JobRunner:
         *,
         worker_cpus: float = 1.0,
         datasets_dir: str | None = None,
+        checkpoint_dir: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
         self.worker_cpus = worker_cpus
         self.datasets_dir = Path(datasets_dir) if datasets_dir else None
+        self.checkpoints = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir else None
         self._changed = threading.Condition()
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
         self._reason = ""
         self._total_steps = 0
         self._started_at: float | None = None
-        self._placement: tuple[dict, ...] = ()
         self._cancelled = threading.Event()
-        self._actors: list[ray.actor.ActorHandle] = []
+        self._cohort: Cohort | None = None
         self._theta: np.ndarray | None = None
         self._latest: tuple[int, ray.ObjectRef] | None = None  # (step, θ after it)
 
@@ -133,17 +103,14 @@ class JobRunner:
             self._finish(JobState.SUCCEEDED, "")
         except JobCancelled:
             self._finish(JobState.CANCELLED, "cancelled by request")
-        except JobFailed as error:
+        except (JobFailed, DataError, PlacementError) as error:
             self._finish(JobState.FAILED, str(error))
-        except RayActorError as error:
+        except Exception as error:
             if self._cancelled.is_set():
                 self._finish(JobState.CANCELLED, "cancelled by request")
             else:
-                log.exception("job %s lost an actor", self.job_id)
-                self._finish(JobState.FAILED, f"a Ray actor of the job died: {error.error_msg}")
-        except Exception as error:
-            log.exception("job %s failed", self.job_id)
-            self._finish(JobState.FAILED, f"{type(error).__name__}: {error}"[:500])
+                log.exception("job %s failed", self.job_id)
+                self._finish(JobState.FAILED, f"{type(error).__name__}: {error}"[:500])
         finally:
             self._release_actors()
         return self._state
@@ -152,6 +119,9 @@ class JobRunner:
         """Points with step > after_step (waiting up to timeout_s for one), and the state.
 
         Points up to after_step are acknowledged (stored by the caller) and dropped here.
+        After a parameter server is restored from a checkpoint, the steps after the
+        checkpoint are computed again; those at or below `after_step` are not sent
+        again (BSP recomputes them exactly), so every step reaches the store once.
         """
         with self._changed:
             self._changed.wait_for(
@@ -161,13 +131,15 @@ class JobRunner:
                 timeout=timeout_s,
             )
             self._points = [p for p in self._points if p.step > after_step]
+            placement = tuple(self._cohort.placement) if self._cohort is not None else ()
             return RunnerUpdate(
                 state=self._state,
                 reason=self._reason,
                 total_steps=self._total_steps,
                 started_at=self._started_at,
-                placement=self._placement,
+                placement=placement,
                 points=list(self._points),
+                restarts=self._cohort.replacements if self._cohort is not None else 0,
             )
 
     def cancel(self) -> None:
@@ -195,9 +167,14 @@ class JobRunner:
         spec = self.spec
         data = prepare_data(spec, self.datasets_dir)
         steps = total_steps(spec, data.plan)
-        ps, workers = self._start_actors(data)
+        steps_per_epoch = data.plan.steps_per_epoch
+        eval_every = spec.eval_every or steps_per_epoch
+        checkpoint_every = spec.checkpoint_every or steps_per_epoch
         model = MLP(spec.sizes, spec.activations, spec.loss)
-        eval_every = spec.eval_every or data.plan.steps_per_epoch
+        self._cohort = cohort = Cohort(
+            self.job_id, spec, data, worker_cpus=self.worker_cpus, checkpoints=self.checkpoints
+        )
+        step = cohort.start()  # > 0 when resuming from a checkpoint
         with self._changed:
             self._state = JobState.RUNNING
             self._total_steps = steps
@@ -205,17 +182,32 @@ class JobRunner:
             self._changed.notify_all()
 
         started = last = time.monotonic()
-        theta_ref = ps.get_theta.remote()
-        for step in range(1, steps + 1):
+        first_loss: float | None = None
+        theta_ref = cohort.ps.get_theta.remote()
+        while step < steps:
             if self._cancelled.is_set():
                 raise JobCancelled
-            epoch, index = divmod(step - 1, data.plan.steps_per_epoch)
-            gradient_refs = [w.compute_gradients.remote(theta_ref, epoch, index) for w in workers]
-            stats_ref, theta_ref = ps.apply_gradients.options(num_returns=2).remote(*gradient_refs)
-            stats = ray.get(stats_ref)
+            if spec.max_seconds is not None and time.monotonic() - started > spec.max_seconds:
+                raise JobFailed(
+                    f"time limit of {spec.max_seconds:g} s reached at step {step}; "
+                    "its last checkpoint is kept"
+                )
+            try:
+                stats_ref, next_theta_ref = cohort.step(theta_ref, step + 1)
+                stats = ray.get(stats_ref, timeout=STEP_TIMEOUT_S)
+            except (RayActorError, GetTimeoutError, ObjectLostError) as error:
+                if self._cancelled.is_set():
+                    raise JobCancelled from None
+                step, theta_ref = self._recover(cohort, step, error)
+                continue
+            step += 1
+            theta_ref = next_theta_ref
             self._latest = (step, theta_ref)
-            if not math.isfinite(stats.loss):
-                raise JobFailed(f"diverged at step {step} (loss is {stats.loss})")
+            first_loss = stats.loss if first_loss is None else first_loss
+            if is_diverged(stats.loss, stats.gradient_norms, first_loss):
+                raise JobFailed(f"diverged at step {step} (loss {stats.loss:.4g})")
+            if self.checkpoints is not None and (step % checkpoint_every == 0 or step == steps):
+                cohort.checkpoint()
             now = time.monotonic()
             validation: dict[str, float] = {}
             if len(data.X_val) and (step % eval_every == 0 or step == steps):
@@ -223,7 +215,7 @@ class JobRunner:
             self._publish(
                 MetricPoint(
                     step=step,
-                    epoch=epoch,
+                    epoch=(step - 1) // steps_per_epoch,
                     loss=stats.loss,
                     samples_per_second=stats.samples / max(now - last, 1e-9),
                     learning_rate=stats.learning_rate,
@@ -236,55 +228,15 @@ class JobRunner:
             last = now
         self._theta = ray.get(theta_ref)
 
-    def _start_actors(self, data: TrainingData) -> tuple[ray.actor.ActorHandle, list]:
-        spec = self.spec
-        ps = (
-            ray.remote(ParameterServer)
-            .options(name=f"{self.job_id}/ps", num_cpus=0)
-            .remote(
-                sizes=spec.sizes,
-                activations=spec.activations,
-                optimizer=spec.optimizer,
-                workers=spec.workers,
-                seed=spec.seed,
-            )
-        )
-        self._actors.append(ps)
-        workers = []
-        for i in range(spec.workers):
-            X, y = data.shard(i)
-            worker = (
-                ray.remote(GradientWorker)
-                .options(
-                    name=f"{self.job_id}/worker-{i}",
-                    num_cpus=self.worker_cpus,
-                    scheduling_strategy="SPREAD",  # over the cluster's nodes
-                )
-                .remote(
-                    sizes=spec.sizes,
-                    activations=spec.activations,
-                    loss=spec.loss,
-                    X=ray.put(X),  # each shard travels once, by reference
-                    y=ray.put(y),
-                    local_batch=data.plan.local_batches[i],
-                    seed=spec.seed,
-                    worker_index=i,
-                )
-            )
-            self._actors.append(worker)
-            workers.append(worker)
-        try:
-            placement = ray.get(
-                [w.placement.remote() for w in workers], timeout=PLACEMENT_TIMEOUT_S
-            )
-        except GetTimeoutError:
-            cpus = ray.cluster_resources().get("CPU", 0)
-            raise JobFailed(
-                f"could not place {spec.workers} workers ({self.worker_cpus} CPU each) within "
-                f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
-            ) from None
-        self._placement = tuple(placement)
-        return ps, workers
+    def _recover(self, cohort: Cohort, step: int, error: Exception) -> tuple[int, ray.ObjectRef]:
+        """Replace the actors that died; returns (step to continue from, θ ref at it)."""
+        if cohort.replacements >= MAX_REPLACEMENTS:
+            raise JobFailed(f"gave up after replacing {cohort.replacements} lost actors") from error
+        log.warning("job %s: step %d failed (%s); repairing", self.job_id, step + 1, error)
+        resumed = cohort.repair()
+        if resumed is not None:
+            step = resumed  # the parameter server came back from a checkpoint
+        return step, cohort.ps.get_theta.remote()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -300,6 +252,5 @@ class JobRunner:
             self._changed.notify_all()
 
     def _release_actors(self) -> None:
-        actors, self._actors = self._actors, []
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+        if self._cohort is not None:
+            self._cohort.release()

@@ -124,6 +124,8 @@ class JobSpec:
     consistency: str = "bsp"
     seed: int = 0
     eval_every: int | None = None
+    checkpoint_every: int | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH:
@@ -150,6 +152,10 @@ class JobSpec:
         _check_range("seed", self.seed, 0, 2**63 - 1)
         if self.eval_every is not None:
             _check_range("eval_every", self.eval_every, 1, MAX_STEPS)
+        if self.checkpoint_every is not None:
+            _check_range("checkpoint_every", self.checkpoint_every, 1, MAX_STEPS)
+        if self.max_seconds is not None:
+            _check_range("max_seconds", self.max_seconds, 1.0, 30 * 24 * 3600.0)
 
     def _check_layers(self) -> None:
         if not self.layers:

@@ -1,0 +1,132 @@
+"""Faults survived: real worker processes killed, the parameter server killed, divergence,
+time limits. BSP is deterministic, so a job that recovers must end with exactly the θ of
+the same job run without faults."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+import ray
+
+from bptrain import Client
+from bptrain.v1 import training_pb2 as pb
+from tests.conftest import digits_spec
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_step(client: Client, job_id: str, step: int, timeout_s: float = 120) -> pb.Job:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(job_id)
+        if job.step >= step or job.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"{job_id} did not reach step {step}")
+
+
+def streamed_steps(client: Client, job_id: str) -> list[int]:
+    return [p.step for p in client.metrics(job_id)]
+
+
+def ps_actor(job_id: str) -> ray.actor.ActorHandle:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    (name,) = [n for n in names if n.startswith(f"{job_id}/ps.")]
+    return ray.get_actor(name, namespace="bptrain")
+
+
+@pytest.fixture(scope="module")
+def reference(server: tuple) -> dict[str, np.ndarray]:
+    """The fault-free run every recovered run must equal."""
+    with Client(f"127.0.0.1:{server[0].port}") as client:
+        job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+        assert job.wait().state == pb.SUCCEEDED
+        return client.weights(job.job_id)
+
+
+def assert_same_weights(weights: dict, reference: dict) -> None:
+    for name in ("W1", "b1", "W2", "b2"):
+        np.testing.assert_allclose(weights[name], reference[name], rtol=0, atol=1e-6)
+
+
+def test_a_killed_worker_is_replaced_and_the_job_ends_as_without_faults(
+    client: Client, reference: dict
+) -> None:
+    job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+    running = wait_for_step(client, job.job_id, 30)
+    victim = running.workers[1]
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    replaced = wait_for_step(client, job.job_id, running.step + 5)
+    print(
+        f"worker replaced and 5 more steps done {time.monotonic() - killed_at:.2f} s after the kill"
+    )
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert final.workers[1].pid != victim.pid  # a new process took the shard
+    assert replaced.step > running.step
+    assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
+    assert_same_weights(client.weights(job.job_id), reference)
+
+
+def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
+    client: Client, reference: dict
+) -> None:
+    job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+    running = wait_for_step(client, job.job_id, 45)
+    killed_at = time.monotonic()
+    ray.kill(ps_actor(job.job_id), no_restart=True)
+    wait_for_step(client, job.job_id, running.step + 10)
+    print(f"parameter server restored, 10 steps on, {time.monotonic() - killed_at:.2f} s after")
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
+    assert_same_weights(client.weights(job.job_id), reference)
+
+
+def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(client: Client) -> None:
+    cpus = ray.available_resources().get("CPU", 0)
+    job = client.submit(digits_spec(epochs=5000, checkpoint_every=50, max_seconds=600))
+    wait_for_step(client, job.job_id, 1)
+    kills, rng = 0, random.Random(0)
+    while kills < 20:
+        current = client.get(job.job_id)
+        assert current.state == pb.RUNNING, current.reason
+        pid = rng.choice(current.workers).pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+        except ProcessLookupError:
+            pass  # already replaced: pick again
+        wait_for_step(client, job.job_id, client.get(job.job_id).step + 3)
+    steps_before = client.get(job.job_id).step
+    wait_for_step(client, job.job_id, steps_before + 20)  # still training after the storm
+    final = client.cancel(job.job_id)
+    assert final.state == pb.CANCELLED
+    assert streamed_steps(client, job.job_id) == list(range(1, final.step + 1))
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == cpus  # no leaked worker holds a CPU
+
+
+def test_a_diverging_job_fails_with_the_step_in_its_reason(client: Client) -> None:
+    spec = digits_spec(optimizer={"kind": "sgd", "learning_rate": 1e6}, epochs=100)
+    final = client.submit(spec).wait()
+    assert final.state == pb.FAILED
+    assert final.reason.startswith("diverged at step ")
+    step = int(final.reason.split()[3])
+    assert step <= 20
+
+
+def test_a_job_past_its_time_limit_fails_and_keeps_its_checkpoint(client: Client) -> None:
+    final = client.submit(digits_spec(epochs=5000, max_seconds=3, checkpoint_every=5)).wait()
+    assert final.state == pb.FAILED
+    assert final.reason.startswith("time limit of 3 s reached at step ")
+    weights = client.weights(final.job_id, latest=True)  # the last checkpoint
+    assert weights["W1"].shape == (64, 64)
