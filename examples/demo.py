@@ -49,7 +49,8 @@ def start_server() -> tuple[subprocess.Popen, int]:
     port_file.unlink(missing_ok=True)
     log = open(STORAGE / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
     command = [sys.executable, "-m", "bptrain.cli", "--log-level", "INFO", "serve"]
-    command += ["--port", "0", "--port-file", str(port_file), "--storage", str(STORAGE)]
+    command += ["--port", "0", "--metrics-port", "0", "--port-file", str(port_file)]
+    command += ["--storage", str(STORAGE)]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not port_file.exists() or not port_file.read_text().strip():

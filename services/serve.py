@@ -27,10 +27,12 @@ def serve(
 ) -> None:
     """Run until a termination signal; then stop taking calls, let in-flight ones finish."""
     cluster.connect(ray_config)
-    manager = JobManager(jobs_config, metrics=ServiceMetrics(build_registry()))
+    # /metrics binds before the manager starts any job, so a taken port fails fast.
+    metrics = ServiceMetrics(build_registry())
     metrics_config = metrics_config or MetricsConfig()
-    exporter = MetricsExporter.start(metrics_config, manager.metrics.registry)
+    exporter = MetricsExporter.start(metrics_config, metrics.registry)
     log.info("metrics on http://%s:%d/metrics", metrics_config.host, exporter.port)
+    manager = JobManager(jobs_config, metrics=metrics)
     running = create_server(server_config, manager)
     log.info(
         "bptrain API listening on %s:%d (storage %s, Ray %s)",

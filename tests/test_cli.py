@@ -43,6 +43,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "serve",
             "--port",
             "0",
+            "--metrics-port",
+            "0",
             "--port-file",
             str(port_file),
             "--storage",

@@ -94,7 +94,9 @@ def test_validate_only_returns_defaults_and_queues_nothing(one_slot: Client) -> 
     assert caught.value.code == "INVALID_ARGUMENT"
 
 
-def test_queued_jobs_survive_a_server_restart(ray_session: None, tmp_path: Path) -> None:
+def test_running_and_queued_jobs_survive_a_server_restart(
+    ray_session: None, tmp_path: Path
+) -> None:
     config = JobsConfig(storage=tmp_path, max_running_jobs=1)
     manager = JobManager(config)
     spec = spec_from_proto(spec_from_dict(digits_spec(epochs=5000)))
@@ -104,12 +106,19 @@ def test_queued_jobs_survive_a_server_restart(ray_session: None, tmp_path: Path)
     while manager.get(running.job_id).state is not JobState.RUNNING:
         assert time.monotonic() < deadline, "the first job never started"
         time.sleep(0.1)
+    step_before = manager.get(running.job_id).step
     manager.shutdown()
-    restarted = JobManager(config)
+    restarted = JobManager(config)  # reattaches to the detached runner, which kept training
     try:
-        assert restarted.get(running.job_id).state is JobState.FAILED
-        assert "stopped while the job ran" in restarted.get(running.job_id).reason
-        assert restarted.get(waiting.job_id).state in (JobState.QUEUED, JobState.RUNNING)
+        deadline = time.monotonic() + 60
+        while restarted.get(running.job_id).step <= step_before + 5:
+            assert time.monotonic() < deadline, "the reattached job made no progress"
+            time.sleep(0.1)
+        assert restarted.get(running.job_id).state is JobState.RUNNING
+        steps = [p.step for p in restarted.store.metrics_after(running.job_id, 0, limit=10**6)]
+        assert steps == list(range(1, len(steps) + 1))  # no gap across the restart
+        assert restarted.get(waiting.job_id).state is JobState.QUEUED
     finally:
+        restarted.cancel(running.job_id)
         restarted.cancel(waiting.job_id)
         restarted.shutdown()

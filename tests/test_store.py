@@ -334,3 +334,20 @@ def test_new_jobs_after_reopening_are_listed_first(tmp_path: Path) -> None:
     reopened.close()
 
     assert [r.job_id for r in listed] == ["job-new", "job-old"]
+
+
+def test_a_store_file_from_the_first_release_gains_the_new_columns(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL UNIQUE,"
+        " state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', spec_json TEXT NOT NULL,"
+        " created_at REAL NOT NULL, started_at REAL, finished_at REAL,"
+        " total_steps INTEGER NOT NULL DEFAULT 0, weights_path TEXT NOT NULL DEFAULT '');"
+    )
+    old.close()
+    store = JobStore(path)
+    assert store.find_submission("anything") is None
+    store.close()

@@ -100,16 +100,11 @@ class JobManager:
         self._recover()
 
     def _recover(self) -> None:
-        """Jobs a previous server left: queued ones queue again, running ones failed."""
-        for job_id in self.store.ids_in_states((JobState.RUNNING,)):
-            self.store.update(
-                job_id,
-                state=JobState.FAILED,
-                reason="the API server stopped while the job ran",
-                finished_at=time.time(),
-            )
-            self.metrics.job_finished(job_id, JobState.FAILED)
-        self._waiting = self.store.ids_in_states((JobState.QUEUED,))
+        """Jobs a previous server left unfinished go on: a running job's monitor reattaches
+        to its runner if that outlived the server, else starts a new one, which resumes
+        from the job's last checkpoint. Both go ahead of the queued jobs, in order."""
+        running = self.store.ids_in_states((JobState.RUNNING,))
+        self._waiting = running + self.store.ids_in_states((JobState.QUEUED,))
         with self._lock:
             self._start_waiting()
 

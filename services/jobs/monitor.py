@@ -110,19 +110,14 @@ class RunnerMonitor:
                 if self._is_cancel_requested:
                     self._record_end(JobState.CANCELLED, "cancelled by request")
                     return
-                self._runner = (
-                    ray.remote(JobRunner)
-                    .options(name=f"{self.job_id}/runner", num_cpus=0, max_concurrency=4)
-                    .remote(
-                        self.job_id,
-                        self.spec,
-                        worker_cpus=self.worker_cpus,
-                        datasets_dir=str(self.datasets_dir.resolve()),
-                        checkpoint_dir=str(self.weights_path.parent.resolve() / "checkpoints"),
-                    )
-                )
-            self._runner.run.remote()
-            self._follow(self._runner)
+                self._runner = self._running_runner()
+                is_attached = self._runner is not None
+                if not is_attached:
+                    self._runner = self._new_runner()
+            if not is_attached:
+                self._runner.run.remote()
+            # Points already stored (by an earlier server) are not fetched again.
+            self._follow(self._runner, after_step=self.store.get(self.job_id).step)
         except Exception:
             log.exception("monitor of job %s failed", self.job_id)
             self._record_end(
@@ -134,8 +129,32 @@ class RunnerMonitor:
             if not self._is_stopping:
                 self.on_end(self.job_id)
 
-    def _follow(self, runner: ray.actor.ActorHandle) -> None:
-        after_step = 0
+    def _running_runner(self) -> ray.actor.ActorHandle | None:
+        """The job's runner if it outlived an earlier API server (it is detached)."""
+        try:
+            return ray.get_actor(self.runner_name)
+        except ValueError:
+            return None
+
+    def _new_runner(self) -> ray.actor.ActorHandle:
+        # Detached: the job goes on when this API process stops; the next one reattaches.
+        return (
+            ray.remote(JobRunner)
+            .options(name=self.runner_name, num_cpus=0, max_concurrency=4, lifetime="detached")
+            .remote(
+                self.job_id,
+                self.spec,
+                worker_cpus=self.worker_cpus,
+                datasets_dir=str(self.datasets_dir.resolve()),
+                checkpoint_dir=str(self.weights_path.parent.resolve() / "checkpoints"),
+            )
+        )
+
+    @property
+    def runner_name(self) -> str:
+        return f"{self.job_id}/runner"
+
+    def _follow(self, runner: ray.actor.ActorHandle, after_step: int) -> None:
         is_running = False
         placement: tuple[dict, ...] = ()
         while not self._is_stopping:

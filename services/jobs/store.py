@@ -28,8 +28,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     placement_json TEXT NOT NULL DEFAULT '[]',
     submission_id TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_submission ON jobs (submission_id)
-    WHERE submission_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS metrics (
     job_id  TEXT NOT NULL REFERENCES jobs (job_id),
@@ -73,6 +71,10 @@ class JobStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            self._db.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_submission ON jobs (submission_id) "
+                "WHERE submission_id IS NOT NULL"
+            )
 
     def _add_missing_columns(self) -> None:
         for table, column, declaration in _ADDED_COLUMNS:

@@ -154,7 +154,18 @@ class ServiceMetrics:
         if not points:
             return
         with self._lock:
-            progress = self._progress.setdefault(job_id, _JobProgress())
+            progress = self._progress.get(job_id)
+            if progress is None:
+                first = points[0]
+                # A job followed from its first step counts from θ version 0; one picked up
+                # mid-way (after an API restart) only sets a baseline: the work before it
+                # was counted by the previous process, and its duration is unknown here.
+                is_from_start = first.step == 1
+                progress = self._progress[job_id] = (
+                    _JobProgress()
+                    if is_from_start
+                    else _JobProgress(first.step, first.elapsed_seconds)
+                )
             for point in points:
                 if point.step <= progress.step:
                     continue  # already counted
