@@ -91,12 +91,13 @@ def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
 
 def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(client: Client) -> None:
     cpus = ray.available_resources().get("CPU", 0)
-    job = client.submit(digits_spec(epochs=5000, checkpoint_every=50, max_seconds=600))
+    job = client.submit(digits_spec(steps=3000, checkpoint_every=50))
     wait_for_step(client, job.job_id, 1)
     kills, rng = 0, random.Random(0)
+    started = time.monotonic()
     while kills < 20:
         current = client.get(job.job_id)
-        assert current.state == pb.RUNNING, current.reason
+        assert current.state == pb.RUNNING, f"ended after {kills} kills: {current.reason}"
         pid = rng.choice(current.workers).pid
         try:
             os.kill(pid, signal.SIGKILL)
@@ -104,11 +105,10 @@ def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(client: Client) ->
         except ProcessLookupError:
             pass  # already replaced: pick again
         wait_for_step(client, job.job_id, client.get(job.job_id).step + 3)
-    steps_before = client.get(job.job_id).step
-    wait_for_step(client, job.job_id, steps_before + 20)  # still training after the storm
-    final = client.cancel(job.job_id)
-    assert final.state == pb.CANCELLED
-    assert streamed_steps(client, job.job_id) == list(range(1, final.step + 1))
+    print(f"20 kills survived in {time.monotonic() - started:.1f} s")
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
     deadline = time.monotonic() + 30
     while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
         time.sleep(0.2)
