@@ -10,6 +10,7 @@ The last line printed is `test_accuracy=0.xxxx`.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ def forward(weights_path: Path, X: np.ndarray) -> np.ndarray:
 
 
 def start_server() -> tuple[subprocess.Popen, int]:
+    shutil.rmtree(STORAGE, ignore_errors=True)  # each demo starts from an empty store
     STORAGE.mkdir(parents=True, exist_ok=True)
     port_file = STORAGE / "port"
     port_file.unlink(missing_ok=True)
