@@ -100,12 +100,14 @@ class JobManager:
         self._recover()
 
     def _recover(self) -> None:
-        """Jobs a previous server left unfinished go on: a running job's monitor reattaches
+        """Jobs a previous server left unfinished go on. A running job's monitor reattaches
         to its runner if that outlived the server, else starts a new one, which resumes
-        from the job's last checkpoint. Both go ahead of the queued jobs, in order."""
-        running = self.store.ids_in_states((JobState.RUNNING,))
-        self._waiting = running + self.store.ids_in_states((JobState.QUEUED,))
+        from the job's last checkpoint; running jobs take their slots even beyond the
+        limit (they hold their actors already). Queued jobs queue again, in order."""
+        self._waiting = self.store.ids_in_states((JobState.QUEUED,))
         with self._lock:
+            for job_id in self.store.ids_in_states((JobState.RUNNING,)):
+                self._start_monitor(job_id)
             self._start_waiting()
 
     def submit(self, spec: JobSpec, *, submission_id: str = "") -> JobRecord:
@@ -143,20 +145,22 @@ class JobManager:
     def _start_waiting(self) -> None:
         """Start waiting jobs, oldest first, while running slots are free (lock held)."""
         while self._waiting and len(self._monitors) < self.config.max_running_jobs:
-            job_id = self._waiting.pop(0)
-            monitor = RunnerMonitor(
-                job_id=job_id,
-                spec=self.store.get(job_id).spec,
-                store=self.store,
-                weights_path=self.config.weights_path(job_id),
-                worker_cpus=self.config.worker_cpus,
-                datasets_dir=self.config.datasets_dir,
-                on_change=self._notify,
-                on_end=self._job_ended,
-                metrics=self.metrics,
-            )
-            self._monitors[job_id] = monitor
-            monitor.start()
+            self._start_monitor(self._waiting.pop(0))
+
+    def _start_monitor(self, job_id: str) -> None:
+        monitor = RunnerMonitor(
+            job_id=job_id,
+            spec=self.store.get(job_id).spec,
+            store=self.store,
+            weights_path=self.config.weights_path(job_id),
+            worker_cpus=self.config.worker_cpus,
+            datasets_dir=self.config.datasets_dir,
+            on_change=self._notify,
+            on_end=self._job_ended,
+            metrics=self.metrics,
+        )
+        self._monitors[job_id] = monitor
+        monitor.start()
 
     def _job_ended(self, job_id: str) -> None:
         with self._lock:
