@@ -51,3 +51,13 @@ $(DCLINT): deploy/lint/package.json deploy/lint/package-lock.json
 
 clean:
 	rm -rf $(VENV) .bptrain .pytest_cache .ruff_cache
+
+# Training-step speed of the engine vs PyTorch eager (skipped when torch is absent: pip install
+# torch==2.13.0) vs numpy's GEMM peak, printed as a table. bench-quick fits CI's budget.
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE slow numpy's GEMM where set: unset for these runs only.
+.PHONY: bench bench-quick
+bench: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/backprop.py
+
+bench-quick: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/backprop.py --quick

@@ -178,3 +178,43 @@ def test_init_validates_activations() -> None:
         layout.init_theta(["relu"], seed=0)
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         layout.init_theta(["swish", "identity"], seed=0)
+
+
+def test_init_can_be_chosen_for_every_layer_or_per_layer() -> None:
+    layout = ParamLayout([400, 300, 200])
+    activations = ["relu", "tanh"]
+    he_std, glorot_std = math.sqrt(2.0 / 400), math.sqrt(6.0 / 700) / math.sqrt(3.0)
+    (W1, _), _ = layout.views(layout.init_theta(activations, seed=3, init="glorot"))
+    assert W1.std() == pytest.approx(glorot_std, rel=0.03)
+    _, (W2, _) = layout.views(layout.init_theta(activations, seed=3, init="he"))
+    assert W2.std() == pytest.approx(math.sqrt(2.0 / 300), rel=0.03)
+    (W1, _), _ = layout.views(layout.init_theta(activations, seed=3, init=["he", "glorot"]))
+    assert W1.std() == pytest.approx(he_std, rel=0.03)
+    auto = layout.init_theta(activations, seed=3)
+    np.testing.assert_array_equal(auto, layout.init_theta(activations, seed=3, init="auto"))
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "elu", "gelu"])
+def test_auto_init_is_he_for_relu_like_layers(activation: str) -> None:
+    layout = ParamLayout([500, 400])
+    [(W, _)] = layout.views(layout.init_theta([activation], seed=0, dtype=np.float64))
+    assert W.std() == pytest.approx(math.sqrt(2.0 / 500), rel=0.02)
+
+
+def test_init_names_are_checked() -> None:
+    layout = ParamLayout([4, 3, 2])
+    with pytest.raises(ValueError, match="unknown init 'lecun'"):
+        layout.init_theta(["relu", "identity"], seed=0, init="lecun")
+    with pytest.raises(ValueError, match=r"one per layer \(2\), got 3"):
+        layout.init_theta(["relu", "identity"], seed=0, init=["he"] * 3)
+
+
+def test_blocks_are_w_over_b_zero_copy() -> None:
+    layout = ParamLayout([3, 4, 2])
+    theta = np.arange(layout.size, dtype=np.float64)
+    blocks = layout.blocks(theta)
+    assert [block.shape for block in blocks] == [(4, 4), (5, 2)]
+    for block, (W, b) in zip(blocks, layout.views(theta), strict=True):
+        assert np.shares_memory(block, theta)
+        np.testing.assert_array_equal(block[:-1], W)
+        np.testing.assert_array_equal(block[-1], b)

@@ -11,10 +11,13 @@ from hypothesis import strategies as st
 
 from services.errors import InvalidSpecError
 from services.paramserver.optimizers import (
+    OPTIMIZER_KINDS,
+    LRSchedule,
     OptimizerConfig,
     OptimizerState,
     apply_update,
     init_state,
+    learning_rate_at,
 )
 
 THETA0 = [1.0, -2.0, 0.5]
@@ -30,19 +33,27 @@ def run_steps(config: OptimizerConfig, theta0=THETA0, grads=GRADS, dtype=np.floa
     return theta, state
 
 
-def reference(kind, theta0, grads, lr, mu=0.9, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+def reference(kind, theta0, grads, lr, mu=0.9, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, rho=0.99):
     """The textbook update, one coordinate at a time in Python floats."""
     out = []
     for i, x in enumerate(theta0):
         v = m = s = 0.0
         for t, gs in enumerate(grads, start=1):
-            g = gs[i] + wd * x
+            g = gs[i] if kind == "adamw" else gs[i] + wd * x
             if kind == "sgd":
                 x -= lr * g
             elif kind == "momentum":
                 v = mu * v + g
                 x -= lr * v
-            else:
+            elif kind == "nesterov":
+                v = mu * v + g
+                x -= lr * (g + mu * v)
+            elif kind == "rmsprop":
+                s = rho * s + (1 - rho) * g * g
+                x -= lr * g / (math.sqrt(s) + eps)
+            else:  # adam, adamw
+                if kind == "adamw":
+                    x *= 1 - lr * wd
                 m = b1 * m + (1 - b1) * g
                 s = b2 * s + (1 - b2) * g * g
                 m_hat = m / (1 - b1**t)
@@ -107,6 +118,172 @@ def test_adam_matches_reference_on_varying_gradients():
     np.testing.assert_allclose(theta, expected, rtol=1e-6, atol=1e-7)
 
 
+def test_nesterov_three_steps_by_hand():
+    # Constant g = 1, μ = 0.9, η = 0.1: v = 1, 1.9, 2.71 and each step is η (g + μ v):
+    # 0.1·1.9 + 0.1·2.71 + 0.1·3.439 = 0.8049.
+    config = OptimizerConfig(kind="nesterov", learning_rate=0.1, momentum=0.9)
+    theta, state = run_steps(config, grads=[[1.0, 1.0, 1.0]] * 3)
+    np.testing.assert_allclose(theta, [0.1951, -2.8049, -0.3049], rtol=1e-6)
+    np.testing.assert_allclose(state.buffers["velocity"], [2.71] * 3, rtol=1e-6)
+
+
+def test_nesterov_matches_reference_on_varying_gradients():
+    config = OptimizerConfig(kind="nesterov", learning_rate=0.05, momentum=0.8)
+    theta, _ = run_steps(config)
+    np.testing.assert_allclose(theta, reference("nesterov", THETA0, GRADS, 0.05, mu=0.8), rtol=1e-6)
+
+
+def test_adamw_three_steps_by_hand():
+    # Constant g: m̂ = g, v̂ = g², so each step is θ ← 0.999 θ − η·sign(g) (η = 0.01, λ = 0.1).
+    # From θ0 = 1 with g > 0: 0.989, 0.978011, 0.967032989.
+    config = OptimizerConfig(kind="adamw", learning_rate=0.01, weight_decay=0.1)
+    theta, state = run_steps(config, theta0=[1.0, -2.0], grads=[[2.0, -0.5]] * 3)
+    theta_2 = ((-2.0 * 0.999 + 0.01) * 0.999 + 0.01) * 0.999 + 0.01
+    np.testing.assert_allclose(theta, [0.967032989, theta_2], rtol=1e-6)
+    assert state.step == 3
+
+
+def test_adamw_decay_is_decoupled_from_adams_scaling():
+    # With a huge constant gradient Adam's step is still η·sign(g); AdamW's decay still
+    # shrinks θ by ηλθ, while Adam's L2 decay drowns in the normalisation.
+    grads = [[1e4, 1e4]] * 3
+    adamw, _ = run_steps(
+        OptimizerConfig(kind="adamw", learning_rate=0.1, weight_decay=0.5),
+        (1.0, 1.0),
+        grads,
+        np.float64,
+    )
+    adam, _ = run_steps(
+        OptimizerConfig(kind="adam", learning_rate=0.1, weight_decay=0.5),
+        (1.0, 1.0),
+        grads,
+        np.float64,
+    )
+    expected = ((1.0 * 0.95 - 0.1) * 0.95 - 0.1) * 0.95 - 0.1
+    np.testing.assert_allclose(adamw, [expected] * 2, rtol=1e-6)
+    np.testing.assert_allclose(adam, [1.0 - 0.3] * 2, rtol=1e-6)
+
+
+def test_rmsprop_three_steps_by_hand():
+    # Constant g = 1, ρ = 0.9: s_t = 1 − 0.9ᵗ = 0.1, 0.19, 0.271 and each step is η/√s_t.
+    config = OptimizerConfig(kind="rmsprop", learning_rate=0.01, rho=0.9, epsilon=1e-12)
+    theta, state = run_steps(config, grads=[[1.0, 1.0, 1.0]] * 3)
+    moved = 0.01 * (1 / math.sqrt(0.1) + 1 / math.sqrt(0.19) + 1 / math.sqrt(0.271))
+    assert moved == pytest.approx(0.0737738, rel=1e-6)
+    np.testing.assert_allclose(theta, [x - moved for x in THETA0], rtol=1e-6)
+    np.testing.assert_allclose(state.buffers["square_avg"], [0.271] * 3, rtol=1e-6)
+
+
+def test_rmsprop_matches_reference_on_varying_gradients():
+    config = OptimizerConfig(kind="rmsprop", learning_rate=0.02, rho=0.95, epsilon=1e-6)
+    theta, _ = run_steps(config)
+    expected = reference("rmsprop", THETA0, GRADS, 0.02, rho=0.95, eps=1e-6)
+    np.testing.assert_allclose(theta, expected, rtol=1e-6, atol=1e-7)
+
+
+# --- gradient clipping ---------------------------------------------------------------
+
+
+def test_clipping_scales_the_gradient_to_the_global_norm():
+    # g = (3, 4) has norm 5; clipped to norm 1 it is (0.6, 0.8); SGD η = 0.1.
+    config = OptimizerConfig(kind="sgd", learning_rate=0.1, clip_norm=1.0)
+    theta = np.zeros(2, dtype=np.float32)
+    grad = np.array([3.0, 4.0], dtype=np.float32)
+    state = apply_update(theta, grad, init_state(config, 2), config)
+    np.testing.assert_allclose(theta, [-0.06, -0.08], rtol=1e-6)
+    assert state.last_gradient_norm == pytest.approx(5.0)
+    np.testing.assert_array_equal(grad, [3.0, 4.0])  # the caller's gradient is untouched
+
+
+def test_clipping_leaves_a_small_gradient_alone():
+    config = OptimizerConfig(kind="momentum", learning_rate=0.1, clip_norm=10.0)
+    clipped, _ = run_steps(config)
+    plain, _ = run_steps(OptimizerConfig(kind="momentum", learning_rate=0.1))
+    np.testing.assert_array_equal(clipped, plain)
+
+
+@pytest.mark.parametrize("kind", OPTIMIZER_KINDS)
+def test_clipping_comes_before_weight_decay(kind):
+    # Every kind sees the clipped g: the same as feeding the clipped gradient unclipped.
+    grads = [[30.0, -40.0, 0.0], [0.3, 0.4, 0.0], [-6.0, 8.0, 0.0]]
+    scaled = []
+    for g in grads:
+        norm = math.sqrt(sum(v * v for v in g))
+        scaled.append([v * min(1.0, 1.0 / norm) for v in g])
+    clipped, _ = run_steps(
+        OptimizerConfig(kind=kind, learning_rate=0.05, weight_decay=0.1, clip_norm=1.0),
+        grads=grads,
+        dtype=np.float64,
+    )
+    expected, _ = run_steps(
+        OptimizerConfig(kind=kind, learning_rate=0.05, weight_decay=0.1),
+        grads=scaled,
+        dtype=np.float64,
+    )
+    np.testing.assert_allclose(clipped, expected, rtol=1e-12)
+
+
+# --- learning-rate schedules ------------------------------------------------------------
+
+
+def test_step_schedule_by_hand():
+    schedule = LRSchedule(kind="step", step_size=2, gamma=0.5)
+    rates = [learning_rate_at(t, 1.0, schedule) for t in range(1, 7)]
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_linear_warmup_then_constant():
+    schedule = LRSchedule(warmup_steps=4)
+    rates = [learning_rate_at(t, 0.8, schedule) for t in range(1, 7)]
+    assert rates == pytest.approx([0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
+
+
+def test_cosine_schedule_after_warmup_by_hand():
+    # η = 1, η_min = 0.1, one warm-up step, then T = 4 steps of ½(1 + cos(πs/4)).
+    schedule = LRSchedule(kind="cosine", warmup_steps=1, total_steps=5, min_learning_rate=0.1)
+    rates = [learning_rate_at(t, 1.0, schedule) for t in (1, 2, 3, 4, 5, 6, 100)]
+    half = 0.5 * (1 + math.cos(math.pi / 4))  # 0.853553
+    expected = [1.0, 1.0, 0.1 + 0.9 * half, 0.55, 0.1 + 0.9 * (1 - half), 0.1, 0.1]
+    assert rates == pytest.approx(expected)
+
+
+def test_constant_schedule_is_the_default():
+    assert learning_rate_at(1, 0.3) == learning_rate_at(10_000, 0.3) == 0.3
+
+
+def test_apply_update_takes_this_steps_learning_rate():
+    config = OptimizerConfig(kind="sgd", learning_rate=0.1)
+    theta = np.ones(3, dtype=np.float32)
+    apply_update(
+        theta, np.ones(3, dtype=np.float32), init_state(config, 3), config, learning_rate=0.5
+    )
+    np.testing.assert_allclose(theta, [0.5] * 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"kind": "exponential"}, "kind", "unknown schedule 'exponential'"),
+        ({"warmup_steps": -1}, "warmup_steps", "must be >= 0"),
+        ({"warmup_steps": 1.5}, "warmup_steps", "must be an integer"),
+        ({"kind": "step", "step_size": 0}, "step_size", "must be >= 1"),
+        ({"kind": "step", "gamma": 0.0}, "gamma", r"must be in \(0, 1\]"),
+        ({"kind": "step", "gamma": 1.5}, "gamma", r"must be in \(0, 1\]"),
+        ({"kind": "cosine"}, "total_steps", "is required for the cosine schedule"),
+        (
+            {"kind": "cosine", "total_steps": 10, "warmup_steps": 10},
+            "total_steps",
+            "must be > warmup_steps",
+        ),
+        ({"min_learning_rate": -0.1}, "min_learning_rate", "must be >= 0"),
+    ],
+)
+def test_invalid_schedule_names_the_field(changes, field, message):
+    with pytest.raises(InvalidSpecError, match=message) as caught:
+        LRSchedule(**changes)
+    assert caught.value.field == field
+
+
 # --- weight decay -------------------------------------------------------------------
 
 
@@ -124,7 +301,7 @@ def test_weight_decay_alone_shrinks_theta_geometrically():
     np.testing.assert_allclose(theta, [0.729 * x for x in THETA0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("kind", OPTIMIZER_KINDS)
 def test_weight_decay_matches_reference(kind):
     config = OptimizerConfig(kind=kind, learning_rate=0.05, weight_decay=0.1)
     theta, _ = run_steps(config)
@@ -133,7 +310,7 @@ def test_weight_decay_matches_reference(kind):
     )
 
 
-@pytest.mark.parametrize("kind", ["momentum", "adam"])
+@pytest.mark.parametrize("kind", ["momentum", "nesterov", "adam", "adamw", "rmsprop"])
 def test_weight_decay_changes_the_update(kind):
     plain, _ = run_steps(OptimizerConfig(kind=kind, learning_rate=0.05))
     decayed, _ = run_steps(OptimizerConfig(kind=kind, learning_rate=0.05, weight_decay=0.1))
@@ -143,10 +320,12 @@ def test_weight_decay_changes_the_update(kind):
 # --- in place, dtypes, state -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_updates_in_place_and_leaves_grad_alone(kind, weight_decay):
-    config = OptimizerConfig(kind=kind, learning_rate=0.1, weight_decay=weight_decay)
+@pytest.mark.parametrize("kind", OPTIMIZER_KINDS)
+@pytest.mark.parametrize(("weight_decay", "clip_norm"), [(0.0, None), (0.01, None), (0.01, 0.5)])
+def test_updates_in_place_and_leaves_grad_alone(kind, weight_decay, clip_norm):
+    config = OptimizerConfig(
+        kind=kind, learning_rate=0.1, weight_decay=weight_decay, clip_norm=clip_norm
+    )
     storage = np.array(THETA0 * 2, dtype=np.float32)
     theta = storage[:3]  # a view, as the parameter server's per-layer slices are
     state = init_state(config, theta.size)
@@ -164,7 +343,7 @@ def test_updates_in_place_and_leaves_grad_alone(kind, weight_decay):
         assert not np.shares_memory(buffer, theta)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("kind", OPTIMIZER_KINDS)
 def test_float32_stays_float32(kind):
     config = OptimizerConfig(kind=kind, weight_decay=0.01)
     theta = np.array(THETA0, dtype=np.float32)
@@ -183,7 +362,15 @@ def test_float64_theta_supported():
 
 
 @pytest.mark.parametrize(
-    ("kind", "names"), [("sgd", set()), ("momentum", {"velocity"}), ("adam", {"m", "v"})]
+    ("kind", "names"),
+    [
+        ("sgd", set()),
+        ("momentum", {"velocity"}),
+        ("nesterov", {"velocity"}),
+        ("adam", {"m", "v"}),
+        ("adamw", {"m", "v"}),
+        ("rmsprop", {"square_avg"}),
+    ],
 )
 def test_init_state_buffers_are_zeroed_and_sized(kind, names):
     state = init_state(OptimizerConfig(kind=kind), 7)
@@ -225,7 +412,7 @@ def test_mismatched_shapes_rejected():
 
 @settings(max_examples=50, deadline=None)
 @given(
-    kind=st.sampled_from(["sgd", "momentum", "adam"]),
+    kind=st.sampled_from(OPTIMIZER_KINDS),
     theta0=st.lists(st.floats(-10, 10), min_size=1, max_size=4),
     steps=st.integers(1, 4),
     lr=st.floats(1e-4, 0.5),
@@ -248,7 +435,7 @@ def test_matches_reference_in_float64(kind, theta0, steps, lr, wd, seed):
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("kind", "rmsprop"),
+        ("kind", "lbfgs"),
         ("kind", "SGD"),
         ("learning_rate", 0.0),
         ("learning_rate", -1.0),
@@ -269,6 +456,11 @@ def test_matches_reference_in_float64(kind, theta0, steps, lr, wd, seed):
         ("weight_decay", -0.1),
         ("weight_decay", float("inf")),
         ("weight_decay", True),
+        ("rho", 1.0),
+        ("rho", -0.5),
+        ("clip_norm", 0.0),
+        ("clip_norm", -1.0),
+        ("clip_norm", float("inf")),
     ],
 )
 def test_invalid_config_names_the_field(field, value):
@@ -283,7 +475,10 @@ def test_invalid_config_messages():
         OptimizerConfig(learning_rate=-1.0)
     with pytest.raises(
         InvalidSpecError,
-        match=r"^kind unknown optimizer 'x'; expected one of sgd, momentum, adam$",
+        match=(
+            r"^kind unknown optimizer 'x'; "
+            r"expected one of sgd, momentum, nesterov, adam, adamw, rmsprop$"
+        ),
     ):
         OptimizerConfig(kind="x")
 
@@ -292,3 +487,4 @@ def test_valid_edge_configs_accepted():
     OptimizerConfig(kind="momentum", momentum=0.0)
     OptimizerConfig(kind="adam", beta1=0.0, beta2=0.0, epsilon=1e-12)
     OptimizerConfig(learning_rate=10, weight_decay=0)
+    OptimizerConfig(kind="rmsprop", rho=0.0, clip_norm=1e-3)

@@ -228,7 +228,7 @@ BAD_SPECS = [
         id="cross-entropy-on-regression",
     ),
     pytest.param(
-        _set("optimizer.kind", "rmsprop"), "optimizer.kind", "'rmsprop'", id="unknown-optimizer"
+        _set("optimizer.kind", "lbfgs"), "optimizer.kind", "'lbfgs'", id="unknown-optimizer"
     ),
     pytest.param(_set("consistency", "asp"), "consistency", "'asp'", id="unknown-consistency"),
     pytest.param(_set("seed", -1), "seed", ">= 0", id="negative-seed"),

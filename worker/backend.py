@@ -46,7 +46,31 @@ def _is_cupy_array(x: Any) -> bool:
 
 def array_module_of(x: Array) -> ModuleType:
     """The module (`numpy` or `cupy`) whose functions operate on `x`."""
+    if type(x) is np.ndarray:  # the hot path: a step asks this a dozen times
+        return np
     return _import_cupy() if _is_cupy_array(x) else np
+
+
+_CONSTANT_ROWS: dict[tuple[str, int, str, float], Array] = {}
+
+
+def constant_row(like: Array, value: float) -> Array:
+    """A read-only (W,) array of `value`, W = like.shape[-1], in like's dtype and module.
+
+    Cached: element-wise steps broadcast it (max(z, 0), row sums by a product with ones)
+    without allocating it every time.
+    """
+    xp = array_module_of(like)
+    key = (xp.__name__, like.shape[-1], like.dtype.str, value)
+    row = _CONSTANT_ROWS.get(key)
+    if row is None:
+        row = xp.full(like.shape[-1:], value, dtype=like.dtype)
+        if xp is np:
+            row.flags.writeable = False
+        if len(_CONSTANT_ROWS) > 256:  # many widths: keep the cache small
+            _CONSTANT_ROWS.clear()
+        _CONSTANT_ROWS[key] = row
+    return row
 
 
 def to_numpy(x: Array) -> np.ndarray:

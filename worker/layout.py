@@ -4,18 +4,21 @@ Layer l (1..L) maps sizes[l-1] → sizes[l]. Its block in θ is W^l, shape (in, 
 row-major order, followed by b^l, shape (out,). A gradient buffer uses the same layout,
 so an optimizer step is a few vector operations over one array, and a pull or push of
 θ or g is a single array.
+
+Because b^l follows W^l's last row, each layer's block is also the row-major matrix
+Θ^l = [W^l; b^l] of shape (in + 1, out), so z = [a, 1] Θ^l is one matrix product
+(`blocks`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from worker.activations import get_activation
 from worker.backend import Array, to_numpy
+from worker.initializers import draw_weights, resolve_initializers
 
 
 class ParamLayout:
@@ -40,6 +43,13 @@ class ParamLayout:
             offset = b_start + fan_out
             self._offsets.append((w_start, b_start, offset))
         self._size = offset
+        # Per layer: Θ^l's slice of θ and its (in + 1, out) shape.
+        self._block_specs = [
+            (w_start, b_end, (fan_in + 1, fan_out))
+            for (w_start, _, b_end), fan_in, fan_out in zip(
+                self._offsets, self._sizes[:-1], self._sizes[1:], strict=True
+            )
+        ]
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -66,6 +76,13 @@ class ParamLayout:
             shapes[f"b{layer}"] = (fan_out,)
         return shapes
 
+    def _check_flat(self, theta: Array) -> None:
+        if theta.ndim != 1 or theta.shape[0] != self._size:
+            raise ValueError(
+                f"theta must be a 1-D array of {self._size} scalars for sizes "
+                f"{list(self._sizes)}, got shape {tuple(theta.shape)}"
+            )
+
     def views(self, theta: Array) -> list[tuple[Array, Array]]:
         """[(W^1, b^1), ..., (W^L, b^L)] as zero-copy views of the 1-D array `theta`.
 
@@ -73,11 +90,7 @@ class ParamLayout:
         the same call on a gradient buffer gives the places to write ∂loss/∂W^l into.
         Works for NumPy and CuPy arrays alike.
         """
-        if theta.ndim != 1 or theta.shape[0] != self._size:
-            raise ValueError(
-                f"theta must be a 1-D array of {self._size} scalars for sizes "
-                f"{list(self._sizes)}, got shape {tuple(theta.shape)}"
-            )
+        self._check_flat(theta)
         views = []
         for (w_start, b_start, b_end), fan_in, fan_out in zip(
             self._offsets, self._sizes[:-1], self._sizes[1:], strict=True
@@ -86,6 +99,11 @@ class ParamLayout:
             b = theta[b_start:b_end]  # (out,)
             views.append((W, b))
         return views
+
+    def blocks(self, theta: Array) -> list[Array]:
+        """[Θ^1, ..., Θ^L], Θ^l = [W^l; b^l] of shape (in + 1, out), zero-copy views of θ."""
+        self._check_flat(theta)
+        return [theta[start:end].reshape(shape) for start, end, shape in self._block_specs]
 
     def to_dict(self, theta: Array) -> dict[str, np.ndarray]:
         """Host copies of every tensor: {"W1": (D, H1), "b1": (H1,), "W2": ...}."""
@@ -125,12 +143,16 @@ class ParamLayout:
         activations: Sequence[str],
         seed: int,
         dtype: DTypeLike = np.float32,
+        *,
+        init: str | Sequence[str] = "auto",
     ) -> np.ndarray:
-        """A fresh θ: He-normal W^l for relu layers, Glorot-uniform otherwise, b^l = 0.
+        """A fresh θ: seeded weights by `init`, b^l = 0.
 
-        He-normal: W ~ N(0, 2/in). Glorot-uniform: W ~ U(−r, r), r = sqrt(6/(in + out)).
-        `activations[l-1]` names layer l's activation. The same seed always gives the
-        same θ (drawn in float64 by `np.random.default_rng(seed)`, then cast to `dtype`).
+        `init` is "auto" (He-normal for relu-like layers, Glorot-uniform otherwise),
+        "he", "glorot", or a list with one of these per layer; `worker.initializers`
+        gives the formulas. `activations[l-1]` names layer l's activation. The same seed
+        always gives the same θ (drawn in float64 by `np.random.default_rng(seed)`, then
+        cast to `dtype`).
         """
         activations = list(activations)
         if len(activations) != self.num_layers:
@@ -138,15 +160,9 @@ class ParamLayout:
                 f"expected {self.num_layers} activations (one per layer) for sizes "
                 f"{list(self._sizes)}, got {len(activations)}"
             )
-        for name in activations:
-            get_activation(name)  # an unknown name fails here, not silently as Glorot
+        schemes = resolve_initializers(init, activations)
         rng = np.random.default_rng(seed)
         theta = np.zeros(self._size, dtype=dtype)
-        for (W, _), name in zip(self.views(theta), activations, strict=True):
-            fan_in, fan_out = W.shape
-            if name == "relu":
-                W[...] = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
-            else:
-                limit = math.sqrt(6.0 / (fan_in + fan_out))
-                W[...] = rng.uniform(-limit, limit, size=(fan_in, fan_out))
+        for (W, _), scheme in zip(self.views(theta), schemes, strict=True):
+            W[...] = draw_weights(rng, scheme, *W.shape)
         return theta

@@ -1,18 +1,26 @@
-"""Losses fused with their output gradient: `loss_fn(out, y) -> (loss, dout)`.
+"""Losses fused with their output gradient: `loss(out, y, dout=None) -> (loss, dout)`.
 
-`loss` is the mean over the batch as a Python float, `dout` = ∂loss/∂out with the shape of
-the network output, so backward starts from δ^L = dout ⊙ σ_L'(z^L). The 1/N of the mean
-lives in `dout`; backward never divides by the batch size again.
+`loss` is the mean over the batch (summed over output units) as a Python float; `dout` =
+∂loss/∂out has the shape of the network output, so backward starts from δ^L = dout ⊙
+σ_L'(z^L). The 1/N of the mean lives in `dout`; backward never divides by N again.
+`dout`, when given, is a preallocated buffer the gradient is written into.
+
+Registered losses (`get_loss(name, **options)`):
+
+    softmax_cross_entropy   logits (N, C), y (N,) labels;  option label_smoothing ε ∈ [0, 1)
+    binary_cross_entropy    logits (N, K), y (N, K) in [0, 1] (or (N,) when K = 1)
+    mse                     ½ squared error, pred (N, K), y (N, K) (or (N,) when K = 1)
+    huber                   pred (N, K), y (N, K);  option huber_delta δ > 0
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeAlias
+import math
+from abc import ABC, abstractmethod
 
-from worker.backend import Array, array_module_of
+from worker.backend import Array, array_module_of, constant_row
 
-Loss: TypeAlias = Callable[[Array, Array], tuple[float, Array]]
+# ------------------------------------------------------------------ checks
 
 
 def _check_output(out: Array, what: str) -> None:
@@ -25,19 +33,62 @@ def _check_labels(y: Array, num_samples: int, num_classes: int) -> None:
         raise ValueError(f"y must have shape ({num_samples},) of labels, got {tuple(y.shape)}")
     if y.dtype.kind not in "iu":
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= num_classes:
+    # Viewed as unsigned, a negative label is huge: one reduction checks both ends.
+    if int(y.view(f"u{y.dtype.itemsize}").max()) >= num_classes:
+        low, high = int(y.min()), int(y.max())
         raise ValueError(
             f"y holds labels in [{low}, {high}], expected labels in [0, {num_classes})"
         )
 
 
-def softmax_cross_entropy(logits: Array, y: Array) -> tuple[float, Array]:
-    """Softmax and cross-entropy in one step.
+_ROW_STARTS: dict[tuple[str, int, int], Array] = {}
 
-    logits: (N, C) scores; y: (N,) integer labels in [0, C).
-    loss = −(1/N) Σ_n log p[n, y_n] with p = softmax(logits) row-wise;
-    dlogits = (p − onehot(y)) / N, shape (N, C), each row summing to 0.
+
+def _row_starts(xp: object, rows: int, columns: int) -> Array:
+    """[0, C, 2C, ...] (N,): where each row starts in a flat (N, C) array (cached)."""
+    key = (xp.__name__, rows, columns)
+    starts = _ROW_STARTS.get(key)
+    if starts is None:
+        if len(_ROW_STARTS) > 64:
+            _ROW_STARTS.clear()
+        starts = _ROW_STARTS[key] = xp.arange(0, rows * columns, columns)
+    return starts
+
+
+def _targets_like(pred: Array, y: Array) -> Array:
+    """y as (N, K) in pred's dtype; (N,) is accepted when K == 1."""
+    xp = array_module_of(pred)
+    N, K = pred.shape
+    y = xp.asarray(y)
+    if K == 1 and y.shape == (N,):
+        y = y.reshape(N, 1)
+    if y.shape != pred.shape:
+        raise ValueError(f"y must have shape {tuple(pred.shape)} like pred, got {tuple(y.shape)}")
+    return y.astype(pred.dtype, copy=False)
+
+
+def _gradient_buffer(like: Array, dout: Array | None) -> Array:
+    if dout is None:
+        return array_module_of(like).empty_like(like)
+    if dout.shape != like.shape or dout.dtype != like.dtype:
+        raise ValueError(
+            f"dout must be {tuple(like.shape)} {like.dtype}, got {tuple(dout.shape)} {dout.dtype}"
+        )
+    return dout
+
+
+# ------------------------------------------------------------------ the loss functions
+
+
+def softmax_cross_entropy(
+    logits: Array, y: Array, label_smoothing: float = 0.0, dout: Array | None = None
+) -> tuple[float, Array]:
+    """Softmax and cross-entropy in one step, with optional label smoothing ε.
+
+    logits: (N, C) scores s; y: (N,) integer labels in [0, C).
+    Targets q = (1 − ε)·onehot(y) + ε/C; p = softmax(s) row-wise;
+    loss = −(1/N) Σ_n Σ_c q_nc log p_nc = (1/N) Σ_n [log Σ_c e^{s_nc} − Σ_c q_nc s_nc];
+    dlogits = (p − q) / N, shape (N, C), each row summing to 0.
     Subtracting the row max first keeps exp from overflowing at any logit size.
     """
     _check_output(logits, "logits")
@@ -45,19 +96,54 @@ def softmax_cross_entropy(logits: Array, y: Array) -> tuple[float, Array]:
     N, C = logits.shape
     y = xp.asarray(y)
     _check_labels(y, N, C)
-    rows = xp.arange(N)
-    shifted = logits - logits.max(axis=1, keepdims=True)  # (N, C), each row's max is 0
-    exp_shifted = xp.exp(shifted)  # (N, C), in (0, 1]
-    sum_exp = exp_shifted.sum(axis=1, keepdims=True)  # (N, 1), in [1, C]
-    # −log p[n, y_n] = log Σ_c e^{s_nc} − s_{n,y_n}
-    loss = float(xp.mean(xp.log(sum_exp[:, 0]) - shifted[rows, y]))
-    dlogits = exp_shifted / sum_exp  # p, (N, C)
-    dlogits[rows, y] -= 1
-    dlogits /= N
-    return loss, dlogits
+    grad = _gradient_buffer(logits, dout)
+    row_max = xp.maximum.reduce(logits, axis=1, keepdims=True)  # (N, 1)
+    shifted = xp.subtract(logits, row_max, out=grad)  # (N, C), each row's max is 0
+    label_index = y + _row_starts(xp, N, C)  # (N,) flat positions of s_{n, y_n}
+    flat = grad.reshape(-1)  # a view
+    picked = flat[label_index]  # (N,) s_{n, y_n}, a copy
+    smoothing_total = label_smoothing / C * float(shifted.sum()) if label_smoothing else 0.0
+    exp_shifted = xp.exp(shifted, out=grad)  # (N, C), in (0, 1]
+    sum_exp = xp.matmul(exp_shifted, constant_row(grad, 1.0))  # (N,) Σ_c e^{s_nc} ∈ [1, C]
+    # −log p[n, y_n] = log Σ_c e^{s_nc} − s_{n, y_n}, the smoothing's share taken apart
+    if label_smoothing:
+        picked *= 1.0 - label_smoothing
+    per_sample = xp.subtract(xp.log(sum_exp), picked, out=picked)  # (N,)
+    loss = (float(per_sample.sum()) - smoothing_total) / N
+    xp.divide(1.0 / N, sum_exp, out=sum_exp)
+    grad *= sum_exp[:, None]  # p / N
+    flat[label_index] -= (1.0 - label_smoothing) / N
+    if label_smoothing:
+        grad -= label_smoothing / (C * N)
+    return loss, grad
 
 
-def mean_squared_error(pred: Array, y: Array) -> tuple[float, Array]:
+def binary_cross_entropy_with_logits(
+    logits: Array, y: Array, dout: Array | None = None
+) -> tuple[float, Array]:
+    """Sigmoid and binary cross-entropy in one step, for K independent yes/no outputs.
+
+    logits: (N, K) scores z; y: (N, K) targets in [0, 1] ((N,) when K = 1).
+    loss = (1/N) Σ_n Σ_k [max(z, 0) − z y + log(1 + e^{−|z|})]  (= −y log σ − (1 − y) log(1 − σ));
+    dlogits = (σ(z) − y) / N. Both forms never overflow.
+    """
+    _check_output(logits, "logits")
+    xp = array_module_of(logits)
+    N = logits.shape[0]
+    y = _targets_like(logits, y)
+    grad = _gradient_buffer(logits, dout)
+    tail = xp.exp(-xp.abs(logits))  # e^{−|z|} ∈ (0, 1]
+    per_entry = xp.maximum(logits, 0) - logits * y + xp.log1p(tail)
+    loss = float(per_entry.sum()) / N
+    xp.exp(xp.minimum(logits, 0), out=grad)
+    tail += 1.0
+    grad /= tail  # σ(z) = e^{min(z, 0)} / (1 + e^{−|z|})
+    grad -= y
+    grad /= N
+    return loss, grad
+
+
+def mean_squared_error(pred: Array, y: Array, dout: Array | None = None) -> tuple[float, Array]:
     """Half squared error, summed over outputs, averaged over the batch.
 
     pred: (N, K); y: (N, K), or (N,) when K == 1.
@@ -66,16 +152,34 @@ def mean_squared_error(pred: Array, y: Array) -> tuple[float, Array]:
     """
     _check_output(pred, "pred")
     xp = array_module_of(pred)
-    N, K = pred.shape
-    y = xp.asarray(y)
-    if K == 1 and y.shape == (N,):
-        y = y.reshape(N, 1)
-    if y.shape != pred.shape:
-        raise ValueError(f"y must have shape {tuple(pred.shape)} like pred, got {tuple(y.shape)}")
-    residual = pred - y.astype(pred.dtype, copy=False)  # (N, K)
-    loss = 0.5 * float(xp.sum(residual * residual)) / N
-    dpred = residual / N  # (N, K)
-    return loss, dpred
+    N = pred.shape[0]
+    y = _targets_like(pred, y)
+    residual = xp.subtract(pred, y, out=_gradient_buffer(pred, dout))  # (N, K)
+    loss = 0.5 * float(xp.vdot(residual, residual)) / N
+    residual /= N  # dpred
+    return loss, residual
+
+
+def huber(
+    pred: Array, y: Array, huber_delta: float = 1.0, dout: Array | None = None
+) -> tuple[float, Array]:
+    """Huber loss with threshold δ, summed over outputs, averaged over the batch.
+
+    With r = pred − y: ½ r² where |r| ≤ δ, δ(|r| − ½δ) elsewhere (MSE near 0, linear in
+    the tails, so outliers pull with force δ at most); dpred = clip(r, −δ, δ) / N.
+    """
+    _check_output(pred, "pred")
+    xp = array_module_of(pred)
+    N = pred.shape[0]
+    y = _targets_like(pred, y)
+    delta = huber_delta
+    residual = xp.subtract(pred, y, out=_gradient_buffer(pred, dout))  # (N, K)
+    clipped = xp.clip(residual, -delta, delta)  # r inside [−δ, δ]
+    # ½ r² for |r| ≤ δ, δ|r| − ½δ² beyond: both equal ½c² + δ(|r| − |c|), c = clip(r)
+    excess = xp.abs(residual) - xp.abs(clipped)
+    loss = float(0.5 * xp.vdot(clipped, clipped) + delta * excess.sum()) / N
+    xp.divide(clipped, N, out=residual)
+    return loss, residual
 
 
 def accuracy(logits: Array, y: Array) -> float:
@@ -86,15 +190,128 @@ def accuracy(logits: Array, y: Array) -> float:
     return float(xp.mean(predicted == xp.asarray(y)))
 
 
-LOSSES: dict[str, Loss] = {
-    "softmax_cross_entropy": softmax_cross_entropy,
-    "mse": mean_squared_error,
+def binary_accuracy(logits: Array, y: Array) -> float:
+    """Fraction of entries whose sign (z > 0) matches the target (y > ½). logits: (N, K)."""
+    _check_output(logits, "logits")
+    xp = array_module_of(logits)
+    return float(xp.mean((logits > 0) == (_targets_like(logits, y) > 0.5)))
+
+
+# ------------------------------------------------------------------ configured losses
+
+
+class Loss(ABC):
+    """A loss with its options bound: `loss(out, y, dout=None) -> (loss, dout)`."""
+
+    name: str
+    is_classification: bool = False
+
+    @abstractmethod
+    def __call__(self, out: Array, y: Array, dout: Array | None = None) -> tuple[float, Array]:
+        """(batch-mean loss, ∂loss/∂out) for network output `out` (N, K) and targets `y`."""
+
+    def metrics(self, out: Array, y: Array) -> dict[str, float]:
+        """Extra evaluation metrics beyond the loss (accuracy for classifiers)."""
+        return {}
+
+    def check_output_width(self, width: int) -> None:  # noqa: B027 (most losses take any)
+        """ValueError when the network's output width cannot feed this loss."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SoftmaxCrossEntropy(Loss):
+    name = "softmax_cross_entropy"
+    is_classification = True
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        if not (isinstance(label_smoothing, int | float) and 0.0 <= label_smoothing < 1.0):
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def __call__(self, out: Array, y: Array, dout: Array | None = None) -> tuple[float, Array]:
+        return softmax_cross_entropy(out, y, self.label_smoothing, dout)
+
+    def metrics(self, out: Array, y: Array) -> dict[str, float]:
+        return {"accuracy": accuracy(out, y)}
+
+    def check_output_width(self, width: int) -> None:
+        if width < 2:
+            raise ValueError(
+                f"softmax_cross_entropy needs at least 2 output classes, got sizes[-1] = {width}"
+            )
+
+    def __repr__(self) -> str:
+        return f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing})"
+
+
+class BinaryCrossEntropy(Loss):
+    name = "binary_cross_entropy"
+    is_classification = True
+
+    def __call__(self, out: Array, y: Array, dout: Array | None = None) -> tuple[float, Array]:
+        return binary_cross_entropy_with_logits(out, y, dout)
+
+    def metrics(self, out: Array, y: Array) -> dict[str, float]:
+        return {"accuracy": binary_accuracy(out, y)}
+
+
+class MeanSquaredError(Loss):
+    name = "mse"
+
+    def __call__(self, out: Array, y: Array, dout: Array | None = None) -> tuple[float, Array]:
+        return mean_squared_error(out, y, dout)
+
+
+class Huber(Loss):
+    name = "huber"
+
+    def __init__(self, huber_delta: float = 1.0) -> None:
+        if not (
+            isinstance(huber_delta, int | float) and math.isfinite(huber_delta) and huber_delta > 0
+        ):
+            raise ValueError(f"huber_delta must be a finite number > 0, got {huber_delta!r}")
+        self.huber_delta = float(huber_delta)
+
+    def __call__(self, out: Array, y: Array, dout: Array | None = None) -> tuple[float, Array]:
+        return huber(out, y, self.huber_delta, dout)
+
+    def __repr__(self) -> str:
+        return f"Huber(huber_delta={self.huber_delta})"
+
+
+LOSSES: dict[str, type[Loss]] = {
+    loss.name: loss for loss in (SoftmaxCrossEntropy, BinaryCrossEntropy, MeanSquaredError, Huber)
+}
+
+# Which keyword options each loss takes (the others must stay at their defaults).
+LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "softmax_cross_entropy": ("label_smoothing",),
+    "binary_cross_entropy": (),
+    "mse": (),
+    "huber": ("huber_delta",),
 }
 
 
-def get_loss(name: str) -> Loss:
-    """The loss registered as `name`; ValueError listing the known names otherwise."""
-    loss = LOSSES.get(name) if isinstance(name, str) else None
-    if loss is None:
+def get_loss(name: str, *, label_smoothing: float = 0.0, huber_delta: float = 1.0) -> Loss:
+    """The loss registered as `name` with its options bound.
+
+    label_smoothing applies to softmax_cross_entropy only and huber_delta to huber only;
+    setting either for another loss is a ValueError, as is an unknown name.
+    """
+    cls = LOSSES.get(name) if isinstance(name, str) else None
+    if cls is None:
         raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(sorted(LOSSES))}")
-    return loss
+    given = {"label_smoothing": (label_smoothing, 0.0), "huber_delta": (huber_delta, 1.0)}
+    options = {}
+    for option, (value, default) in given.items():
+        if option in LOSS_OPTIONS[name]:
+            options[option] = value
+        elif value != default:
+            raise ValueError(f"{option} applies only to {_owner(option)}, not to {name}")
+    return cls(**options)
+
+
+def _owner(option: str) -> str:
+    return next(name for name, options in LOSS_OPTIONS.items() if option in options)

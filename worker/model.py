@@ -1,52 +1,81 @@
 """A multi-layer perceptron over a flat θ: forward caches, backward is the chain rule.
 
-For layers l = 1..L, with a^0 = x:
+For layers l = 1..L, with a^0 = x and Θ^l = [W^l; b^l] of shape (in + 1, out):
 
-    z^l = a^{l-1} W^l + b^l          # (N, out)
-    a^l = σ_l(z^l)
+    z^l = a^{l-1} W^l + b^l = [a^{l-1}, 1] Θ^l       # (N, out)
+    a^l = σ_l(z^l)                                   # ã^l = a^l ⊙ m^l under dropout
+    loss = L(a^L, y) + (λ/2) Σ_l ‖W^l‖²              # L2 on the weights, never the biases
 
-and backward, from δ^L = dout ⊙ σ_L'(z^L) (dout from the fused loss):
+and backward, from δ^L = ∂L/∂a^L ⊙ σ_L'(z^L) (∂L/∂a^L from the fused loss):
 
-    ∂loss/∂W^l = a^{l-1}ᵀ δ^l        # (in, out)
-    ∂loss/∂b^l = Σ_rows δ^l          # (out,)
-    δ^{l-1}    = (δ^l W^lᵀ) ⊙ σ_{l-1}'(z^{l-1})
+    ∂loss/∂Θ^l = [a^{l-1}, 1]ᵀ δ^l  (+ λ W^l)        # (in + 1, out): dW^l over db^l
+    δ^{l-1}    = (δ^l W^lᵀ) ⊙ m^{l-1} ⊙ σ_{l-1}'(z^{l-1})
 
-Every step is a matrix product over the whole batch. The model holds no weights: θ is
-passed in, gradients come out, and updating θ is the parameter server's job.
+Every step is a matrix product over the whole batch; δ^0 = ∂loss/∂x is never formed.
+The model holds no weights: θ is passed in, gradients come out, and updating θ is the
+parameter server's job. Training steps reuse a `Workspace` per batch shape, so a step
+allocates nothing the size of the batch; `predict` allocates, for any batch size.
+
+Two weight decays exist, on purpose: `MLP(l2=λ)` is part of the loss (W only, reported
+in the loss, covered by the gradient check, the same for every optimizer), while
+`OptimizerConfig(weight_decay=λ)` lives in the parameter server's update (all of θ,
+decoupled from Adam's scaling for AdamW). With plain SGD both add λW to the gradient of W.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import numpy as np
 
 from worker.activations import Activation, get_activation
 from worker.backend import Array, array_module_of
+from worker.dropout import draw_masks, dropout_rates
 from worker.layout import ParamLayout
-from worker.losses import Loss, accuracy, get_loss
+from worker.losses import Loss, get_loss
+from worker.workspace import Workspace
+
+# Batch shapes whose buffers a model keeps (a worker sees one or two: the batch, the last).
+_MAX_WORKSPACES = 4
 
 
-@dataclass(frozen=True)
-class ForwardCache:
-    """What backward needs from forward.
+def gemm_flops(sizes: Sequence[int], batch: int) -> int:
+    """Floating-point operations of one training step's matrix products, 2·M·K·N each.
 
-    a: [a^0, ..., a^L], a^0 = x, each (N, sizes[l]).
-    z: [z^1, ..., z^L], so z[l - 1] is z^l, each (N, sizes[l]).
+    Forward z^l = a^{l-1} W^l and backward ∂loss/∂W^l = a^{l-1}ᵀ δ^l for every layer,
+    δ^l W^lᵀ for l ≥ 2 (nothing flows into the input). Biases and element-wise work
+    are not counted.
     """
-
-    a: list[Array]
-    z: list[Array]
+    per_layer = [2 * batch * fan_in * fan_out for fan_in, fan_out in itertools.pairwise(sizes)]
+    return 2 * sum(per_layer) + sum(per_layer[1:])
 
 
 class MLP:
     """Dense layers with per-layer activations and a fused loss, all over a flat θ."""
 
-    def __init__(self, sizes: Sequence[int], activations: Sequence[str], loss: str) -> None:
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activations: Sequence[str],
+        loss: str,
+        *,
+        l2: float = 0.0,
+        dropout: float | Sequence[float] = 0.0,
+        label_smoothing: float = 0.0,
+        huber_delta: float = 1.0,
+    ) -> None:
         """sizes = [D, H1, ..., C]; activations[l-1] is layer l's σ; loss names the loss.
 
-        For "softmax_cross_entropy" the output layer is usually "identity" (its outputs
-        are the logits); with "mse" any output activation works. Raises ValueError naming
-        the bad argument.
+        l2: λ ≥ 0 of the (λ/2) Σ‖W^l‖² term in the loss.
+        dropout: rate p ∈ [0, 1) for every hidden layer's output, or one per hidden layer;
+            applied only when a step gets an `rng` or `dropout_masks`.
+        label_smoothing: ε for softmax_cross_entropy; huber_delta: δ for huber.
+
+        For "softmax_cross_entropy" and "binary_cross_entropy" the output layer is usually
+        "identity" (its outputs are the logits). Raises ValueError naming the bad argument.
         """
         self.layout = ParamLayout(sizes)
         activation_names = list(activations)
@@ -56,19 +85,30 @@ class MLP:
                 f"{list(self.layout.sizes)}, got {len(activation_names)}"
             )
         self.activations: list[Activation] = [get_activation(n) for n in activation_names]
-        self.loss_fn: Loss = get_loss(loss)
-        if loss == "softmax_cross_entropy" and self.layout.sizes[-1] < 2:
-            raise ValueError(
-                "softmax_cross_entropy needs at least 2 output classes, "
-                f"got sizes[-1] = {self.layout.sizes[-1]}"
-            )
+        self.loss_fn: Loss = get_loss(
+            loss, label_smoothing=label_smoothing, huber_delta=huber_delta
+        )
+        self.loss_fn.check_output_width(self.layout.sizes[-1])
+        if isinstance(l2, bool) or not isinstance(l2, int | float) or not math.isfinite(l2):
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+        if l2 < 0:
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+        self.l2 = float(l2)
+        self.dropout = dropout_rates(dropout, self.layout.num_layers - 1)
         self.activation_names = activation_names
         self.loss_name = loss
+        self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
 
     def __repr__(self) -> str:
+        options = []
+        if self.l2:
+            options.append(f"l2={self.l2}")
+        if any(self.dropout):
+            options.append(f"dropout={list(self.dropout)}")
+        extra = "".join(f", {option}" for option in options)
         return (
             f"MLP(sizes={list(self.layout.sizes)}, activations={self.activation_names}, "
-            f"loss={self.loss_name!r})"
+            f"loss={self.loss_fn!r}{extra})"
         )
 
     @property
@@ -76,31 +116,228 @@ class MLP:
         """Layer widths [D, H1, ..., C]."""
         return self.layout.sizes
 
+    @property
+    def has_dropout(self) -> bool:
+        return any(self.dropout)
+
+    def gemm_flops(self, batch: int) -> int:
+        """FLOPs of one training step's matrix products at this batch size."""
+        return gemm_flops(self.sizes, batch)
+
+    # ---------------------------------------------------------------- inputs and buffers
+
     def _check_input(self, theta: Array, x: Array) -> Array:
         D = self.layout.sizes[0]
-        if x.ndim != 2 or x.shape[1] != D:
-            raise ValueError(f"x must have shape (N, {D}), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != D or x.shape[0] == 0:
+            raise ValueError(f"x must have shape (N, {D}) with N >= 1, got {tuple(x.shape)}")
+        if type(x) is type(theta) and x.dtype == theta.dtype:
+            return x
         # Computing in θ's dtype keeps float32 float32 and lets backward write in place.
         return array_module_of(theta).asarray(x, dtype=theta.dtype)
 
-    def forward(self, theta: Array, x: Array) -> tuple[Array, ForwardCache]:
-        """Network output a^L, shape (N, C), and the cache for backward.
-
-        theta: (P,) flat parameters; x: (N, D), cast to θ's dtype.
-        """
-        a = self._check_input(theta, x)  # a^0: (N, D)
+    def workspace(self, theta: Array, batch: int) -> Workspace:
+        """The buffers for a batch of `batch` rows in θ's dtype and array module."""
         xp = array_module_of(theta)
-        cache = ForwardCache(a=[a], z=[])
-        for (W, b), activation in zip(self.layout.views(theta), self.activations, strict=True):
-            z = xp.matmul(a, W)  # (N, in) @ (in, out) -> (N, out)
-            z += b  # (out,) broadcast over rows
-            a = activation.forward(z)  # (N, out)
-            cache.z.append(z)
-            cache.a.append(a)
-        return a, cache
+        key = (batch, theta.dtype.str, xp.__name__)
+        if self._workspaces and next(reversed(self._workspaces)) == key:
+            return self._workspaces[key]  # the usual case: the same shape as last step
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = Workspace(xp, batch, theta.dtype, self.sizes, self.activations, self.dropout)
+            self._workspaces[key] = ws
+            while len(self._workspaces) > _MAX_WORKSPACES:
+                self._workspaces.popitem(last=False)
+        else:
+            self._workspaces.move_to_end(key)
+        return ws
+
+    def draw_dropout_masks(
+        self, rng: np.random.Generator, batch: int, dtype: object = np.float32
+    ) -> list[np.ndarray | None]:
+        """Scaled masks m^l, (batch, H_l), one per hidden layer (None where p = 0)."""
+        return draw_masks(rng, self.dropout, batch, self.sizes[1:-1], dtype)
+
+    def _load_masks(
+        self,
+        ws: Workspace,
+        rng: np.random.Generator | None,
+        masks: Sequence[Array | None] | None,
+    ) -> bool:
+        """Copy this step's dropout masks into the workspace; whether dropout applies."""
+        if not self.has_dropout or (rng is None and masks is None):
+            return False
+        if masks is None:
+            masks = self.draw_dropout_masks(rng, ws.batch, ws.dtype)
+        if len(masks) != len(self.dropout):
+            raise ValueError(
+                f"dropout_masks needs one entry per hidden layer ({len(self.dropout)}), "
+                f"got {len(masks)}"
+            )
+        for layer, (mask, buffers) in enumerate(zip(masks, ws.layers, strict=False), start=1):
+            if buffers.mask is None:
+                continue
+            width = buffers.mask.shape[1] - 1
+            if mask is None or tuple(mask.shape) != (ws.batch, width):
+                raise ValueError(
+                    f"dropout_masks[{layer - 1}] must have shape ({ws.batch}, {width}), "
+                    f"got {None if mask is None else tuple(mask.shape)}"
+                )
+            buffers.mask[:, :width] = array_module_of(buffers.mask).asarray(mask)
+        return True
+
+    # ---------------------------------------------------------------- forward and backward
+
+    def forward(
+        self,
+        theta: Array,
+        x: Array,
+        *,
+        rng: np.random.Generator | None = None,
+        dropout_masks: Sequence[Array | None] | None = None,
+    ) -> tuple[Array, Workspace]:
+        """Network output a^L, shape (N, C), and the workspace backward reads.
+
+        theta: (P,) flat parameters; x: (N, D), cast to θ's dtype. Dropout applies when
+        `dropout_masks` (one (N, H_l) mask per hidden layer) or an `rng` to draw them is
+        given. The output and the workspace are overwritten by the next step of this shape.
+        """
+        xp = array_module_of(theta)
+        x = self._check_input(theta, x)  # a^0: (N, D)
+        ws = self.workspace(theta, x.shape[0])
+        ws.x = x
+        ws.dropout_active = is_dropout = self._load_masks(ws, rng, dropout_masks)
+        blocks = self.layout.blocks(theta)
+        last = len(blocks) - 1
+        a_prev = x
+        for l, (Theta, buffers, activation) in enumerate(
+            zip(blocks, ws.layers, self.activations, strict=True)
+        ):  # l = layer − 1
+            if l == 0:
+                xp.matmul(x, Theta[:-1], out=buffers.z_view)  # (N, D) @ (D, out)
+                ws.bias1[: buffers.fan_out] = Theta[-1]
+                xp.add(buffers.z, ws.bias1, out=buffers.z)  # + b^1 (0 under the ones column)
+            else:
+                xp.matmul(a_prev, Theta, out=buffers.z_view)  # [a, 1] (N, in + 1) @ Θ
+            target = buffers.a if is_dropout else buffers.out
+            activation.forward(buffers.z, target, buffers.work)
+            if l < last:
+                if is_dropout and buffers.mask is not None:
+                    xp.multiply(target, buffers.mask, out=buffers.out)  # ã = a ⊙ m
+                if not activation.keeps_one:
+                    buffers.out[:, -1] = 1  # σ(1) ≠ 1 changed the ones column; restore it
+                a_prev = buffers.out  # [ã^l, 1]: (N, out + 1)
+        return ws.layers[-1].out, ws
+
+    def backward(
+        self, theta: Array, dout: Array, cache: Workspace, grad: Array | None = None
+    ) -> Array:
+        """∂loss/∂θ as a flat (P,) array with θ's layout, given dout = ∂loss/∂a^L (N, C).
+
+        `cache` is the workspace `forward` returned for this θ and batch. Writes into
+        `grad` (same shape and dtype as θ) when given and returns it; allocates it
+        otherwise. θ is only read; the L2 term's λW^l is included. ∂loss/∂x is never
+        formed: nothing upstream of the input needs it.
+        """
+        xp = array_module_of(theta)
+        ws = cache
+        if grad is None:
+            grad = xp.empty_like(theta)
+        elif grad.shape != theta.shape or grad.dtype != theta.dtype:
+            raise ValueError(
+                f"grad must match theta's shape {tuple(theta.shape)} and dtype {theta.dtype}, "
+                f"got {tuple(grad.shape)} {grad.dtype}"
+            )
+        last = ws.layers[-1]
+        if dout is not last.delta:
+            if tuple(dout.shape) != tuple(last.delta.shape):
+                raise ValueError(
+                    f"dout must have the output's shape {tuple(last.delta.shape)}, "
+                    f"got {tuple(dout.shape)}"
+                )
+            last.delta[...] = dout
+        weights = self.layout.blocks(theta)
+        grads = self.layout.blocks(grad)
+        layers = ws.layers
+
+        delta = self._times_activation_grad(last, len(layers) - 1, ws)  # δ^L: (N, C)
+        for l in range(len(layers) - 1, 0, -1):  # l = layer − 1, from L − 1 down to 1
+            below = layers[l - 1]  # buffers of the layer under this one
+            xp.matmul(below.out.T, delta, out=grads[l])  # [a, 1]ᵀ (in + 1, N) @ (N, out)
+            W = weights[l][:-1]  # (in, out)
+            xp.matmul(delta, W.T, out=below.delta_view)  # (N, out) @ (out, in): ∂loss/∂ã
+            self._times_activation_grad(below, l - 1, ws)
+            delta = below.delta_view  # δ of the layer below: (N, in)
+        dTheta = grads[0]  # (D + 1, out): dW^1 over db^1
+        xp.matmul(ws.x.T, delta, out=dTheta[:-1])  # (D, N) @ (N, out)
+        xp.matmul(ws.ones, delta, out=dTheta[-1])  # db^1 = Σ_rows δ^1
+        if self.l2:
+            self._add_l2_gradient(theta, grad, ws)
+        return grad
+
+    def _times_activation_grad(self, buffers, index: int, ws: Workspace) -> Array:
+        """δ = upstream ⊙ m ⊙ σ'(z), in place in `buffers.delta` (upstream = ∂loss/∂ã) for
+        layer `index` + 1; returns the (N, out) view of δ."""
+        activation = self.activations[index]
+        if ws.dropout_active and buffers.mask is not None:
+            xp = array_module_of(buffers.delta)
+            xp.multiply(buffers.delta, buffers.mask, out=buffers.delta)  # ∂loss/∂a
+        if not activation.has_unit_grad:
+            a = buffers.a if ws.dropout_active else buffers.out
+            z = buffers.z if activation.needs_z else None
+            activation.backward(buffers.delta, z, a, buffers.work)
+        return buffers.delta_view
+
+    def _add_l2_gradient(self, theta: Array, grad: Array, ws: Workspace) -> None:
+        xp = array_module_of(theta)
+        for (W, _), (dW, _) in zip(self.layout.views(theta), self.layout.views(grad), strict=True):
+            decay = ws.scratch_for_weights(xp, W.size).reshape(W.shape)
+            xp.multiply(W, self.l2, out=decay)
+            dW += decay  # + λ W^l
+
+    def penalty(self, theta: Array) -> float:
+        """(λ/2) Σ_l ‖W^l‖², the L2 term of the loss (0.0 when λ = 0)."""
+        if not self.l2:
+            return 0.0
+        xp = array_module_of(theta)
+        total = sum(float(xp.vdot(W, W)) for W, _ in self.layout.views(theta))
+        return 0.5 * self.l2 * total
+
+    # ---------------------------------------------------------------- losses and metrics
+
+    def loss_and_gradient(
+        self,
+        theta: Array,
+        x: Array,
+        y: Array,
+        grad: Array | None = None,
+        *,
+        rng: np.random.Generator | None = None,
+        dropout_masks: Sequence[Array | None] | None = None,
+    ) -> tuple[float, Array]:
+        """(batch-mean loss, ∂loss/∂θ of shape (P,)). x: (N, D); y: (N,) labels or (N, C).
+
+        The loss includes the L2 term. `grad`, when given, is filled in place and
+        returned; `rng` / `dropout_masks` switch dropout on (see `forward`).
+        """
+        out, ws = self.forward(theta, x, rng=rng, dropout_masks=dropout_masks)  # (N, C)
+        loss, dout = self.loss_fn(out, y, dout=ws.layers[-1].delta)  # dout: (N, C)
+        return loss + self.penalty(theta), self.backward(theta, dout, ws, grad)
+
+    def compute_loss(
+        self,
+        theta: Array,
+        x: Array,
+        y: Array,
+        *,
+        dropout_masks: Sequence[Array | None] | None = None,
+    ) -> float:
+        """The loss `loss_and_gradient` reports, without the gradient (L2 term included)."""
+        out, ws = self.forward(theta, x, dropout_masks=dropout_masks)
+        loss, _ = self.loss_fn(out, y, dout=ws.layers[-1].delta)
+        return loss + self.penalty(theta)
 
     def predict(self, theta: Array, x: Array) -> Array:
-        """Network output a^L, shape (N, C), keeping no cache. x: (N, D)."""
+        """Network output a^L, shape (N, C), without dropout; a fresh array. x: (N, D)."""
         a = self._check_input(theta, x)  # (N, D)
         xp = array_module_of(theta)
         for (W, b), activation in zip(self.layout.views(theta), self.activations, strict=True):
@@ -109,77 +346,38 @@ class MLP:
             a = activation.forward(z, out=z)  # nothing needs z again: overwrite it
         return a
 
-    def backward(
-        self, theta: Array, dout: Array, cache: ForwardCache, grad: Array | None = None
-    ) -> Array:
-        """∂loss/∂θ as a flat (P,) array with θ's layout, given dout = ∂loss/∂a^L (N, C).
+    def pre_activations(
+        self,
+        theta: Array,
+        x: Array,
+        *,
+        dropout_masks: Sequence[Array | None] | None = None,
+    ) -> list[Array]:
+        """[z^1, ..., z^L] as fresh arrays, with the given dropout masks applied (if any).
 
-        Writes into `grad` through its per-layer views when given (same shape and dtype
-        as θ) and returns it; allocates it otherwise. θ is only read. ∂loss/∂x is never
-        formed: nothing upstream of the input needs it.
+        For inspection: tests and the gradient check use it to keep clear of kinks.
         """
+        a = self._check_input(theta, x)
         xp = array_module_of(theta)
-        if grad is None:
-            grad = xp.empty_like(theta)
-        elif grad.shape != theta.shape or grad.dtype != theta.dtype:
-            raise ValueError(
-                f"grad must match theta's shape {tuple(theta.shape)} and dtype {theta.dtype}, "
-                f"got {tuple(grad.shape)} {grad.dtype}"
-            )
-        L = self.layout.num_layers
-        if dout.shape != cache.a[L].shape:
-            raise ValueError(
-                f"dout must have the output's shape {tuple(cache.a[L].shape)}, "
-                f"got {tuple(dout.shape)}"
-            )
-        weights = self.layout.views(theta)
-        grads = self.layout.views(grad)
-
-        delta = self._times_activation_grad(dout, L, cache)  # δ^L: (N, C)
-        for layer in range(L, 0, -1):  # layer = l, from L down to 1; delta = δ^l
-            W, _ = weights[layer - 1]  # (in, out)
-            dW, db = grads[layer - 1]  # (in, out), (out,)
-            a_prev = cache.a[layer - 1]  # a^{l-1}: (N, in)
-            xp.matmul(a_prev.T, delta, out=dW)  # (in, N) @ (N, out) -> (in, out)
-            xp.sum(delta, axis=0, out=db)  # (out,)
-            if layer > 1:
-                delta = xp.matmul(delta, W.T)  # (N, out) @ (out, in) -> (N, in)
-                delta = self._times_activation_grad(delta, layer - 1, cache)  # δ^{l-1}
-        return grad
-
-    def _times_activation_grad(self, upstream: Array, layer: int, cache: ForwardCache) -> Array:
-        """δ^l = upstream ⊙ σ_l'(z^l) for l = layer; upstream = ∂loss/∂a^l, (N, sizes[l])."""
-        activation = self.activations[layer - 1]
-        if activation.has_unit_grad:
-            return upstream
-        return upstream * activation.grad(cache.z[layer - 1], cache.a[layer])
-
-    def compute_loss(self, theta: Array, x: Array, y: Array) -> float:
-        """The batch-mean loss alone (no gradient). x: (N, D); y: (N,) labels or (N, C)."""
-        loss, _ = self.loss_fn(self.predict(theta, x), y)
-        return loss
-
-    def loss_and_gradient(
-        self, theta: Array, x: Array, y: Array, grad: Array | None = None
-    ) -> tuple[float, Array]:
-        """(batch-mean loss, ∂loss/∂θ of shape (P,)). x: (N, D); y: (N,) labels or (N, C).
-
-        `grad`, when given, is filled in place and returned.
-        """
-        out, cache = self.forward(theta, x)  # (N, C)
-        loss, dout = self.loss_fn(out, y)  # dout: (N, C)
-        return loss, self.backward(theta, dout, cache, grad)
+        masks = list(dropout_masks) if dropout_masks is not None else []
+        zs = []
+        for layer, ((W, b), activation) in enumerate(
+            zip(self.layout.views(theta), self.activations, strict=True), start=1
+        ):
+            z = xp.matmul(a, W) + b  # (N, out)
+            zs.append(z)
+            a = activation.forward(z)
+            if layer <= len(masks) and masks[layer - 1] is not None:
+                a = a * xp.asarray(masks[layer - 1], dtype=a.dtype)  # ã = a ⊙ m
+        return zs
 
     def evaluate(self, theta: Array, x: Array, y: Array) -> dict[str, float]:
-        """{"loss": ...}, plus "accuracy" for softmax_cross_entropy. x: (N, D)."""
+        """{"loss": ...} of the data term (no L2, no dropout), plus "accuracy" for classifiers."""
         out = self.predict(theta, x)  # (N, C)
         loss, _ = self.loss_fn(out, y)
-        metrics = {"loss": loss}
-        if self.loss_name == "softmax_cross_entropy":
-            metrics["accuracy"] = accuracy(out, y)
-        return metrics
+        return {"loss": loss, **self.loss_fn.metrics(out, y)}
 
     def layer_gradient_norms(self, grad: Array) -> list[float]:
         """‖∂loss/∂W^l‖ (Frobenius) for l = 1..L, from a flat (P,) gradient."""
         xp = array_module_of(grad)
-        return [float(xp.linalg.norm(dW)) for dW, _ in self.layout.views(grad)]
+        return [math.sqrt(float(xp.vdot(dW, dW))) for dW, _ in self.layout.views(grad)]

@@ -1,36 +1,55 @@
 """Optimizer steps over one flat θ buffer (P,), applied in place by the parameter server.
 
-With gradient g, learning rate η, weight decay λ and t the step number (from 1):
+With gradient g, learning rate η (this step's, from the schedule), weight decay λ and t
+the step number (from 1):
 
-    g ← g + λθ                                        (L2 weight decay, every kind)
+    g ← g · min(1, c / ‖g‖)                            (clip_norm c: global-norm clipping)
+    g ← g + λθ                                        (L2 weight decay; every kind but adamw)
     sgd:       θ ← θ − η g
     momentum:  v ← μ v + g;  θ ← θ − η v               (PyTorch's convention)
+    nesterov:  v ← μ v + g;  θ ← θ − η (g + μ v)       (PyTorch's nesterov=True)
     adam:      m ← β1 m + (1 − β1) g
                v ← β2 v + (1 − β2) g²
                θ ← θ − η m̂ / (√v̂ + ε),  m̂ = m / (1 − β1ᵗ),  v̂ = v / (1 − β2ᵗ)
+    adamw:     θ ← θ (1 − ηλ), then adam's step with the raw g (decoupled decay)
+    rmsprop:   s ← ρ s + (1 − ρ) g²;  θ ← θ − η g / (√s + ε)
 
-Every update writes into θ and preallocated buffers with ``out=``; the gradient
-is never modified. Adam is computed in Kingma & Ba's equivalent form
-θ ← θ − η_t m / (√v + ε̂) with η_t = η √(1 − β2ᵗ) / (1 − β1ᵗ) and ε̂ = ε √(1 − β2ᵗ),
-which folds both bias corrections into two scalars.
+Every update writes into θ and preallocated buffers with ``out=``; the gradient is never
+modified. Adam is computed in Kingma & Ba's equivalent form θ ← θ − η_t m / (√v + ε̂)
+with η_t = η √(1 − β2ᵗ) / (1 − β1ᵗ) and ε̂ = ε √(1 − β2ᵗ), which folds both bias
+corrections into two scalars. θ ← θ + αx steps are one pass of BLAS axpy where NumPy's
+BLAS offers it (`worker.blas`).
+
+The learning-rate schedule (`LRSchedule`, `learning_rate_at`) gives η for step t:
+constant, step decay or cosine annealing, each optionally after a linear warm-up.
+
+`OptimizerConfig(weight_decay=λ)` decays all of θ inside the update. The model's own
+`MLP(l2=λ)` instead adds (λ/2)‖W‖² to the loss (weights only, gradient-checked, part of
+the reported loss); with plain SGD both add λW to W's gradient. Use one or the other.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from services.errors import InvalidSpecError
+from worker.blas import axpy, has_fused_axpy
 
-OPTIMIZER_KINDS: tuple[str, ...] = ("sgd", "momentum", "adam")
+OPTIMIZER_KINDS: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+SCHEDULE_KINDS: tuple[str, ...] = ("constant", "step", "cosine")
 
 # The optimizer's mathematical state per kind (what a checkpoint must keep).
 _STATE_BUFFERS: dict[str, tuple[str, ...]] = {
     "sgd": (),
     "momentum": ("velocity",),
+    "nesterov": ("velocity",),
     "adam": ("m", "v"),
+    "adamw": ("m", "v"),
+    "rmsprop": ("square_avg",),
 }
 
 
@@ -40,6 +59,14 @@ def _check_real(name: str, value: object) -> float:
     if not math.isfinite(value):
         raise InvalidSpecError(name, f"must be finite, got {value}")
     return float(value)
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidSpecError(name, f"must be an integer, got {value!r}")
+    if value < low:
+        raise InvalidSpecError(name, f"must be >= {low}, got {value}")
+    return int(value)
 
 
 def _check_unit_interval(name: str, value: object) -> None:
@@ -55,13 +82,15 @@ def _check_unit_interval(name: str, value: object) -> None:
 class OptimizerConfig:
     """Which update rule to apply and its hyperparameters."""
 
-    kind: str = "sgd"  # "sgd" | "momentum" | "adam"
-    learning_rate: float = 0.01  # η
-    momentum: float = 0.9  # μ, momentum only
-    beta1: float = 0.9  # β1, adam only
-    beta2: float = 0.999  # β2, adam only
-    epsilon: float = 1e-8  # ε, adam only
-    weight_decay: float = 0.0  # λ: g ← g + λθ
+    kind: str = "sgd"  # one of OPTIMIZER_KINDS
+    learning_rate: float = 0.01  # η, the base rate the schedule scales
+    momentum: float = 0.9  # μ, momentum and nesterov
+    beta1: float = 0.9  # β1, adam and adamw
+    beta2: float = 0.999  # β2, adam and adamw
+    epsilon: float = 1e-8  # ε, adam, adamw and rmsprop
+    weight_decay: float = 0.0  # λ: g ← g + λθ (adamw: θ ← θ(1 − ηλ))
+    rho: float = 0.99  # ρ, rmsprop's decay of the squared-gradient average
+    clip_norm: float | None = None  # c: scale g down to global norm c when larger
 
     def __post_init__(self) -> None:
         if self.kind not in OPTIMIZER_KINDS:
@@ -74,24 +103,99 @@ class OptimizerConfig:
         _check_unit_interval("momentum", self.momentum)
         _check_unit_interval("beta1", self.beta1)
         _check_unit_interval("beta2", self.beta2)
+        _check_unit_interval("rho", self.rho)
         if _check_real("epsilon", self.epsilon) <= 0:
             raise InvalidSpecError("epsilon", f"must be > 0, got {self.epsilon}")
         if _check_real("weight_decay", self.weight_decay) < 0:
             raise InvalidSpecError("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.clip_norm is not None and _check_real("clip_norm", self.clip_norm) <= 0:
+            raise InvalidSpecError("clip_norm", f"must be > 0, got {self.clip_norm}")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """How η changes with the step t = 1, 2, ...: `learning_rate_at` gives the formulas.
+
+    kind: "constant" | "step" (× gamma every step_size steps) | "cosine" (from η down to
+    min_learning_rate over the steps after warm-up, ending at total_steps).
+    warmup_steps: W ≥ 0; steps 1..W ramp linearly, η·t/W, before `kind` takes over.
+    """
+
+    kind: str = "constant"
+    warmup_steps: int = 0
+    step_size: int = 1000  # step: steps between decays
+    gamma: float = 0.1  # step: factor per decay, in (0, 1]
+    total_steps: int | None = None  # cosine: the step where η reaches min_learning_rate
+    min_learning_rate: float = 0.0  # cosine: the floor η_min ≥ 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise InvalidSpecError(
+                "kind",
+                f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULE_KINDS)}",
+            )
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        _check_int("step_size", self.step_size, 1)
+        gamma = _check_real("gamma", self.gamma)
+        if not 0 < gamma <= 1:
+            raise InvalidSpecError("gamma", f"must be in (0, 1], got {gamma}")
+        if _check_real("min_learning_rate", self.min_learning_rate) < 0:
+            raise InvalidSpecError(
+                "min_learning_rate", f"must be >= 0, got {self.min_learning_rate}"
+            )
+        if self.total_steps is not None:
+            _check_int("total_steps", self.total_steps, 1)
+        if self.kind == "cosine":
+            if self.total_steps is None:
+                raise InvalidSpecError("total_steps", "is required for the cosine schedule")
+            if self.total_steps <= self.warmup_steps:
+                raise InvalidSpecError(
+                    "total_steps",
+                    f"must be > warmup_steps ({self.warmup_steps}) for the cosine schedule, "
+                    f"got {self.total_steps}",
+                )
+
+
+def learning_rate_at(step: int, learning_rate: float, schedule: LRSchedule | None = None) -> float:
+    """η_t for update number `step` (1-based) from the base rate η.
+
+    warm-up (t ≤ W):  η t / W
+    after it, with s = t − W − 1 = 0, 1, 2, ...:
+      constant:  η
+      step:      η γ^⌊s / step_size⌋
+      cosine:    η_min + (η − η_min) ½ (1 + cos(π min(s, T) / T)),  T = total_steps − W
+    """
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    schedule = schedule or LRSchedule()
+    warmup = schedule.warmup_steps
+    if step <= warmup:
+        return learning_rate * step / warmup
+    s = step - warmup - 1
+    if schedule.kind == "step":
+        return learning_rate * schedule.gamma ** (s // schedule.step_size)
+    if schedule.kind == "cosine":
+        assert schedule.total_steps is not None  # validated by LRSchedule
+        T = schedule.total_steps - warmup
+        floor = schedule.min_learning_rate
+        return floor + (learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * min(s, T) / T))
+    return learning_rate
 
 
 @dataclass(eq=False)  # identity equality: == on arrays is not a bool
 class OptimizerState:
     """Updates applied so far and the optimizer's buffers, each (P,) like θ.
 
-    `buffers` ("velocity" for momentum; "m", "v" for adam) and `step` are the whole
-    state to checkpoint. `scratch` holds work space reused between steps; it carries
-    no information and is rebuilt on demand (so a restored state may leave it empty).
+    `buffers` (see _STATE_BUFFERS) and `step` are the whole state to checkpoint.
+    `scratch` holds work space reused between steps; it carries no information and is
+    rebuilt on demand (so a restored state may leave it empty). `last_gradient_norm` is
+    ‖g‖ of the last step's gradient before clipping (set only when clipping is on).
     """
 
     step: int
     buffers: dict[str, np.ndarray]
     scratch: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    last_gradient_norm: float | None = None
 
 
 def init_state(
@@ -105,11 +209,22 @@ def init_state(
     return OptimizerState(step=0, buffers=buffers, scratch=scratch)
 
 
+def global_norm(grad: np.ndarray) -> float:
+    """‖g‖₂ over all of the flat gradient (one BLAS dot)."""
+    return math.sqrt(float(np.dot(grad, grad)))
+
+
 def apply_update(
-    theta: np.ndarray, grad: np.ndarray, state: OptimizerState, config: OptimizerConfig
+    theta: np.ndarray,
+    grad: np.ndarray,
+    state: OptimizerState,
+    config: OptimizerConfig,
+    *,
+    learning_rate: float | None = None,
 ) -> OptimizerState:
     """Apply one update to θ (P,) from g (P,) in place; advance `state` in place and return it.
 
+    `learning_rate` is this step's η (from the schedule); config.learning_rate when None.
     `grad` is only read. θ keeps its dtype (float32 stays float32).
     """
     if theta.ndim != 1 or theta.shape != grad.shape:
@@ -121,27 +236,41 @@ def apply_update(
         if buffer is None or buffer.shape != theta.shape:
             found = None if buffer is None else buffer.shape
             raise ValueError(f"state buffer {name!r} must have shape {theta.shape}, got {found}")
+    eta = config.learning_rate if learning_rate is None else float(learning_rate)
     state.step += 1
-    g = _decayed_gradient(theta, grad, state, config)
-    work = _scratch(state, "work", theta)
-    if config.kind == "sgd":
-        np.multiply(g, config.learning_rate, out=work)  # η g
-    elif config.kind == "momentum":
-        velocity = state.buffers["velocity"]
-        velocity *= config.momentum
-        velocity += g  # v ← μ v + g
-        np.multiply(velocity, config.learning_rate, out=work)  # η v
+    g = _clipped_gradient(grad, state, config, theta)
+    if config.kind == "adamw":
+        if config.weight_decay:
+            theta *= 1.0 - eta * config.weight_decay  # θ ← θ(1 − ηλ), decoupled
     else:
-        _adam_direction(g, state, config, out=work)
-    theta -= work
+        g = _decayed_gradient(theta, g, state, config)
+    _UPDATES[config.kind](theta, g, state, config, eta)
     return state
 
 
-def _adam_direction(
-    g: np.ndarray, state: OptimizerState, config: OptimizerConfig, out: np.ndarray
-) -> None:
-    """Update m, v in place and write η m̂ / (√v̂ + ε) into `out` (P,)."""
+def _sgd(theta, g, state, config, eta) -> None:
+    _axpy(-eta, g, theta, state)  # θ ← θ − η g
+
+
+def _momentum(theta, g, state, config, eta) -> None:
+    velocity = state.buffers["velocity"]
+    velocity *= config.momentum
+    velocity += g  # v ← μ v + g
+    _axpy(-eta, velocity, theta, state)  # θ ← θ − η v
+
+
+def _nesterov(theta, g, state, config, eta) -> None:
+    velocity = state.buffers["velocity"]
+    velocity *= config.momentum
+    velocity += g  # v ← μ v + g
+    _axpy(-eta, g, theta, state)
+    _axpy(-eta * config.momentum, velocity, theta, state)  # θ ← θ − η (g + μ v)
+
+
+def _adam(theta, g, state, config, eta) -> None:
+    """Update m, v in place and step θ by −η m̂ / (√v̂ + ε)."""
     m, v = state.buffers["m"], state.buffers["v"]
+    out = _scratch(state, "work", theta)
     t = state.step
     beta1, beta2 = config.beta1, config.beta2
     m *= beta1
@@ -154,11 +283,49 @@ def _adam_direction(
     # -expm1(t·log β) = 1 − βᵗ without cancellation when β is close to 1.
     correction1 = -math.expm1(t * math.log(beta1)) if beta1 > 0 else 1.0
     correction2 = -math.expm1(t * math.log(beta2)) if beta2 > 0 else 1.0
-    step_size = config.learning_rate * math.sqrt(correction2) / correction1  # η_t
+    step_size = eta * math.sqrt(correction2) / correction1  # η_t
     np.sqrt(v, out=out)
     out += config.epsilon * math.sqrt(correction2)  # √v + ε̂
     np.divide(m, out, out=out)
-    out *= step_size
+    _axpy(-step_size, out, theta, state)
+
+
+def _rmsprop(theta, g, state, config, eta) -> None:
+    square_avg = state.buffers["square_avg"]
+    out = _scratch(state, "work", theta)
+    square_avg *= config.rho
+    np.multiply(g, g, out=out)
+    out *= 1.0 - config.rho
+    square_avg += out  # s ← ρ s + (1 − ρ) g²
+    np.sqrt(square_avg, out=out)
+    out += config.epsilon  # √s + ε
+    np.divide(g, out, out=out)
+    _axpy(-eta, out, theta, state)  # θ ← θ − η g / (√s + ε)
+
+
+_UPDATES: dict[str, Callable[..., None]] = {
+    "sgd": _sgd,
+    "momentum": _momentum,
+    "nesterov": _nesterov,
+    "adam": _adam,
+    "adamw": _adam,
+    "rmsprop": _rmsprop,
+}
+
+
+def _clipped_gradient(
+    grad: np.ndarray, state: OptimizerState, config: OptimizerConfig, theta: np.ndarray
+) -> np.ndarray:
+    """g · min(1, c/‖g‖) (P,) in scratch space when it scales, else `grad` itself."""
+    if config.clip_norm is None:
+        return grad
+    norm = global_norm(grad)
+    state.last_gradient_norm = norm
+    if norm <= config.clip_norm:
+        return grad
+    clipped = _scratch(state, "clipped_grad", theta)
+    np.multiply(grad, config.clip_norm / norm, out=clipped)
+    return clipped
 
 
 def _decayed_gradient(
@@ -174,7 +341,12 @@ def _decayed_gradient(
 
 
 def _scratch_names(config: OptimizerConfig) -> tuple[str, ...]:
-    return ("work", "decayed_grad") if config.weight_decay > 0 else ("work",)
+    names = ["work"] if config.kind in ("adam", "adamw", "rmsprop") else []
+    if config.weight_decay > 0 and config.kind != "adamw":
+        names.append("decayed_grad")
+    if config.clip_norm is not None:
+        names.append("clipped_grad")
+    return tuple(names)
 
 
 def _scratch(state: OptimizerState, name: str, like: np.ndarray) -> np.ndarray:
@@ -184,3 +356,9 @@ def _scratch(state: OptimizerState, name: str, like: np.ndarray) -> np.ndarray:
         buffer = np.empty_like(like)
         state.scratch[name] = buffer
     return buffer
+
+
+def _axpy(alpha: float, x: np.ndarray, y: np.ndarray, state: OptimizerState) -> None:
+    """y ← y + αx in place: one pass of NumPy's own BLAS where it can, else two."""
+    work = None if has_fused_axpy(y.dtype) and x.dtype == y.dtype else _scratch(state, "axpy", y)
+    axpy(alpha, x, y, work)
