@@ -300,6 +300,30 @@ def weights(job_id: str, server: str, path: Path, fmt: str | None) -> None:
     click.echo(f"wrote {path} (sha256 {digest})")
 
 
+@main.command()
+@click.argument("spec_file", type=click.Path(path_type=Path))
+@server_option
+@output_option
+def gradcheck(spec_file: Path, server: str, output: str) -> None:
+    """Check SPEC_FILE's backprop against float64 finite differences; exit 1 if it fails."""
+    try:
+        with Client(server) as client:
+            report = client.check_gradients(load_spec_file(spec_file))
+    except (SpecFileError, BptrainError) as error:
+        _fail(str(error))
+    if output == "json":
+        click.echo(json_format.MessageToJson(report, preserving_proto_field_name=True))
+    else:
+        for layer, error in enumerate(report.layer_errors, start=1):
+            click.echo(f"layer {layer}: worst relative error {error:.2e}")
+        verdict = "passed" if report.passed else "FAILED"
+        click.echo(
+            f"{verdict}: worst {report.worst_error:.2e} (tolerance {report.tolerance:.0e}) "
+            f"over {report.checked_entries} entries"
+        )
+    sys.exit(0 if report.passed else 1)
+
+
 @main.group()
 def datasets() -> None:
     """Upload, list and delete datasets (.npz with X and y)."""

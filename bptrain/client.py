@@ -170,6 +170,14 @@ class Client:
         )
         return JobHandle(self, _call(self._stub.SubmitJob, request, timeout=self.timeout_s))
 
+    def check_gradients(self, spec: pb.JobSpec | dict | str | Path) -> pb.GradientCheckReport:
+        """Check the spec's backprop against finite differences (float64) on the server."""
+        if isinstance(spec, (str, Path)):
+            spec = load_spec_file(spec)
+        elif isinstance(spec, dict):
+            spec = spec_from_dict(spec)
+        return _call(self._stub.CheckGradients, spec, timeout=max(self.timeout_s, 120.0))
+
     def get(self, job_id: str) -> pb.Job:
         return _call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
 

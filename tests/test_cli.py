@@ -169,3 +169,11 @@ def test_dry_run_prints_the_spec_with_defaults(served: str, tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed["workers"] == 2 and printed["optimizer"]["kind"] == "adam"
+
+
+def test_gradcheck_prints_each_layer_and_passes(served: str, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "check.yaml")
+    result = bptrain("gradcheck", str(spec), "--server", served)
+    assert result.returncode == 0, result.stderr
+    assert "layer 1: worst relative error" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("passed: worst")

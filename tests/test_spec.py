@@ -224,7 +224,7 @@ BAD_SPECS = [
     pytest.param(
         _both(_set("dataset.name", "synthetic/regression"), _layers((1, "identity"))),
         "loss",
-        "must be mse",
+        "must be one of mse, huber",
         id="cross-entropy-on-regression",
     ),
     pytest.param(

@@ -151,13 +151,13 @@ def test_an_unknown_top_level_field_is_an_error_naming_it(tmp_path: Path) -> Non
 
 def test_an_unknown_nested_field_is_an_error_naming_it(tmp_path: Path) -> None:
     data = blobs_dict()
-    data["layers"][0]["dropout"] = 0.5
+    data["layers"][0]["dropouts"] = 0.5
     path = write(tmp_path, "nested.json", json.dumps(data))
 
     message = spec_file_error(path)
 
     assert str(path) in message
-    assert '"dropout"' in message
+    assert '"dropouts"' in message
 
 
 def test_a_value_of_the_wrong_type_is_an_error_naming_the_field(tmp_path: Path) -> None:

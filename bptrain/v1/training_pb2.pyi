@@ -44,15 +44,17 @@ DATASET_FORMAT_UNSPECIFIED: DatasetFormat
 DATASET_NPZ: DatasetFormat
 
 class LayerSpec(_message.Message):
-    __slots__ = ("units", "activation")
+    __slots__ = ("units", "activation", "dropout")
     UNITS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
     units: int
     activation: str
-    def __init__(self, units: _Optional[int] = ..., activation: _Optional[str] = ...) -> None: ...
+    dropout: float
+    def __init__(self, units: _Optional[int] = ..., activation: _Optional[str] = ..., dropout: _Optional[float] = ...) -> None: ...
 
 class OptimizerSpec(_message.Message):
-    __slots__ = ("kind", "learning_rate", "momentum", "beta1", "beta2", "epsilon", "weight_decay")
+    __slots__ = ("kind", "learning_rate", "momentum", "beta1", "beta2", "epsilon", "weight_decay", "rho", "clip_norm")
     KIND_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +62,8 @@ class OptimizerSpec(_message.Message):
     BETA2_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     kind: str
     learning_rate: float
     momentum: float
@@ -67,7 +71,23 @@ class OptimizerSpec(_message.Message):
     beta2: float
     epsilon: float
     weight_decay: float
-    def __init__(self, kind: _Optional[str] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ...) -> None: ...
+    rho: float
+    clip_norm: float
+    def __init__(self, kind: _Optional[str] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., epsilon: _Optional[float] = ..., weight_decay: _Optional[float] = ..., rho: _Optional[float] = ..., clip_norm: _Optional[float] = ...) -> None: ...
+
+class ScheduleSpec(_message.Message):
+    __slots__ = ("kind", "warmup_steps", "step_size", "gamma", "min_learning_rate")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    MIN_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    warmup_steps: int
+    step_size: int
+    gamma: float
+    min_learning_rate: float
+    def __init__(self, kind: _Optional[str] = ..., warmup_steps: _Optional[int] = ..., step_size: _Optional[int] = ..., gamma: _Optional[float] = ..., min_learning_rate: _Optional[float] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
     __slots__ = ("name", "dataset_id", "validation_fraction", "samples", "features", "classes", "noise")
@@ -88,7 +108,7 @@ class DatasetSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dataset_id: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., samples: _Optional[int] = ..., features: _Optional[int] = ..., classes: _Optional[int] = ..., noise: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every", "checkpoint_every", "max_seconds")
+    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every", "checkpoint_every", "max_seconds", "schedule", "l2", "label_smoothing", "huber_delta", "init", "dtype", "device")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +123,13 @@ class JobSpec(_message.Message):
     EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    L2_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    HUBER_DELTA_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
     loss: str
@@ -117,7 +144,14 @@ class JobSpec(_message.Message):
     eval_every: int
     checkpoint_every: int
     max_seconds: float
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ...) -> None: ...
+    schedule: ScheduleSpec
+    l2: float
+    label_smoothing: float
+    huber_delta: float
+    init: str
+    dtype: str
+    device: str
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., l2: _Optional[float] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., init: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
     __slots__ = ("step", "epoch", "loss", "samples_per_second", "learning_rate", "validation_loss", "validation_accuracy", "elapsed_seconds", "gradient_norms")
@@ -324,3 +358,17 @@ class DeleteDatasetRequest(_message.Message):
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     def __init__(self, dataset_id: _Optional[str] = ...) -> None: ...
+
+class GradientCheckReport(_message.Message):
+    __slots__ = ("layer_errors", "worst_error", "checked_entries", "passed", "tolerance")
+    LAYER_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WORST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    layer_errors: _containers.RepeatedScalarFieldContainer[float]
+    worst_error: float
+    checked_entries: int
+    passed: bool
+    tolerance: float
+    def __init__(self, layer_errors: _Optional[_Iterable[float]] = ..., worst_error: _Optional[float] = ..., checked_entries: _Optional[int] = ..., passed: _Optional[bool] = ..., tolerance: _Optional[float] = ...) -> None: ...

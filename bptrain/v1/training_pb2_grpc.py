@@ -79,6 +79,11 @@ class TrainingServiceStub:
                 request_serializer=bptrain_dot_v1_dot_training__pb2.DeleteDatasetRequest.SerializeToString,
                 response_deserializer=bptrain_dot_v1_dot_training__pb2.Dataset.FromString,
                 _registered_method=True)
+        self.CheckGradients = channel.unary_unary(
+                '/bptrain.v1.TrainingService/CheckGradients',
+                request_serializer=bptrain_dot_v1_dot_training__pb2.JobSpec.SerializeToString,
+                response_deserializer=bptrain_dot_v1_dot_training__pb2.GradientCheckReport.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -150,6 +155,14 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckGradients(self, request, context):
+        """Checks the spec's backward pass against float64 finite differences on a small
+        random batch; reports the worst relative error per layer. Runs nothing on Ray.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +210,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.DeleteDataset,
                     request_deserializer=bptrain_dot_v1_dot_training__pb2.DeleteDatasetRequest.FromString,
                     response_serializer=bptrain_dot_v1_dot_training__pb2.Dataset.SerializeToString,
+            ),
+            'CheckGradients': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckGradients,
+                    request_deserializer=bptrain_dot_v1_dot_training__pb2.JobSpec.FromString,
+                    response_serializer=bptrain_dot_v1_dot_training__pb2.GradientCheckReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +460,33 @@ class TrainingService:
             '/bptrain.v1.TrainingService/DeleteDataset',
             bptrain_dot_v1_dot_training__pb2.DeleteDatasetRequest.SerializeToString,
             bptrain_dot_v1_dot_training__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckGradients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bptrain.v1.TrainingService/CheckGradients',
+            bptrain_dot_v1_dot_training__pb2.JobSpec.SerializeToString,
+            bptrain_dot_v1_dot_training__pb2.GradientCheckReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from bptrain.v1 import training_pb2 as pb
@@ -9,7 +10,14 @@ from services.datasets import DatasetOptions
 from services.datasets.uploads import DatasetInfo
 from services.errors import InvalidSpecError
 from services.jobs.records import JobRecord, JobState, MetricPoint
-from services.jobs.spec import UPLOADED, DatasetSpec, JobSpec, LayerSpec, nested
+from services.jobs.spec import (
+    UPLOADED,
+    DatasetSpec,
+    JobSpec,
+    LayerSpec,
+    ScheduleSpec,
+    nested,
+)
 from services.paramserver.optimizers import OptimizerConfig
 
 
@@ -26,12 +34,35 @@ def spec_from_proto(
     `find_dataset` looks up an uploaded dataset by id (NotFoundError when unknown).
     """
     layers = tuple(
-        nested(f"layers[{i}]", LayerSpec, units=layer.units, activation=layer.activation)
+        nested(
+            f"layers[{i}]",
+            LayerSpec,
+            units=layer.units,
+            activation=layer.activation,
+            **_set_fields(layer, ("dropout",)),
+        )
         for i, layer in enumerate(message.layers)
     )
     optimizer_fields = _set_fields(
         message.optimizer,
-        ("learning_rate", "momentum", "beta1", "beta2", "epsilon", "weight_decay"),
+        (
+            "learning_rate",
+            "momentum",
+            "beta1",
+            "beta2",
+            "epsilon",
+            "weight_decay",
+            "rho",
+            "clip_norm",
+        ),
+    )
+    schedule = nested(
+        "schedule",
+        ScheduleSpec,
+        kind=message.schedule.kind or "constant",
+        **_set_fields(
+            message.schedule, ("warmup_steps", "step_size", "gamma", "min_learning_rate")
+        ),
     )
     optimizer = nested(
         "optimizer", OptimizerConfig, kind=message.optimizer.kind or "sgd", **optimizer_fields
@@ -67,6 +98,9 @@ def spec_from_proto(
             "eval_every",
             "checkpoint_every",
             "max_seconds",
+            "l2",
+            "label_smoothing",
+            "huber_delta",
         ),
     )
     return JobSpec(
@@ -76,6 +110,10 @@ def spec_from_proto(
         optimizer=optimizer,
         dataset=dataset,
         consistency=message.consistency or "bsp",
+        schedule=schedule,
+        init=message.init or "auto",
+        dtype=message.dtype or "float32",
+        device=message.device or "cpu",
         **top,
     )
 
@@ -87,7 +125,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     message = pb.JobSpec(
         name=spec.name,
         layers=[
-            pb.LayerSpec(units=layer.units, activation=layer.activation) for layer in spec.layers
+            pb.LayerSpec(units=layer.units, activation=layer.activation, dropout=layer.dropout)
+            for layer in spec.layers
         ],
         loss=spec.loss,
         optimizer=pb.OptimizerSpec(
@@ -98,7 +137,15 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             beta2=optimizer.beta2,
             epsilon=optimizer.epsilon,
             weight_decay=optimizer.weight_decay,
+            rho=optimizer.rho,
         ),
+        schedule=pb.ScheduleSpec(**dataclasses.asdict(spec.schedule)),
+        l2=spec.l2,
+        label_smoothing=spec.label_smoothing,
+        huber_delta=spec.huber_delta,
+        init=spec.init,
+        dtype=spec.dtype,
+        device=spec.device,
         batch_size=spec.batch_size,
         epochs=spec.epochs,
         dataset=pb.DatasetSpec(
@@ -122,6 +169,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         message.checkpoint_every = spec.checkpoint_every
     if spec.max_seconds is not None:
         message.max_seconds = spec.max_seconds
+    if optimizer.clip_norm is not None:
+        message.optimizer.clip_norm = optimizer.clip_norm
     return message
 
 

@@ -10,6 +10,7 @@ from bptrain.v1 import training_pb2 as pb
 from bptrain.v1 import training_pb2_grpc
 from services.api import convert
 from services.errors import InvalidSpecError
+from services.jobs.gradients import check_gradients
 from services.jobs.manager import JobManager
 from services.jobs.records import JobRecord
 from services.jobs.weights import read_chunks
@@ -120,3 +121,16 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         if not request.dataset_id:
             raise InvalidSpecError("dataset_id", "is required")
         return convert.dataset_to_proto(self.manager.delete_dataset(request.dataset_id))
+
+    def CheckGradients(
+        self, request: pb.JobSpec, context: grpc.ServicerContext
+    ) -> pb.GradientCheckReport:
+        spec = convert.spec_from_proto(request, self.manager.datasets.get)
+        report = check_gradients(spec)
+        return pb.GradientCheckReport(
+            layer_errors=report.layer_errors,
+            worst_error=report.worst_error,
+            checked_entries=report.checked_entries,
+            passed=report.is_passed,
+            tolerance=report.tolerance,
+        )

@@ -39,10 +39,12 @@ class Cohort:
         *,
         worker_cpus: float,
         checkpoints: CheckpointStore | None,
+        total_steps: int,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
         self.data = data
+        self.schedule = spec.schedule.schedule(total_steps)
         self.worker_cpus = worker_cpus
         self.checkpoints = checkpoints
         self.ps: ray.actor.ActorHandle | None = None
@@ -113,6 +115,9 @@ class Cohort:
                 optimizer=spec.optimizer,
                 workers=spec.workers,
                 seed=spec.seed,
+                schedule=self.schedule,
+                dtype=spec.dtype,
+                init=spec.init,
             )
         )
         latest = self.checkpoints.latest() if self.checkpoints is not None else None
@@ -139,6 +144,7 @@ class Cohort:
                 name=f"{self.job_id}/worker-{i}.{self._generation}",
                 num_cpus=self.worker_cpus,
                 scheduling_strategy="SPREAD",  # over the cluster's nodes
+                **GradientWorker.actor_options(self.spec.device),
             )
             .remote(
                 sizes=self.spec.sizes,
@@ -149,6 +155,8 @@ class Cohort:
                 local_batch=self.data.plan.local_batches[i],
                 seed=self.spec.seed,
                 worker_index=i,
+                device=self.spec.device,
+                **self.spec.model_options,
             )
         )
 

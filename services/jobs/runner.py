@@ -24,6 +24,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 
+from services.errors import InvalidSpecError
 from services.jobs.checkpoints import CheckpointStore
 from services.jobs.cohort import Cohort, PlacementError
 from services.jobs.records import JobState, MetricPoint
@@ -170,10 +171,18 @@ class JobRunner:
         steps_per_epoch = data.plan.steps_per_epoch
         eval_every = spec.eval_every or steps_per_epoch
         checkpoint_every = spec.checkpoint_every or steps_per_epoch
-        model = MLP(spec.sizes, spec.activations, spec.loss)
-        self._cohort = cohort = Cohort(
-            self.job_id, spec, data, worker_cpus=self.worker_cpus, checkpoints=self.checkpoints
-        )
+        model = MLP(spec.sizes, spec.activations, spec.loss, **spec.model_options)
+        try:
+            self._cohort = cohort = Cohort(
+                self.job_id,
+                spec,
+                data,
+                worker_cpus=self.worker_cpus,
+                checkpoints=self.checkpoints,
+                total_steps=steps,
+            )
+        except InvalidSpecError as error:  # a schedule that does not fit the step count
+            raise JobFailed(str(error.under("schedule"))) from None
         step = cohort.start()  # > 0 when resuming from a checkpoint
         with self._changed:
             self._state = JobState.RUNNING

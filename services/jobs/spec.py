@@ -15,11 +15,13 @@ from typing import Any
 
 from services.datasets import DATASET_NAMES, DatasetOptions, input_width, output_width
 from services.errors import InvalidSpecError
-from services.paramserver.optimizers import OptimizerConfig
+from services.paramserver.optimizers import LRSchedule, OptimizerConfig
 from worker.activations import ACTIVATIONS
+from worker.initializers import INITIALIZERS
 from worker.losses import LOSSES
 
 CONSISTENCY_MODES = ("bsp",)
+REGRESSION_LOSSES = ("mse", "huber", "binary_cross_entropy")
 UPLOADED = "uploaded"  # dataset name of a dataset sent with UploadDataset
 
 MAX_LAYERS = 64
@@ -52,10 +54,33 @@ class LayerSpec:
 
     units: int
     activation: str
+    dropout: float = 0.0  # inverted dropout on this layer's output while training
 
     def __post_init__(self) -> None:
         _check_range("units", self.units, 1, MAX_UNITS)
         _check_choice("activation", self.activation, sorted(ACTIVATIONS))
+        _check_range("dropout", self.dropout, 0.0, 0.99)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSpec:
+    """How η changes with the step (see services.paramserver.optimizers.LRSchedule).
+
+    The job's total step count, which a cosine schedule needs, is known only once its
+    data is loaded: `schedule(total_steps)` builds the optimizer's schedule then.
+    """
+
+    kind: str = "constant"
+    warmup_steps: int = 0
+    step_size: int = 1000
+    gamma: float = 0.1
+    min_learning_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.schedule(total_steps=self.warmup_steps + 1)  # validates every field
+
+    def schedule(self, total_steps: int) -> LRSchedule:
+        return LRSchedule(**dataclasses.asdict(self), total_steps=total_steps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +151,13 @@ class JobSpec:
     eval_every: int | None = None
     checkpoint_every: int | None = None
     max_seconds: float | None = None
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    l2: float = 0.0
+    label_smoothing: float = 0.0
+    huber_delta: float = 1.0
+    init: str = "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH:
@@ -156,6 +188,16 @@ class JobSpec:
             _check_range("checkpoint_every", self.checkpoint_every, 1, MAX_STEPS)
         if self.max_seconds is not None:
             _check_range("max_seconds", self.max_seconds, 1.0, 30 * 24 * 3600.0)
+        _check_range("l2", self.l2, 0.0, 1e6)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        if self.label_smoothing and self.loss != "softmax_cross_entropy":
+            raise InvalidSpecError("label_smoothing", "applies only to softmax_cross_entropy")
+        _check_range("huber_delta", self.huber_delta, 1e-9, 1e9)
+        if self.huber_delta != 1.0 and self.loss != "huber":
+            raise InvalidSpecError("huber_delta", "applies only to the huber loss")
+        _check_choice("init", self.init, INITIALIZERS)
+        _check_choice("dtype", self.dtype, ("float32", "float64"))
+        _check_choice("device", self.device, ("cpu", "gpu"))
 
     def _check_layers(self) -> None:
         if not self.layers:
@@ -182,10 +224,14 @@ class JobSpec:
             raise InvalidSpecError(
                 "loss", f"must be softmax_cross_entropy for {self.dataset.name}, got {self.loss!r}"
             )
-        if not is_classification and self.loss != "mse":
+        if not is_classification and self.loss not in REGRESSION_LOSSES:
             raise InvalidSpecError(
-                "loss", f"must be mse for {self.dataset.name}, got {self.loss!r}"
+                "loss",
+                f"must be one of {', '.join(REGRESSION_LOSSES)} for {self.dataset.name}, "
+                f"got {self.loss!r}",
             )
+        if self.layers[-1].dropout:
+            raise InvalidSpecError(f"{last}.dropout", "must be 0 on the output layer")
         if self.loss == "softmax_cross_entropy" and self.layers[-1].activation != "identity":
             raise InvalidSpecError(
                 f"{last}.activation",
@@ -207,6 +253,16 @@ class JobSpec:
         return [layer.activation for layer in self.layers]
 
     @property
+    def model_options(self) -> dict[str, Any]:
+        """Keyword options of worker.model.MLP (and GradientWorker) this spec asks for."""
+        return {
+            "l2": self.l2,
+            "dropout": [layer.dropout for layer in self.layers[:-1]],
+            "label_smoothing": self.label_smoothing,
+            "huber_delta": self.huber_delta,
+        }
+
+    @property
     def parameter_count(self) -> int:
         sizes = self.sizes
         return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
@@ -224,6 +280,7 @@ class JobSpec:
                 **data,
                 "layers": tuple(LayerSpec(**layer) for layer in data["layers"]),
                 "optimizer": OptimizerConfig(**data["optimizer"]),
+                "schedule": ScheduleSpec(**data.get("schedule", {})),
                 "dataset": DatasetSpec(**dataset),
             }
         )
