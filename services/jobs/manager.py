@@ -153,6 +153,7 @@ class JobManager:
             spec=self.store.get(job_id).spec,
             store=self.store,
             weights_path=self.config.weights_path(job_id),
+            checkpoint_dir=self.config.checkpoint_dir(job_id),
             worker_cpus=self.config.worker_cpus,
             datasets_dir=self.config.datasets_dir,
             on_change=self._notify,

@@ -45,6 +45,7 @@ class RunnerMonitor:
         weights_path: Path,
         worker_cpus: float,
         datasets_dir: Path,
+        checkpoint_dir: Path,
         on_change: Callable[[], None],
         on_end: Callable[[str], None] = lambda job_id: None,
         metrics: ServiceMetrics | None = None,
@@ -55,6 +56,7 @@ class RunnerMonitor:
         self.weights_path = weights_path
         self.worker_cpus = worker_cpus
         self.datasets_dir = datasets_dir
+        self.checkpoint_dir = checkpoint_dir
         self.on_change = on_change
         self.on_end = on_end
         self.metrics = metrics if metrics is not None else ServiceMetrics()
@@ -146,7 +148,7 @@ class RunnerMonitor:
                 self.spec,
                 worker_cpus=self.worker_cpus,
                 datasets_dir=str(self.datasets_dir.resolve()),
-                checkpoint_dir=str(self.weights_path.parent.resolve() / "checkpoints"),
+                checkpoint_dir=str(self.checkpoint_dir.resolve()),
             )
         )
 
