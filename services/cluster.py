@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
@@ -49,5 +51,28 @@ def connect(config: RayConfig) -> None:
                 log_to_driver=False,
             )
     except (ConnectionError, RuntimeError) as error:
+        if ray.is_initialized():
+            ray.shutdown()
         raise UnavailableError(f"cannot reach Ray at {config.address}: {error}") from error
     log.info("Ray ready: %s", ray.cluster_resources())
+
+
+def connect_in_background(
+    config: RayConfig, on_ready: Callable[[], None], stop: threading.Event, retry_s: float = 2.0
+) -> threading.Thread:
+    """Keep trying to reach Ray until it answers (then call `on_ready`) or `stop` is set."""
+
+    def attempt() -> None:
+        while not stop.is_set():
+            try:
+                connect(config)
+            except UnavailableError as error:
+                log.warning("waiting for Ray: %s", error)
+                stop.wait(retry_s)
+                continue
+            on_ready()
+            return
+
+    thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
+    thread.start()
+    return thread

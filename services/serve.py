@@ -25,14 +25,25 @@ def serve(
     port_file: Path | None = None,
     metrics_config: MetricsConfig | None = None,
 ) -> None:
-    """Run until a termination signal; then stop taking calls, let in-flight ones finish."""
-    cluster.connect(ray_config)
+    """Run until a termination signal; then stop taking calls, let in-flight ones finish.
+
+    The API answers at once; with a cluster address that does not answer yet, jobs
+    queue (and RPCs that need Ray answer UNAVAILABLE) until Ray can be reached.
+    """
+    stop = threading.Event()
+    is_embedded = ray_config.address is None
+    if is_embedded:
+        cluster.connect(ray_config)
     # /metrics binds before the manager starts any job, so a taken port fails fast.
     metrics = ServiceMetrics(build_registry())
     metrics_config = metrics_config or MetricsConfig()
     exporter = MetricsExporter.start(metrics_config, metrics.registry)
     log.info("metrics on http://%s:%d/metrics", metrics_config.host, exporter.port)
-    manager = JobManager(jobs_config, metrics=metrics)
+    manager = JobManager(
+        jobs_config, metrics=metrics, ray_address=None if is_embedded else ray_config.address
+    )
+    if not is_embedded:
+        cluster.connect_in_background(ray_config, manager.ray_ready, stop)
     running = create_server(server_config, manager)
     log.info(
         "bptrain API listening on %s:%d (storage %s, Ray %s)",
@@ -43,7 +54,6 @@ def serve(
     )
     if port_file is not None:
         port_file.write_text(f"{running.port}\n")
-    stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
@@ -51,4 +61,5 @@ def serve(
     running.stop(grace_s=5.0)
     exporter.stop()
     manager.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()

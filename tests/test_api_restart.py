@@ -1,102 +1,68 @@
-"""The API server restarts mid-job on an external Ray cluster: the job keeps running in
-its detached runner, the new server reattaches, and a client's resumed stream sees every
-step exactly once."""
+"""The API server and the Ray cluster fail under a running job; nothing is lost.
+
+1. The API server is killed mid-job on a live cluster: the job keeps running in its
+   detached runner, a new server reattaches, and the resumed stream has every step once.
+2. The API server and the whole Ray cluster are killed: the new server answers at once,
+   RPCs that need Ray answer UNAVAILABLE, and when a cluster answers again the job
+   resumes from its last checkpoint and succeeds.
+"""
 
 from __future__ import annotations
 
-import os
+import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bptrain import Client
+from bptrain import BptrainError, Client
 from bptrain.v1 import training_pb2 as pb
 from tests.conftest import digits_spec
+from tests.processes import (
+    free_port,
+    ray_env,
+    short_temp_dir,
+    start_api,
+    start_head,
+    stop_head,
+)
 
 pytestmark = pytest.mark.slow
 
-VENV_BIN = Path(sys.executable).parent
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict]:
+    """A `ray start --head` cluster of its own, token auth on."""
+    port, temp_dir, env = free_port(), short_temp_dir(), ray_env()
+    state = {"port": port, "temp_dir": temp_dir, "env": env, "address": f"127.0.0.1:{port}"}
+    state["head"] = start_head(port, temp_dir, env)
+    yield state
+    stop_head(state["head"], port, temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
-    """A `ray start --head` process of its own (token auth on); yields (address, env)."""
-    port = free_port()
-    temp_dir = tmp_path_factory.mktemp("ray")
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": "bptrain-restart-test-" + os.urandom(8).hex(),
-    }
-    head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=3",
-         f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats", "--block"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    yield f"127.0.0.1:{port}", env
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
-    for pid, cmdline in processes():  # anything of this cluster left behind
-        if f":{port}" in cmdline or f"={port}" in cmdline or str(temp_dir) in cmdline:
-            os.kill(pid, signal.SIGKILL)
-
-
-def processes() -> Iterator[tuple[int, str]]:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                yield (
-                    int(entry.name),
-                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(),
-                )
-            except OSError:
-                continue
-
-
-def start_api(storage: Path, address: str, env: dict) -> tuple[subprocess.Popen, int]:
-    port_file = storage / "port"
-    port_file.unlink(missing_ok=True)
-    log = open(storage / "server.log", "a")  # noqa: SIM115
-    command = [sys.executable, "-m", "bptrain.cli", "serve", "--port", "0",
-               "--metrics-port", "0", "--port-file",
-               str(port_file), "--storage", str(storage), "--ray-address", address]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        assert process.poll() is None, (storage / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "bptrain serve did not start"
-        time.sleep(0.1)
-    return process, int(port_file.read_text())
+def follow_until(client: Client, job_id: str, step: int) -> list[int]:
+    seen = []
+    for point in client.metrics(job_id):
+        seen.append(point.step)
+        if point.step == step:
+            return seen
+    raise AssertionError(f"the stream of {job_id} ended before step {step}")
 
 
 def test_a_killed_api_server_comes_back_and_the_stream_resumes_without_gaps(
-    ray_cluster: tuple[str, dict], tmp_path: Path
+    cluster: dict, tmp_path: Path
 ) -> None:
-    address, env = ray_cluster
-    api, port = start_api(tmp_path, address, env)
+    api, port = start_api(tmp_path, cluster["address"], cluster["env"])
     with Client(f"127.0.0.1:{port}") as client:
         job = client.submit(digits_spec(epochs=15, checkpoint_every=20))
-        seen = []
-        for point in client.metrics(job.job_id):
-            seen.append(point.step)
-            if point.step == 25:
-                break
+        seen = follow_until(client, job.job_id, 25)
     api.send_signal(signal.SIGKILL)  # a crash: no graceful shutdown
     api.wait()
     killed_at = time.monotonic()
-    api, port = start_api(tmp_path, address, env)
+    api, port = start_api(tmp_path, cluster["address"], cluster["env"])
     try:
         with Client(f"127.0.0.1:{port}") as client:
             resumed = [point.step for point in client.metrics(job.job_id, after_step=seen[-1])]
@@ -105,6 +71,43 @@ def test_a_killed_api_server_comes_back_and_the_stream_resumes_without_gaps(
             assert final.state == pb.SUCCEEDED, final.reason
             assert seen + resumed == list(range(1, final.total_steps + 1))
             assert client.weights(job.job_id)["W1"].shape == (64, 64)
+    finally:
+        api.send_signal(signal.SIGTERM)
+        assert api.wait(timeout=60) == 0
+
+
+def test_with_ray_gone_rpcs_that_need_it_are_unavailable_until_it_is_back(
+    cluster: dict, tmp_path: Path
+) -> None:
+    api, port = start_api(tmp_path, cluster["address"], cluster["env"])
+    with Client(f"127.0.0.1:{port}") as client:
+        job = client.submit(digits_spec(epochs=15, checkpoint_every=10))
+        seen = follow_until(client, job.job_id, 25)
+    api.send_signal(signal.SIGKILL)
+    api.wait()
+    stop_head(cluster["head"], cluster["port"], cluster["temp_dir"])  # the whole cluster dies
+
+    api, port = start_api(tmp_path, cluster["address"], cluster["env"])  # answers without Ray
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            assert client.get(job.job_id).state == pb.RUNNING
+            for call in (lambda: client.weights(job.job_id, latest=True),
+                         lambda: client.cancel(job.job_id)):  # fmt: skip
+                with pytest.raises(BptrainError) as caught:
+                    call()
+                assert caught.value.code == "UNAVAILABLE"
+                assert "does not answer" in caught.value.details
+            queued = client.submit(digits_spec(epochs=1))
+            assert client.get(queued.job_id).queue_reason.startswith("waiting for Ray at")
+
+            cluster["head"] = start_head(cluster["port"], cluster["temp_dir"], cluster["env"])
+            back_at = time.monotonic()
+            resumed = [point.step for point in client.metrics(job.job_id, after_step=seen[-1])]
+            print(f"job running again and finished {time.monotonic() - back_at:.2f} s after Ray")
+            final = client.get(job.job_id)
+            assert final.state == pb.SUCCEEDED, final.reason
+            assert seen + resumed == list(range(1, final.total_steps + 1))
+            assert queued.wait().state == pb.SUCCEEDED
     finally:
         api.send_signal(signal.SIGTERM)
         assert api.wait(timeout=60) == 0

@@ -79,3 +79,12 @@ def test_a_half_written_checkpoint_without_its_description_is_ignored(tmp_path: 
 def test_keep_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keep"):
         CheckpointStore(tmp_path, keep=0)
+
+
+def test_latest_at_most_a_step_skips_newer_checkpoints(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    for step in (10, 20, 30):
+        store.save(checkpoint(step))
+    assert store.latest(at_most=25).step == 20
+    assert store.latest(at_most=30).step == 30
+    assert store.latest(at_most=5) is None

@@ -81,9 +81,11 @@ class CheckpointStore:
         found = (_NAME.fullmatch(p.name) for p in self.directory.iterdir())
         return sorted((int(m.group(1)) for m in found if m), reverse=True)
 
-    def latest(self) -> Checkpoint | None:
-        """The newest checkpoint that reads back intact, or None."""
+    def latest(self, at_most: int | None = None) -> Checkpoint | None:
+        """The newest checkpoint that reads back intact (at step <= at_most), or None."""
         for step in self.steps():
+            if at_most is not None and step > at_most:
+                continue
             checkpoint = self._load(step)
             if checkpoint is not None:
                 return checkpoint

@@ -54,12 +54,16 @@ class Cohort:
         self._generation = 0  # suffix that keeps a replacement's name unique
         self._shards = []  # (X ref, y ref) per worker
 
-    def start(self) -> int:
-        """Create every actor; returns the step to continue from (a checkpoint's, or 0)."""
+    def start(self, resume_at_most: int | None = None) -> int:
+        """Create every actor; returns the step to continue from (a checkpoint's, or 0).
+
+        `resume_at_most` limits which checkpoint a new runner resumes from: steps after
+        the last one whose metrics were stored must be trained (and reported) again.
+        """
         self._shards = [
             tuple(ray.put(part) for part in self.data.shard(i)) for i in range(self.spec.workers)
         ]
-        resumed = self._start_ps()
+        resumed = self._start_ps(resume_at_most)
         self.workers = [self._new_worker(i) for i in range(self.spec.workers)]
         self.placement = self._wait_placed(self.workers)
         return resumed
@@ -103,7 +107,7 @@ class Cohort:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _start_ps(self) -> int:
+    def _start_ps(self, at_most: int | None = None) -> int:
         spec = self.spec
         self._generation += 1
         self.ps = (
@@ -120,7 +124,7 @@ class Cohort:
                 init=spec.init,
             )
         )
-        latest = self.checkpoints.latest() if self.checkpoints is not None else None
+        latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
         if latest is None:
             return 0
         ray.get(

@@ -18,6 +18,7 @@ from services.errors import (
     FailedPreconditionError,
     InvalidSpecError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from services.jobs.checkpoints import CheckpointStore
 from services.jobs.export import exported
@@ -81,8 +82,14 @@ class JobManager:
     """Owns the store, the queue, and one RunnerMonitor per started job. Needs Ray."""
 
     def __init__(
-        self, config: JobsConfig | None = None, *, metrics: ServiceMetrics | None = None
+        self,
+        config: JobsConfig | None = None,
+        *,
+        metrics: ServiceMetrics | None = None,
+        ray_address: str | None = None,
     ) -> None:
+        """With `ray_address`, jobs wait until `ray_ready()` says the cluster answers;
+        without it, Ray is already initialised (embedded, or connected by the caller)."""
         self.config = config or JobsConfig()
         self.store = JobStore(self.config.database)
         self.metrics = metrics if metrics is not None else ServiceMetrics()
@@ -97,6 +104,16 @@ class JobManager:
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._version = 0
+        self.ray_address = ray_address
+        self._is_ray_ready = ray_address is None
+        self._waiting = self.store.ids_in_states((JobState.QUEUED,))
+        if self._is_ray_ready:
+            self._recover()
+
+    def ray_ready(self) -> None:
+        """Ray answers now: start the jobs that waited for it."""
+        log.info("Ray at %s is reachable", self.ray_address)
+        self._is_ray_ready = True
         self._recover()
 
     def _recover(self) -> None:
@@ -104,7 +121,6 @@ class JobManager:
         to its runner if that outlived the server, else starts a new one, which resumes
         from the job's last checkpoint; running jobs take their slots even beyond the
         limit (they hold their actors already). Queued jobs queue again, in order."""
-        self._waiting = self.store.ids_in_states((JobState.QUEUED,))
         with self._lock:
             for job_id in self.store.ids_in_states((JobState.RUNNING,)):
                 self._start_monitor(job_id)
@@ -144,7 +160,11 @@ class JobManager:
 
     def _start_waiting(self) -> None:
         """Start waiting jobs, oldest first, while running slots are free (lock held)."""
-        while self._waiting and len(self._monitors) < self.config.max_running_jobs:
+        while (
+            self._is_ray_ready
+            and self._waiting
+            and len(self._monitors) < self.config.max_running_jobs
+        ):
             self._start_monitor(self._waiting.pop(0))
 
     def _start_monitor(self, job_id: str) -> None:
@@ -176,6 +196,12 @@ class JobManager:
         if record.state is not JobState.QUEUED:
             return record
         waiting = list(self._waiting)
+        if not self._is_ray_ready:
+            return dataclasses.replace(
+                record,
+                queue_position=waiting.index(record.job_id) + 1 if record.job_id in waiting else 0,
+                queue_reason=f"waiting for Ray at {self.ray_address} to answer",
+            )
         if record.job_id in waiting:
             running = self.config.max_running_jobs
             return dataclasses.replace(
@@ -214,10 +240,16 @@ class JobManager:
                     finished_at=time.time(),
                 )
                 self.metrics.job_finished(job_id, JobState.CANCELLED)
+            if monitor is None and record.state is JobState.RUNNING:
+                self._require_ray()
         if monitor is not None:
             monitor.cancel()
         self._notify()
         return self.store.get(job_id)
+
+    def _require_ray(self) -> None:
+        if not self._is_ray_ready:
+            raise UnavailableError(f"Ray at {self.ray_address} does not answer; try again later")
 
     def follow(
         self, job_id: str, after_step: int, is_active: Callable[[], bool]
@@ -264,6 +296,7 @@ class JobManager:
             with self._lock:
                 monitor = self._monitors.get(job_id)
             if monitor is None:
+                self._require_ray()
                 raise FailedPreconditionError(f"job {job_id} is no longer running")
             step, theta = monitor.snapshot()
             path = self.config.weights_path(job_id).with_name(f"step-{step}.npz")

@@ -149,6 +149,7 @@ class RunnerMonitor:
                 worker_cpus=self.worker_cpus,
                 datasets_dir=str(self.datasets_dir.resolve()),
                 checkpoint_dir=str(self.checkpoint_dir.resolve()),
+                resume_at_most=self.store.get(self.job_id).step,
             )
         )
 

@@ -78,12 +78,16 @@ class JobRunner:
         worker_cpus: float = 1.0,
         datasets_dir: str | None = None,
         checkpoint_dir: str | None = None,
+        resume_at_most: int = 0,
     ) -> None:
+        """`resume_at_most`: the last step whose metrics are stored; a resumed job starts
+        from the newest checkpoint at or before it, so no step goes unreported."""
         self.job_id = job_id
         self.spec = spec
         self.worker_cpus = worker_cpus
         self.datasets_dir = Path(datasets_dir) if datasets_dir else None
         self.checkpoints = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir else None
+        self.resume_at_most = resume_at_most
         self._changed = threading.Condition()
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
@@ -183,7 +187,7 @@ class JobRunner:
             )
         except InvalidSpecError as error:  # a schedule that does not fit the step count
             raise JobFailed(str(error.under("schedule"))) from None
-        step = cohort.start()  # > 0 when resuming from a checkpoint
+        step = cohort.start(self.resume_at_most)  # > 0 when resuming from a checkpoint
         with self._changed:
             self._state = JobState.RUNNING
             self._total_steps = steps
