@@ -89,6 +89,21 @@ def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
     assert_same_weights(client.weights(job.job_id), reference)
 
 
+def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
+    client: Client, reference: dict
+) -> None:
+    job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+    running = wait_for_step(client, job.job_id, 35)
+    killed_at = time.monotonic()
+    ray.kill(ray.get_actor(f"{job.job_id}/runner", namespace="bptrain"), no_restart=True)
+    wait_for_step(client, job.job_id, running.step + 10)
+    print(f"runner replaced, 10 steps on, {time.monotonic() - killed_at:.2f} s after the kill")
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
+    assert_same_weights(client.weights(job.job_id), reference)
+
+
 def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(client: Client) -> None:
     cpus = ray.available_resources().get("CPU", 0)
     job = client.submit(digits_spec(steps=3000, checkpoint_every=50))

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.5
 RPC_TIMEOUT_S = 60.0
 CANCEL_TIMEOUT_S = 5.0
+MAX_RUNNER_REPLACEMENTS = 3
 
 
 class RunnerMonitor:
@@ -118,8 +119,24 @@ class RunnerMonitor:
                     self._runner = self._new_runner()
             if not is_attached:
                 self._runner.run.remote()
-            # Points already stored (by an earlier server) are not fetched again.
-            self._follow(self._runner, after_step=self.store.get(self.job_id).step)
+            for replacements in range(MAX_RUNNER_REPLACEMENTS + 1):
+                # Points already stored (by an earlier runner or server) are not fetched again.
+                if not self._follow(self._runner, after_step=self.store.get(self.job_id).step):
+                    return
+                with self._lock:
+                    if self._is_cancel_requested:
+                        self._record_end(JobState.CANCELLED, "cancelled by request")
+                        return
+                    ray.kill(self._runner, no_restart=True)
+                    if replacements == MAX_RUNNER_REPLACEMENTS:
+                        break
+                    log.warning("job %s lost its runner; starting a new one", self.job_id)
+                    self._runner = self._new_runner()
+                self._runner.run.remote()
+            self._record_end(
+                JobState.FAILED,
+                f"the job's runner was lost {MAX_RUNNER_REPLACEMENTS + 1} times; giving up",
+            )
         except Exception:
             log.exception("monitor of job %s failed", self.job_id)
             self._record_end(
@@ -140,6 +157,17 @@ class RunnerMonitor:
 
     def _new_runner(self) -> ray.actor.ActorHandle:
         # Detached: the job goes on when this API process stops; the next one reattaches.
+        # A dead runner's name is freed shortly after its death: retry until it is.
+        deadline = time.monotonic() + RPC_TIMEOUT_S
+        while True:
+            try:
+                return self._create_runner()
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _create_runner(self) -> ray.actor.ActorHandle:
         return (
             ray.remote(JobRunner)
             .options(name=self.runner_name, num_cpus=0, max_concurrency=4, lifetime="detached")
@@ -157,7 +185,9 @@ class RunnerMonitor:
     def runner_name(self) -> str:
         return f"{self.job_id}/runner"
 
-    def _follow(self, runner: ray.actor.ActorHandle, after_step: int) -> None:
+    def _follow(self, runner: ray.actor.ActorHandle, after_step: int) -> bool:
+        """Store the runner's points and states until the job ends (False) or the runner
+        is lost (True: the caller starts a new one, which resumes from a checkpoint)."""
         is_running = False
         placement: tuple[dict, ...] = ()
         while not self._is_stopping:
@@ -168,12 +198,9 @@ class RunnerMonitor:
             except (RayActorError, GetTimeoutError) as error:
                 if self._is_cancel_requested:
                     self._record_end(JobState.CANCELLED, "cancelled by request")
-                else:
-                    log.warning("job %s lost its runner: %s", self.job_id, error)
-                    self._record_end(
-                        JobState.FAILED, "the job's runner actor died or stopped answering"
-                    )
-                return
+                    return False
+                log.warning("job %s lost its runner: %s", self.job_id, error)
+                return True
             if update.points:
                 self.store.add_metrics(self.job_id, update.points)
                 self.metrics.points_recorded(self.job_id, update.points)
@@ -194,7 +221,8 @@ class RunnerMonitor:
                 self.on_change()
             if update.state.is_terminal:
                 self._finish(runner, update)
-                return
+                return False
+        return False
 
     def _finish(self, runner: ray.actor.ActorHandle, update: RunnerUpdate) -> None:
         if update.state is JobState.SUCCEEDED:
