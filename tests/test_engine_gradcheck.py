@@ -24,6 +24,7 @@ from worker.gradcheck import (
     gradcheck,
     numerical_gradient,
     random_targets,
+    rel_error,
 )
 from worker.losses import LOSSES
 from worker.model import MLP
@@ -222,3 +223,8 @@ def test_check_architecture_rejects_what_the_model_rejects() -> None:
         check_architecture([3, 2], ["swish"], "mse")
     with pytest.raises(ValueError, match="label_smoothing applies only to"):
         check_architecture([3, 2], ["identity"], "mse", label_smoothing=0.1)
+
+
+def test_an_exact_zero_gradient_matches_finite_difference_noise_only() -> None:
+    assert rel_error(np.zeros(3), np.array([1e-13, -2e-12, 0.0])) == 0.0
+    assert rel_error(np.zeros(3), np.array([0.0, 1e-6, 0.0])) > 0.5  # a real gradient

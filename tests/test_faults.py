@@ -105,7 +105,7 @@ def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
 
 
 def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(client: Client) -> None:
-    cpus = ray.available_resources().get("CPU", 0)
+    cpus = ray.cluster_resources().get("CPU", 0)
     job = client.submit(digits_spec(steps=3000, checkpoint_every=50))
     wait_for_step(client, job.job_id, 1)
     kills, rng = 0, random.Random(0)
@@ -127,7 +127,7 @@ def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(client: Client) ->
     deadline = time.monotonic() + 30
     while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0) == cpus  # no leaked worker holds a CPU
+    assert ray.available_resources().get("CPU", 0) == cpus  # no leaked actor holds a CPU
 
 
 def test_a_diverging_job_fails_with_the_step_in_its_reason(client: Client) -> None:
