@@ -60,6 +60,9 @@ def follow(client: Client, job_id: str, console: Console | None = None) -> pb.Jo
 def _follow_plain(client: Client, job_id: str, console: Console) -> pb.Job:
     def show(point: pb.MetricPoint) -> None:
         if point.HasField("validation_loss") or point.step == 1:
-            console.print(f"{job_id} step {point.step} epoch {point.epoch}  {describe(point)}")
+            console.print(
+                f"{job_id} step {point.step} epoch {point.epoch}  {describe(point)}",
+                soft_wrap=True,
+            )
 
     return client.wait(job_id, on_point=show)
