@@ -17,12 +17,14 @@ from bptrain.v1 import training_pb2 as pb
 
 
 def describe(point: pb.MetricPoint) -> str:
-    """loss, validation numbers when the point has them, and throughput."""
+    """loss, validation numbers when the point has them, staleness (asp/ssp), throughput."""
     parts = [f"loss {point.loss:.4f}"]
     if point.HasField("validation_loss"):
         parts.append(f"val_loss {point.validation_loss:.4f}")
     if point.HasField("validation_accuracy"):
         parts.append(f"val_acc {point.validation_accuracy:.4f}")
+    if point.staleness_max:
+        parts.append(f"staleness {point.staleness_mean:.1f} (max {point.staleness_max})")
     parts.append(f"{point.samples_per_second:,.0f} samples/s")
     return "  ".join(parts)
 

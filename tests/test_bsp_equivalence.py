@@ -13,7 +13,6 @@ from services.jobs.training_data import prepare_data
 from tests.conftest import digits_spec
 from worker.layout import ParamLayout
 from worker.model import MLP
-from worker.sampling import epoch_order
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +28,7 @@ def single_process_sgd(spec, steps: int) -> np.ndarray:
     eta = spec.optimizer.learning_rate
     for step in range(steps):
         epoch, index = divmod(step, plan.steps_per_epoch)
-        rows = []
-        for worker in range(spec.workers):
-            order = epoch_order(
-                plan.shard_sizes[worker], seed=spec.seed, epoch=epoch, worker_index=worker
-            )
-            batch = plan.local_batches[worker]
-            rows.append(plan.shard_starts[worker] + order[index * batch : (index + 1) * batch])
-        global_batch = np.concatenate(rows)  # (B,)
+        global_batch = plan.global_batch(epoch, index, seed=spec.seed)  # (B,), (R,) at the end
         _, g = model.loss_and_gradient(
             theta, data.X_train[global_batch].astype(np.float64), data.y_train[global_batch]
         )
@@ -44,19 +36,27 @@ def single_process_sgd(spec, steps: int) -> np.ndarray:
     return theta
 
 
-@pytest.mark.parametrize("workers", [2, 3])
-def test_bsp_matches_single_process_sgd_after_20_steps(ray_session: None, workers: int) -> None:
+@pytest.mark.parametrize("shards", [1, 2])
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_bsp_matches_single_process_sgd_across_epoch_ends(
+    ray_session: None, workers: int, shards: int
+) -> None:
     spec = spec_from_proto(
         spec_from_dict(
             digits_spec(
                 workers=workers,
-                batch_size=61,  # uneven local batches: 31 + 30, or 21 + 20 + 20
+                ps_shards=shards,
+                batch_size=253,  # uneven local batches (127 + 126, 64 + 63 + 63 + 63)
                 steps=STEPS,
                 optimizer={"kind": "sgd", "learning_rate": 0.1},
             )
         )
     )
-    runner = JobRunner(f"bsp-{workers}", spec)
+    plan = prepare_data(spec).plan
+    assert 2 * plan.steps_per_epoch < STEPS  # two epochs' short last steps are in the run
+    assert sum(plan.last_batches) < plan.batch_size
+
+    runner = JobRunner(f"bsp-{workers}-{shards}", spec)
     assert runner.run() is JobState.SUCCEEDED
     distributed = runner.final_theta()
     reference = single_process_sgd(spec, STEPS)

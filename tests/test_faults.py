@@ -34,9 +34,9 @@ def streamed_steps(client: Client, job_id: str) -> list[int]:
     return [p.step for p in client.metrics(job_id)]
 
 
-def ps_actor(job_id: str) -> ray.actor.ActorHandle:
+def ps_actor(job_id: str, shard: int = 0) -> ray.actor.ActorHandle:
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
-    (name,) = [n for n in names if n.startswith(f"{job_id}/ps.")]
+    (name,) = [n for n in names if n.startswith(f"{job_id}/ps-{shard}.")]
     return ray.get_actor(name, namespace="bptrain")
 
 
@@ -87,6 +87,37 @@ def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
     assert final.state == pb.SUCCEEDED, final.reason
     assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
     assert_same_weights(client.weights(job.job_id), reference)
+
+
+def test_a_killed_parameter_server_shard_restores_every_shard_and_theta_is_unchanged(
+    client: Client, reference: dict
+) -> None:
+    job = client.submit(digits_spec(epochs=6, checkpoint_every=10, ps_shards=2))
+    running = wait_for_step(client, job.job_id, 45)
+    ray.kill(ps_actor(job.job_id, shard=1), no_restart=True)
+    wait_for_step(client, job.job_id, running.step + 10)
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
+    assert_same_weights(client.weights(job.job_id), reference)  # the 1-shard run's θ
+
+
+@pytest.mark.parametrize("mode", [{"consistency": "asp"}, {"consistency": "ssp", "staleness": 1}])
+def test_an_async_job_survives_a_killed_worker_and_a_killed_parameter_server(
+    client: Client, mode: dict
+) -> None:
+    job = client.submit(digits_spec(epochs=6, checkpoint_every=10, **mode))
+    running = wait_for_step(client, job.job_id, 30)
+    victim = running.workers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    running = wait_for_step(client, job.job_id, running.step + 10)
+    ray.kill(ps_actor(job.job_id), no_restart=True)
+    wait_for_step(client, job.job_id, running.step + 10)
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert final.workers[0].pid != victim.pid
+    assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
+    assert client.weights(job.job_id)["W1"].shape == (64, 64)
 
 
 def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(

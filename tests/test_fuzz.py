@@ -77,7 +77,7 @@ def job_specs(draw) -> pb.JobSpec:
         value = draw(maybe(REAL))
         if value is not None:
             setattr(spec.dataset, name, value)
-    for name in ("batch_size", "epochs", "workers", "eval_every"):
+    for name in ("batch_size", "epochs", "workers", "eval_every", "staleness", "ps_shards"):
         value = draw(maybe(SMALL))
         if value is not None:
             setattr(spec, name, value)
@@ -86,6 +86,12 @@ def job_specs(draw) -> pb.JobSpec:
         if value is not None:
             setattr(spec, name, value)
     spec.consistency = draw(st.sampled_from(["", "bsp", "ssp", "asp", "BSP"]))
+    spec.compression = draw(st.sampled_from(["", "none", "fp16", "topk", "gzip"]))
+    value = draw(maybe(REAL))
+    if value is not None:
+        spec.topk_fraction = value
+    if draw(st.booleans()):
+        spec.staleness_aware_lr = draw(st.booleans())
     return spec
 
 

@@ -348,3 +348,17 @@ def test_a_taken_port_is_a_clear_error() -> None:
 def test_metrics_port_is_validated(port: int) -> None:
     with pytest.raises(ValueError, match="metrics port"):
         MetricsConfig(port=port)
+
+
+def test_staleness_gauges_and_pushed_bytes_follow_the_points(metrics: ServiceMetrics) -> None:
+    points = [
+        point(1, 0.5, staleness_mean=1.5, staleness_max=3, bytes_pushed=1000),
+        point(2, 1.0, staleness_mean=0.5, staleness_max=1, bytes_pushed=400),
+    ]
+    metrics.points_recorded("job-a", points)
+
+    assert value(metrics, "bptrain_job_staleness", job_id="job-a") == 0.5
+    assert value(metrics, "bptrain_job_staleness_max", job_id="job-a") == 1
+    assert value(metrics, "bptrain_pushed_gradient_bytes_total") == 1400
+    metrics.job_finished("job-a", JobState.SUCCEEDED)
+    assert value(metrics, "bptrain_job_staleness", job_id="job-a") is None

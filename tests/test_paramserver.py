@@ -114,13 +114,29 @@ def test_worker_never_changes_theta(theta: np.ndarray) -> None:
     np.testing.assert_array_equal(theta, before)
 
 
-def test_worker_rejects_a_batch_past_the_end_of_its_shard(theta: np.ndarray) -> None:
+def test_worker_reads_what_is_left_at_an_epochs_last_batch_and_no_further(
+    theta: np.ndarray,
+) -> None:
     X, y = shard()
-    worker = make_worker(X, y, local_batch=6)  # 20 rows: batches 0..2 are full, 3 is not
+    worker = make_worker(X, y, local_batch=6)  # 20 rows: batches 0..2 are full, 3 has 2
 
-    worker.compute_gradients(theta, 0, 2)
-    with pytest.raises(ValueError, match="batch 3 of epoch 0 runs past the shard's end"):
-        worker.compute_gradients(theta, 0, 3)
+    assert worker.compute_gradients(theta, 0, 2).samples == 6
+    assert worker.compute_gradients(theta, 0, 3).samples == 2
+    with pytest.raises(ValueError, match="batch 4 of epoch 0 runs past the shard's end"):
+        worker.compute_gradients(theta, 0, 4)
+
+
+def test_worker_with_no_rows_left_at_the_epochs_end_sends_a_zero_gradient(
+    theta: np.ndarray,
+) -> None:
+    X, y = shard()
+    worker = make_worker(X, y, local_batch=5, steps_per_epoch=5)  # 20 rows: 4 steps + 1 empty
+
+    result = worker.compute_gradients(theta, 0, 4)
+
+    assert result.samples == 0
+    assert result.loss == 0.0
+    assert not result.gradient.any()
 
 
 def test_worker_rejects_x_and_y_of_different_lengths() -> None:

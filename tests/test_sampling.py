@@ -73,23 +73,58 @@ def test_local_batches_sum_to_the_global_batch(plan: BatchPlan) -> None:
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=repr)
-def test_steps_per_epoch_is_what_the_scarcest_shard_can_feed(plan: BatchPlan) -> None:
+def test_an_epoch_is_enough_steps_for_every_row(plan: BatchPlan) -> None:
     steps = plan.steps_per_epoch
-    pairs = list(zip(plan.shard_sizes, plan.local_batches, strict=True))
 
-    assert steps >= 1
-    assert all(steps * batch <= shard for shard, batch in pairs)
-    assert any((steps + 1) * batch > shard for shard, batch in pairs)
+    assert (steps - 1) * plan.batch_size < plan.n_train <= steps * plan.batch_size
+    assert sum(plan.last_batches) == plan.n_train - (steps - 1) * plan.batch_size
+    assert all(0 <= r <= b for r, b in zip(plan.last_batches, plan.local_batches, strict=True))
 
 
 def test_steps_per_epoch_of_a_worked_example() -> None:
-    # Shards 334, 333, 333; local batches 22, 21, 21 → 15, 15, 15 full batches.
+    # 1000 rows in batches of 64: 15 full steps and a last one of R = 40 rows (14 + 13 + 13).
     plan = BatchPlan(n_train=1000, batch_size=64, workers=3)
 
-    assert plan.shard_sizes == [334, 333, 333]
-    assert plan.shard_starts == [0, 334, 667]
+    assert plan.steps_per_epoch == 16
     assert plan.local_batches == [22, 21, 21]
-    assert plan.steps_per_epoch == 15
+    assert plan.last_batches == [14, 13, 13]
+    assert plan.shard_sizes == [22 * 15 + 14, 21 * 15 + 13, 21 * 15 + 13]
+    assert plan.shard_starts == [0, 344, 672]
+
+
+def test_a_last_step_smaller_than_the_worker_count_leaves_some_workers_idle() -> None:
+    plan = BatchPlan(n_train=9, batch_size=4, workers=4)  # steps of 4, 4 and 1 rows
+
+    assert plan.steps_per_epoch == 3
+    assert plan.last_batches == [1, 0, 0, 0]
+    assert [plan.batch_size_at(1, index) for index in range(3)] == [1, 1, 0]
+
+
+@pytest.mark.parametrize("plan", [*PLANS, BatchPlan(n_train=9, batch_size=4, workers=4)], ids=repr)
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_every_training_row_is_read_exactly_once_per_epoch(plan: BatchPlan, epoch: int) -> None:
+    read = np.concatenate(
+        [plan.global_batch(epoch, index, seed=11) for index in range(plan.steps_per_epoch)]
+    )
+
+    np.testing.assert_array_equal(np.sort(read), np.arange(plan.n_train))
+
+
+def test_each_epoch_reshuffles_the_batches() -> None:
+    plan = BatchPlan(n_train=1000, batch_size=64, workers=3)
+
+    first = plan.global_batch(0, 0, seed=11)
+    second = plan.global_batch(1, 0, seed=11)
+
+    assert len(first) == len(second) == 64
+    assert not np.array_equal(np.sort(first), np.sort(second))
+
+
+def test_a_step_index_outside_the_epoch_is_rejected() -> None:
+    plan = BatchPlan(n_train=100, batch_size=10, workers=2)
+
+    with pytest.raises(ValueError, match="step index 10 is outside"):
+        plan.rows(0, 0, 10, seed=0)
 
 
 def test_shard_starts_are_plain_ints() -> None:
@@ -166,11 +201,13 @@ def test_epoch_order_of_an_empty_shard_is_empty() -> None:
 
 @pytest.mark.parametrize("plan", PLANS, ids=repr)
 def test_within_an_epoch_no_worker_reads_a_row_twice(plan: BatchPlan) -> None:
-    for worker, (shard, batch) in enumerate(zip(plan.shard_sizes, plan.local_batches, strict=True)):
+    for worker, shard in enumerate(plan.shard_sizes):
         order = epoch_order(shard, seed=9, epoch=2, worker_index=worker)
-        batches = [order[step * batch : (step + 1) * batch] for step in range(plan.steps_per_epoch)]
+        batches = [plan.local_rows(order, worker, i) for i in range(plan.steps_per_epoch)]
         read = np.concatenate(batches)
 
-        assert all(len(rows) == batch for rows in batches)
-        assert len(np.unique(read)) == len(read)
-        assert read.min() >= 0 and read.max() < shard
+        assert [len(rows) for rows in batches[:-1]] == [plan.local_batches[worker]] * (
+            plan.steps_per_epoch - 1
+        )
+        assert len(batches[-1]) == plan.last_batches[worker]
+        assert np.array_equal(np.sort(read), np.arange(shard))

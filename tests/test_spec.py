@@ -230,7 +230,45 @@ BAD_SPECS = [
     pytest.param(
         _set("optimizer.kind", "lbfgs"), "optimizer.kind", "'lbfgs'", id="unknown-optimizer"
     ),
-    pytest.param(_set("consistency", "asp"), "consistency", "'asp'", id="unknown-consistency"),
+    pytest.param(
+        _set("staleness", 2), "staleness", "applies only to consistency ssp", id="bsp-staleness"
+    ),
+    pytest.param(
+        _both(_set("consistency", "ssp"), _set("staleness", -1)),
+        "staleness",
+        ">= 0",
+        id="negative-staleness",
+    ),
+    pytest.param(
+        _set("staleness_aware_lr", True),
+        "staleness_aware_lr",
+        "applies only to consistency asp or ssp",
+        id="bsp-staleness-aware-lr",
+    ),
+    pytest.param(_set("ps_shards", 0), "ps_shards", ">= 1", id="zero-shards"),
+    pytest.param(_set("ps_shards", 65), "ps_shards", "<= 64", id="too-many-shards"),
+    pytest.param(
+        _both(_set("ps_shards", 2), _set("optimizer.clip_norm", 1.0)),
+        "ps_shards",
+        "must be 1 with optimizer.clip_norm",
+        id="shards-with-clipping",
+    ),
+    pytest.param(_set("compression", "zip"), "compression", "'zip'", id="unknown-compression"),
+    pytest.param(
+        _set("topk_fraction", 0.1),
+        "topk_fraction",
+        "applies only to compression topk",
+        id="topk-fraction-without-topk",
+    ),
+    pytest.param(
+        _both(_set("compression", "topk"), _set("topk_fraction", 1.5)),
+        "topk_fraction",
+        "<= 1.0",
+        id="topk-fraction-above-one",
+    ),
+    pytest.param(
+        _set("consistency", "gossip"), "consistency", "'gossip'", id="unknown-consistency"
+    ),
     pytest.param(_set("seed", -1), "seed", ">= 0", id="negative-seed"),
     pytest.param(_set("epochs", 0), "epochs", ">= 1", id="epochs-zero"),
     pytest.param(_set("steps", 0), "steps", ">= 1", id="steps-zero"),

@@ -8,8 +8,10 @@ GPU memory (CuPy) and only θ and the gradient cross the bus each step.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from worker.backend import get_array_module, to_numpy
+from worker.compression import Compressed, GradientCompressor
 from worker.dropout import step_rng
 from worker.model import MLP
 from worker.sampling import epoch_order
@@ -31,18 +34,33 @@ class GradientResult:
     loss: mean loss over those rows (L2 term included), computed on the θ the gradient
         was taken at.
     gradient_norms: ‖∂loss/∂W^l‖ of this gradient for l = 1..L (vanishing or exploding δ).
+    worker, clock: which worker computed it, for its gradient number `clock` (0-based).
+    compute_seconds: time spent computing it (θ in hand to gradient out).
+
+    For a sharded parameter server `gradient` is one shard's slice of g, and it may be
+    `Compressed` (fp16, or top-k with the residual kept by the worker).
     """
 
-    gradient: np.ndarray
+    gradient: np.ndarray | Compressed
     samples: int
     loss: float
     gradient_norms: tuple[float, ...] = ()
+    worker: int = 0
+    clock: int = 0
+    compute_seconds: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the gradient as pushed."""
+        return self.gradient.nbytes
 
 
 class GradientWorker:
     """Computes ∂loss/∂θ on the next local mini-batch of its shard.
 
-    X: (n, D) float32 shard, y: (n,) labels or (n, K) targets; `local_batch` rows per step.
+    X: (n, D) float32 shard, y: (n,) labels or (n, K) targets; `local_batch` rows per
+    step, the last step of an epoch reads what is left (maybe nothing); an epoch is
+    `steps_per_epoch` steps (⌈n / local_batch⌉ when not given).
     The gradient is computed in θ's dtype (float32, or float64 when the parameter server
     holds float64). `device` is "cpu" (NumPy) or "gpu" (CuPy); l2, dropout,
     label_smoothing and huber_delta configure the model as in `MLP`. Dropout masks are
@@ -66,6 +84,9 @@ class GradientWorker:
         dropout: float | Sequence[float] = 0.0,
         label_smoothing: float = 0.0,
         huber_delta: float = 1.0,
+        steps_per_epoch: int | None = None,
+        compression: str = "none",
+        topk_fraction: float = 0.01,
     ) -> None:
         if len(X) != len(y):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
@@ -86,6 +107,14 @@ class GradientWorker:
         )
         self.X, self.y = self.xp.asarray(X), self.xp.asarray(y)  # on the device, once
         self.local_batch = local_batch
+        self.steps_per_epoch = steps_per_epoch or math.ceil(len(X) / local_batch)
+        if self.steps_per_epoch * local_batch < len(X):
+            raise ValueError(
+                f"{self.steps_per_epoch} steps of {local_batch} rows cannot read {len(X)} rows"
+            )
+        self.compression = (compression, topk_fraction)
+        self._compressors: list[GradientCompressor] = []  # one per θ shard (its residual)
+        self._theta: np.ndarray | None = None  # θ joined from its shards
         self.seed = seed
         self.worker_index = worker_index
         self._order_epoch = -1
@@ -113,6 +142,10 @@ class GradientWorker:
     def compute_gradients(self, theta: np.ndarray, epoch: int, index: int) -> GradientResult:
         """Gradient of the mean loss over batch `index` of `epoch` at θ: (P,) in θ's dtype."""
         rows = self._batch_rows(epoch, index)
+        if len(rows) == 0:  # an epoch's last step left nothing for this worker
+            zero = np.zeros(len(theta), dtype=theta.dtype)
+            norms = (0.0,) * self.model.layout.num_layers
+            return GradientResult(gradient=zero, samples=0, loss=0.0, gradient_norms=norms)
         if self.device != "cpu":
             rows = self.xp.asarray(rows)
         x, y = self.X[rows], self.y[rows]  # (b, D), (b,) or (b, K)
@@ -126,13 +159,53 @@ class GradientWorker:
             gradient=to_numpy(grad), samples=len(rows), loss=float(loss), gradient_norms=norms
         )
 
+    def gradients(
+        self, clock: int, *theta_parts: np.ndarray
+    ) -> GradientResult | tuple[GradientResult, ...]:
+        """The gradient for this worker's step number `clock` (0-based; epoch and batch
+        follow from it) at θ given as S contiguous shards: one result per shard, each
+        holding that shard's slice of g, compressed as configured (`compression`)."""
+        started = time.perf_counter()
+        theta = theta_parts[0] if len(theta_parts) == 1 else self._joined(theta_parts)
+        epoch, index = divmod(clock, self.steps_per_epoch)
+        whole = self.compute_gradients(theta, epoch, index)
+        seconds = time.perf_counter() - started
+        g = whole.gradient  # (P,)
+        if len(self._compressors) != len(theta_parts):
+            kind, fraction = self.compression
+            self._compressors = [GradientCompressor(kind, fraction) for _ in theta_parts]
+        results, lo = [], 0
+        for part, compressor in zip(theta_parts, self._compressors, strict=True):
+            hi = lo + len(part)
+            pushed = compressor.compress(g[lo:hi]) if compressor.kind != "none" else g[lo:hi]
+            results.append(
+                GradientResult(
+                    gradient=pushed,
+                    samples=whole.samples,
+                    loss=whole.loss,
+                    gradient_norms=whole.gradient_norms,
+                    worker=self.worker_index,
+                    clock=clock,
+                    compute_seconds=seconds,
+                )
+            )
+            lo = hi
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _joined(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        size = sum(len(p) for p in parts)
+        theta = self._theta
+        if theta is None or theta.shape != (size,) or theta.dtype != parts[0].dtype:
+            self._theta = np.empty(size, dtype=parts[0].dtype)  # (P,), reused
+        np.concatenate(parts, out=self._theta)
+        return self._theta
+
     def _batch_rows(self, epoch: int, index: int) -> np.ndarray:
+        if not 0 <= index < self.steps_per_epoch:
+            raise ValueError(f"batch {index} of epoch {epoch} runs past the shard's end")
         if epoch != self._order_epoch:
             self._order = epoch_order(
                 len(self.X), seed=self.seed, epoch=epoch, worker_index=self.worker_index
             )
             self._order_epoch = epoch
-        rows = self._order[index * self.local_batch : (index + 1) * self.local_batch]
-        if len(rows) != self.local_batch:
-            raise ValueError(f"batch {index} of epoch {epoch} runs past the shard's end")
-        return rows
+        return self._order[index * self.local_batch : (index + 1) * self.local_batch]

@@ -100,6 +100,32 @@ class ParamLayout:
             views.append((W, b))
         return views
 
+    def shard_bounds(self, shards: int) -> list[tuple[int, int]]:
+        """θ cut into `shards` contiguous ranges [lo, hi) of near-equal length (a sharded
+        parameter server holds one each; they need not follow layer boundaries)."""
+        if not 1 <= shards <= self._size:
+            raise ValueError(f"shards must be in [1, {self._size}], got {shards}")
+        base, extra = divmod(self._size, shards)
+        bounds, lo = [], 0
+        for s in range(shards):
+            hi = lo + base + (1 if s < extra else 0)
+            bounds.append((lo, hi))
+            lo = hi
+        return bounds
+
+    def weight_squares(self, part: np.ndarray, lo: int) -> np.ndarray:
+        """Σ (∂loss/∂W^l)² per layer over the entries of θ[lo : lo + len(part)] that belong
+        to some W^l (biases excluded): (L,) float64. Summed over a gradient's shards and
+        square-rooted, it gives every ‖∂loss/∂W^l‖ without ever joining the shards."""
+        hi = lo + len(part)
+        squares = np.zeros(self.num_layers)
+        for layer, (w_start, b_start, _) in enumerate(self._offsets):
+            a, b = max(w_start, lo), min(b_start, hi)
+            if a < b:
+                chunk = part[a - lo : b - lo].astype(np.float64, copy=False)
+                squares[layer] = float(chunk @ chunk)
+        return squares
+
     def blocks(self, theta: Array) -> list[Array]:
         """[Θ^1, ..., Θ^L], Θ^l = [W^l; b^l] of shape (in + 1, out), zero-copy views of θ."""
         self._check_flat(theta)

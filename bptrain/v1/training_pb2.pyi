@@ -108,7 +108,7 @@ class DatasetSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dataset_id: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., samples: _Optional[int] = ..., features: _Optional[int] = ..., classes: _Optional[int] = ..., noise: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every", "checkpoint_every", "max_seconds", "schedule", "l2", "label_smoothing", "huber_delta", "init", "dtype", "device")
+    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every", "checkpoint_every", "max_seconds", "schedule", "l2", "label_smoothing", "huber_delta", "init", "dtype", "device", "staleness", "staleness_aware_lr", "ps_shards", "compression", "topk_fraction")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,11 @@ class JobSpec(_message.Message):
     INIT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_AWARE_LR_FIELD_NUMBER: _ClassVar[int]
+    PS_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
     loss: str
@@ -151,10 +156,15 @@ class JobSpec(_message.Message):
     init: str
     dtype: str
     device: str
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., l2: _Optional[float] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., init: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    staleness: int
+    staleness_aware_lr: bool
+    ps_shards: int
+    compression: str
+    topk_fraction: float
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., l2: _Optional[float] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., init: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., staleness: _Optional[int] = ..., staleness_aware_lr: _Optional[bool] = ..., ps_shards: _Optional[int] = ..., compression: _Optional[str] = ..., topk_fraction: _Optional[float] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
-    __slots__ = ("step", "epoch", "loss", "samples_per_second", "learning_rate", "validation_loss", "validation_accuracy", "elapsed_seconds", "gradient_norms")
+    __slots__ = ("step", "epoch", "loss", "samples_per_second", "learning_rate", "validation_loss", "validation_accuracy", "elapsed_seconds", "gradient_norms", "staleness_mean", "staleness_max", "bytes_pushed", "bytes_pulled", "compute_seconds")
     STEP_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +174,11 @@ class MetricPoint(_message.Message):
     VALIDATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_NORMS_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_MAX_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PUSHED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PULLED_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     step: int
     epoch: int
     loss: float
@@ -173,7 +188,12 @@ class MetricPoint(_message.Message):
     validation_accuracy: float
     elapsed_seconds: float
     gradient_norms: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., learning_rate: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., gradient_norms: _Optional[_Iterable[float]] = ...) -> None: ...
+    staleness_mean: float
+    staleness_max: int
+    bytes_pushed: int
+    bytes_pulled: int
+    compute_seconds: float
+    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., learning_rate: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., gradient_norms: _Optional[_Iterable[float]] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., bytes_pushed: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers", "queue_position", "queue_reason", "submission_id")

@@ -101,6 +101,10 @@ def spec_from_proto(
             "l2",
             "label_smoothing",
             "huber_delta",
+            "staleness",
+            "staleness_aware_lr",
+            "ps_shards",
+            "topk_fraction",
         ),
     )
     return JobSpec(
@@ -114,6 +118,7 @@ def spec_from_proto(
         init=message.init or "auto",
         dtype=message.dtype or "float32",
         device=message.device or "cpu",
+        compression=message.compression or "none",
         **top,
     )
 
@@ -159,8 +164,15 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         ),
         workers=spec.workers,
         consistency=spec.consistency,
+        staleness_aware_lr=spec.staleness_aware_lr,
+        ps_shards=spec.ps_shards,
+        compression=spec.compression,
         seed=spec.seed,
     )
+    if spec.staleness_bound is not None:
+        message.staleness = spec.staleness_bound
+    if spec.compression == "topk":
+        message.topk_fraction = spec.topk_share
     if spec.steps is not None:
         message.steps = spec.steps
     if spec.eval_every is not None:
@@ -183,6 +195,11 @@ def point_to_proto(point: MetricPoint) -> pb.MetricPoint:
         learning_rate=point.learning_rate,
         elapsed_seconds=point.elapsed_seconds,
         gradient_norms=point.gradient_norms,
+        staleness_mean=point.staleness_mean,
+        staleness_max=point.staleness_max,
+        bytes_pushed=point.bytes_pushed,
+        bytes_pulled=point.bytes_pulled,
+        compute_seconds=point.compute_seconds,
     )
     if point.validation_loss is not None:
         message.validation_loss = point.validation_loss

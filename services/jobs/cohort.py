@@ -1,14 +1,16 @@
-"""Cohort: one job's actors on Ray (a parameter server, N gradient workers) and their repair.
+"""Cohort: one job's actors on Ray (S parameter-server shards, N gradient workers) and repair.
 
 A dead or unresponsive worker is replaced by a new actor that gets the same shard
-(the shards stay in the object store, owned by the runner); a dead parameter server
-is replaced by one restored from the job's newest intact checkpoint.
+(the shards stay in the object store, owned by the runner); a dead parameter-server
+shard has every shard replaced by ones restored from the job's newest intact
+checkpoint (so θ's parts never come from different steps).
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -17,6 +19,7 @@ from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
 from services.paramserver.server import ParameterServer, StepStats
 from worker.gradient_worker import GradientWorker
+from worker.layout import ParamLayout
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class Cohort:
         self.schedule = spec.schedule.schedule(total_steps)
         self.worker_cpus = worker_cpus
         self.checkpoints = checkpoints
-        self.ps: ray.actor.ActorHandle | None = None
+        self.servers: list[ray.actor.ActorHandle] = []  # one per θ shard
         self.workers: list[ray.actor.ActorHandle] = []
         self.placement: list[dict] = []
         self.replacements = 0  # actors replaced so far
@@ -68,26 +71,76 @@ class Cohort:
         self.placement = self._wait_placed(self.workers)
         return resumed
 
-    def step(self, theta_ref: ray.ObjectRef, step: int) -> tuple[ray.ObjectRef, ray.ObjectRef]:
-        """Issue one BSP step at θ: every worker's gradient, straight into the parameter
-        server. Returns (stats ref, θ-after ref); nothing passes through the runner."""
-        epoch, index = divmod(step - 1, self.data.plan.steps_per_epoch)
-        gradients = [w.compute_gradients.remote(theta_ref, epoch, index) for w in self.workers]
-        return self.ps.apply_gradients.options(num_returns=2).remote(*gradients, step=step)
+    @property
+    def ps(self) -> ray.actor.ActorHandle:
+        """The first parameter-server shard (the only one unless ps_shards > 1)."""
+        return self.servers[0]
+
+    def theta_refs(self) -> list[ray.ObjectRef]:
+        """θ now, one ObjectRef per shard."""
+        return [server.get_theta.remote() for server in self.servers]
+
+    def step(
+        self, theta_refs: list[ray.ObjectRef], step: int
+    ) -> tuple[list[ray.ObjectRef], list[ray.ObjectRef]]:
+        """Issue one BSP step at θ: every worker's gradient slices, straight into the
+        parameter-server shards. Returns (stats refs, θ-after refs), one per shard;
+        nothing passes through the runner."""
+        shards = len(self.servers)
+        parts = [
+            w.gradients.options(num_returns=shards).remote(step - 1, *theta_refs)
+            for w in self.workers
+        ]
+        if shards == 1:
+            parts = [[p] for p in parts]
+        stats, thetas = [], []
+        for s, server in enumerate(self.servers):
+            slices = [worker_parts[s] for worker_parts in parts]
+            stat, theta = server.apply_gradients.options(num_returns=2).remote(*slices, step=step)
+            stats.append(stat)
+            thetas.append(theta)
+        return stats, thetas
+
+    def submit(self, worker: int, clock: int) -> list[ray.ObjectRef]:
+        """asp/ssp: worker `worker`'s gradient number `clock` at θ as the shards hold it
+        now, pushed to every shard as soon as it exists. Returns the pushes' stats refs."""
+        shards = len(self.servers)
+        theta_refs = [server.read_theta.remote(worker, clock) for server in self.servers]
+        parts = (
+            self.workers[worker].gradients.options(num_returns=shards).remote(clock, *theta_refs)
+        )
+        parts = [parts] if shards == 1 else parts
+        return [server.push.remote(part) for server, part in zip(self.servers, parts, strict=True)]
+
+    def clocks(self) -> list[int]:
+        """asp/ssp: gradients applied per worker (the first shard's count)."""
+        return ray.get(self.ps.clocks.remote(), timeout=PLACEMENT_TIMEOUT_S)
 
     def checkpoint(self) -> int:
-        """Save the parameter server's state; returns its step."""
-        state = ray.get(self.ps.state_dict.remote(), timeout=PLACEMENT_TIMEOUT_S)
-        self.checkpoints.save(Checkpoint(**state))
-        return state["step"]
+        """Save the parameter server's state (its shards joined); returns its step."""
+        states = ray.get(
+            [server.state_dict.remote() for server in self.servers], timeout=PLACEMENT_TIMEOUT_S
+        )
+        joined = {
+            "step": min(state["step"] for state in states),
+            "theta": np.concatenate([state["theta"] for state in states]),
+            "optimizer_step": states[0]["optimizer_step"],
+            "buffers": {
+                name: np.concatenate([state["buffers"][name] for state in states])
+                for name in states[0]["buffers"]
+            },
+        }
+        self.checkpoints.save(Checkpoint(**joined))
+        return joined["step"]
 
     def repair(self) -> int | None:
         """Replace every actor that does not answer. Returns the step to continue from
         when the parameter server had to be restored, else None (retry the same step)."""
         resumed = None
-        if not self._answers(self.ps.ping):
+        if not all(self._answers(server.ping) for server in self.servers):
             log.warning("job %s: parameter server lost; restoring it", self.job_id)
-            self._kill(self.ps)
+            for server in self.servers:
+                self._kill(server)
             resumed = self._start_ps()
             self.replacements += 1
         for i, worker in enumerate(self.workers):
@@ -100,19 +153,25 @@ class Cohort:
         return resumed
 
     def release(self) -> None:
-        for actor in [self.ps, *self.workers]:
-            if actor is not None:
-                self._kill(actor)
-        self.ps, self.workers = None, []
+        for actor in [*self.servers, *self.workers]:
+            self._kill(actor)
+        self.servers, self.workers = [], []
 
     # --- helpers -------------------------------------------------------------------------
 
     def _start_ps(self, at_most: int | None = None) -> int:
         spec = self.spec
         self._generation += 1
-        self.ps = (
+        # bsp steps come one at a time; asp/ssp pushes must not queue behind one whose
+        # gradient is not there yet, so those servers take calls on several threads.
+        concurrency = 1 if spec.consistency == "bsp" else 2 * spec.workers + 4
+        self.servers = [
             ray.remote(ParameterServer)
-            .options(name=f"{self.job_id}/ps.{self._generation}", num_cpus=0)
+            .options(
+                name=f"{self.job_id}/ps-{s}.{self._generation}",
+                num_cpus=0,
+                max_concurrency=concurrency,
+            )
             .remote(
                 sizes=spec.sizes,
                 activations=spec.activations,
@@ -122,18 +181,26 @@ class Cohort:
                 schedule=self.schedule,
                 dtype=spec.dtype,
                 init=spec.init,
+                consistency=spec.consistency,
+                staleness_aware_lr=spec.staleness_aware_lr,
+                shard=(s, spec.ps_shards),
             )
-        )
+            for s in range(spec.ps_shards)
+        ]
         latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
         if latest is None:
             return 0
+        bounds = ParamLayout(spec.sizes).shard_bounds(spec.ps_shards)
         ray.get(
-            self.ps.restore.remote(
-                step=latest.step,
-                theta=latest.theta,
-                optimizer_step=latest.optimizer_step,
-                buffers=latest.buffers,
-            ),
+            [
+                server.restore.remote(
+                    step=latest.step,
+                    theta=latest.theta[lo:hi],
+                    optimizer_step=latest.optimizer_step,
+                    buffers={name: array[lo:hi] for name, array in latest.buffers.items()},
+                )
+                for server, (lo, hi) in zip(self.servers, bounds, strict=True)
+            ],
             timeout=PLACEMENT_TIMEOUT_S,
         )
         log.info("job %s: parameter server restored from step %d", self.job_id, latest.step)
@@ -157,6 +224,9 @@ class Cohort:
                 X=X,  # the shard travels by reference, once per actor
                 y=y,
                 local_batch=self.data.plan.local_batches[i],
+                steps_per_epoch=self.data.plan.steps_per_epoch,
+                compression=self.spec.compression,
+                topk_fraction=self.spec.topk_share,
                 seed=self.spec.seed,
                 worker_index=i,
                 device=self.spec.device,

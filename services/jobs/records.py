@@ -35,6 +35,11 @@ class MetricPoint:
     validation_loss: float | None = None
     validation_accuracy: float | None = None
     gradient_norms: tuple[float, ...] = ()
+    staleness_mean: float = 0.0  # θ versions between a gradient's read and its apply
+    staleness_max: int = 0
+    bytes_pushed: int = 0  # gradient bytes sent to the parameter server (all workers)
+    bytes_pulled: int = 0  # θ bytes read by the workers
+    compute_seconds: float = 0.0  # mean time a worker took to compute one gradient
 
 
 @dataclass(frozen=True, kw_only=True)

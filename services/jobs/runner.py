@@ -13,6 +13,7 @@ push is not applied twice. Checkpoints go to `checkpoint_dir` every
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -29,7 +30,8 @@ from services.jobs.checkpoints import CheckpointStore
 from services.jobs.cohort import Cohort, PlacementError
 from services.jobs.records import JobState, MetricPoint
 from services.jobs.spec import JobSpec
-from services.jobs.training_data import DataError, prepare_data, total_steps
+from services.jobs.training_data import DataError, TrainingData, prepare_data, total_steps
+from services.paramserver.server import StepStats
 from worker.model import MLP
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,10 @@ class JobRunner:
         self._cancelled = threading.Event()
         self._cohort: Cohort | None = None
         self._theta: np.ndarray | None = None
-        self._latest: tuple[int, ray.ObjectRef] | None = None  # (step, θ after it)
+        self._latest: tuple[int, list | None] | None = None  # (step, θ's shard refs after it)
+        # asp/ssp, once trained: the parameter server's θ reads as (worker, clock, slowest
+        # worker's clock at the read), for checking the staleness bound.
+        self.read_log: list[tuple[int, int, int]] = []
 
     # --- called by the job manager ---------------------------------------------------
 
@@ -163,8 +168,10 @@ class JobRunner:
         latest = self._latest
         if latest is None:
             raise RuntimeError("the job has not finished a step yet")
-        step, theta_ref = latest
-        return step, ray.get(theta_ref)
+        step, theta_refs = latest
+        if theta_refs is None:  # asp/ssp: θ as it is now
+            theta_refs = self._cohort.theta_refs()
+        return step, _joined(ray.get(theta_refs))
 
     # --- training ----------------------------------------------------------------------
 
@@ -172,10 +179,6 @@ class JobRunner:
         spec = self.spec
         data = prepare_data(spec, self.datasets_dir)
         steps = total_steps(spec, data.plan)
-        steps_per_epoch = data.plan.steps_per_epoch
-        eval_every = spec.eval_every or steps_per_epoch
-        checkpoint_every = spec.checkpoint_every or steps_per_epoch
-        model = MLP(spec.sizes, spec.activations, spec.loss, **spec.model_options)
         try:
             self._cohort = cohort = Cohort(
                 self.job_id,
@@ -193,63 +196,100 @@ class JobRunner:
             self._total_steps = steps
             self._started_at = time.time()
             self._changed.notify_all()
+        loop = _Loop(self, cohort, data, steps)
+        if spec.consistency == "bsp":
+            self._train_bsp(loop, step)
+        else:
+            self._train_async(loop, step)
+        self._theta = _joined(ray.get(cohort.theta_refs()))
 
-        started = last = time.monotonic()
-        first_loss: float | None = None
-        theta_ref = cohort.ps.get_theta.remote()
-        while step < steps:
-            if self._cancelled.is_set():
-                raise JobCancelled
-            if spec.max_seconds is not None and time.monotonic() - started > spec.max_seconds:
-                raise JobFailed(
-                    f"time limit of {spec.max_seconds:g} s reached at step {step}; "
-                    "its last checkpoint is kept"
-                )
+    def _train_bsp(self, loop: _Loop, step: int) -> None:
+        """One global batch per step: every worker's gradient at the same θ, averaged."""
+        cohort = loop.cohort
+        theta_refs = cohort.theta_refs()
+        while step < loop.steps:
+            loop.check_limits(step)
             try:
-                stats_ref, next_theta_ref = cohort.step(theta_ref, step + 1)
-                stats = ray.get(stats_ref, timeout=STEP_TIMEOUT_S)
+                stats_refs, next_theta_refs = cohort.step(theta_refs, step + 1)
+                stats = ray.get(stats_refs, timeout=STEP_TIMEOUT_S)
+                step += 1
+                theta_refs = next_theta_refs
+                self._latest = (step, theta_refs)
+                loop.finish_step(step, [_merge_shards(stats)], theta_refs)
             except (RayActorError, GetTimeoutError, ObjectLostError) as error:
                 if self._cancelled.is_set():
                     raise JobCancelled from None
-                step, theta_ref = self._recover(cohort, step, error)
-                continue
-            step += 1
-            theta_ref = next_theta_ref
-            self._latest = (step, theta_ref)
-            first_loss = stats.loss if first_loss is None else first_loss
-            if is_diverged(stats.loss, stats.gradient_norms, first_loss):
-                raise JobFailed(f"diverged at step {step} (loss {stats.loss:.4g})")
-            if self.checkpoints is not None and (step % checkpoint_every == 0 or step == steps):
-                cohort.checkpoint()
-            now = time.monotonic()
-            validation: dict[str, float] = {}
-            if len(data.X_val) and (step % eval_every == 0 or step == steps):
-                validation = model.evaluate(ray.get(theta_ref), data.X_val, data.y_val)
-            self._publish(
-                MetricPoint(
-                    step=step,
-                    epoch=(step - 1) // steps_per_epoch,
-                    loss=stats.loss,
-                    samples_per_second=stats.samples / max(now - last, 1e-9),
-                    learning_rate=stats.learning_rate,
-                    elapsed_seconds=now - started,
-                    validation_loss=validation.get("loss"),
-                    validation_accuracy=validation.get("accuracy"),
-                    gradient_norms=stats.gradient_norms,
-                )
-            )
-            last = now
-        self._theta = ray.get(theta_ref)
+                resumed = self._repair(cohort, step, error)
+                step = step if resumed is None else resumed
+                theta_refs = cohort.theta_refs()
 
-    def _recover(self, cohort: Cohort, step: int, error: Exception) -> tuple[int, ray.ObjectRef]:
-        """Replace the actors that died; returns (step to continue from, θ ref at it)."""
+    def _train_async(self, loop: _Loop, start: int) -> None:
+        """asp/ssp: each worker pushes its gradients at its own pace; step t is reported
+        once every worker's gradient number t − 1 is applied.
+
+        A worker has up to two gradients on the way (the next is computed while the last
+        is pushed; so asp staleness is at least 1). Under ssp a worker starts gradient c
+        only once every worker has c − s applied.
+        """
+        cohort, spec, n = loop.cohort, self.spec, self.spec.workers
+        bound = spec.staleness_bound
+        depth = 1 if bound == 0 else 2
+        applied = [start] * n  # per worker: every gradient below this clock is applied
+        ahead: list[set[int]] = [set() for _ in range(n)]  # applied above it (out of order)
+        next_clock = [start] * n
+        pending: dict[tuple[int, int], list[ray.ObjectRef]] = {}  # (worker, clock) → pushes
+        rounds: dict[int, dict[int, StepStats]] = {}  # clock → worker → its push's stats
+        reported = start
+        while reported < loop.steps:
+            loop.check_limits(reported)
+            for i in range(n):
+                while (
+                    next_clock[i] < loop.steps
+                    and next_clock[i] - applied[i] < depth
+                    and (bound is None or next_clock[i] - min(applied) <= bound)
+                ):
+                    pending[(i, next_clock[i])] = cohort.submit(i, next_clock[i])
+                    next_clock[i] += 1
+            refs = [ref for shard_refs in pending.values() for ref in shard_refs]
+            if not refs:
+                raise JobFailed(f"no gradient in flight at step {reported}")  # a bug, not a fault
+            try:
+                ready, _ = ray.wait(refs, num_returns=1, timeout=STEP_TIMEOUT_S)
+                if not ready:
+                    raise GetTimeoutError(f"no gradient arrived in {STEP_TIMEOUT_S:.0f} s")
+                done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+                for key in [k for k, shard_refs in pending.items() if done.issuperset(shard_refs)]:
+                    stats = _merge_shards(ray.get(pending.pop(key), timeout=STEP_TIMEOUT_S))
+                    worker, clock = key
+                    ahead[worker].add(clock)
+                    while applied[worker] in ahead[worker]:
+                        ahead[worker].remove(applied[worker])
+                        applied[worker] += 1
+                    rounds.setdefault(clock, {})[worker] = stats
+                while len(rounds.get(reported, ())) == n:
+                    reported += 1
+                    self._latest = (reported, None)
+                    loop.finish_step(reported, list(rounds.pop(reported - 1).values()), None)
+            except (RayActorError, GetTimeoutError, ObjectLostError) as error:
+                if self._cancelled.is_set():
+                    raise JobCancelled from None
+                resumed = self._repair(cohort, reported, error)
+                pending.clear()
+                if resumed is not None:  # the parameter server came back from a checkpoint
+                    reported = resumed
+                    applied = [resumed] * n
+                    rounds = {}
+                ahead = [set() for _ in range(n)]  # computed again (the server deduplicates)
+                next_clock = list(applied)
+        self.read_log = ray.get(cohort.ps.read_log.remote(), timeout=STEP_TIMEOUT_S)
+
+    def _repair(self, cohort: Cohort, step: int, error: Exception) -> int | None:
+        """Replace the actors that died; returns the restored parameter server's step
+        (None when it survived)."""
         if cohort.replacements >= MAX_REPLACEMENTS:
             raise JobFailed(f"gave up after replacing {cohort.replacements} lost actors") from error
         log.warning("job %s: step %d failed (%s); repairing", self.job_id, step + 1, error)
-        resumed = cohort.repair()
-        if resumed is not None:
-            step = resumed  # the parameter server came back from a checkpoint
-        return step, cohort.ps.get_theta.remote()
+        return cohort.repair()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -267,3 +307,96 @@ class JobRunner:
     def _release_actors(self) -> None:
         if self._cohort is not None:
             self._cohort.release()
+
+
+class _Loop:
+    """What every step does once its gradients are in: checks, checkpoints, a point."""
+
+    def __init__(self, runner: JobRunner, cohort: Cohort, data: TrainingData, steps: int) -> None:
+        spec = runner.spec
+        self.runner, self.cohort, self.data, self.steps = runner, cohort, data, steps
+        self.steps_per_epoch = data.plan.steps_per_epoch
+        self.eval_every = spec.eval_every or self.steps_per_epoch
+        self.checkpoint_every = spec.checkpoint_every or self.steps_per_epoch
+        self.model = MLP(spec.sizes, spec.activations, spec.loss, **spec.model_options)
+        itemsize = 8 if spec.dtype == "float64" else 4
+        self.theta_bytes = self.model.layout.size * itemsize
+        self.started = self.last = time.monotonic()
+        self.first_loss: float | None = None
+
+    def check_limits(self, step: int) -> None:
+        spec = self.runner.spec
+        if self.runner._cancelled.is_set():
+            raise JobCancelled
+        if spec.max_seconds is not None and time.monotonic() - self.started > spec.max_seconds:
+            raise JobFailed(
+                f"time limit of {spec.max_seconds:g} s reached at step {step}; "
+                "its last checkpoint is kept"
+            )
+
+    def finish_step(
+        self, step: int, stats: list[StepStats], theta_refs: list[ray.ObjectRef] | None
+    ) -> None:
+        """Checks, publishes and checkpoints a step whose updates are applied. `stats`: its
+        updates (one for bsp, one per worker otherwise). Raises JobFailed when the loss
+        diverged; a Ray fault while checkpointing propagates (the step is reported)."""
+        samples = sum(s.samples for s in stats)
+        loss = sum(s.samples * s.loss for s in stats) / max(samples, 1)
+        columns = zip(*(s.gradient_norms for s in stats), strict=True)  # per layer
+        norms = tuple(float(np.mean(column)) for column in columns)
+        staleness = [tau for s in stats for tau in s.staleness] or [0]
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        if is_diverged(loss, norms, self.first_loss):
+            raise JobFailed(f"diverged at step {step} (loss {loss:.4g})")
+        now = time.monotonic()
+        validation: dict[str, float] = {}
+        if len(self.data.X_val) and (step % self.eval_every == 0 or step == self.steps):
+            try:
+                theta = _joined(ray.get(theta_refs or self.cohort.theta_refs(), timeout=60))
+                validation = self.model.evaluate(theta, self.data.X_val, self.data.y_val)
+            except (RayActorError, GetTimeoutError, ObjectLostError) as error:
+                job = self.runner.job_id
+                log.warning("job %s: no validation at step %d (%s)", job, step, error)
+        pulls = sum(len(s.staleness) for s in stats)  # one θ per gradient
+        self.runner._publish(
+            MetricPoint(
+                step=step,
+                epoch=(step - 1) // self.steps_per_epoch,
+                loss=loss,
+                samples_per_second=samples / max(now - self.last, 1e-9),
+                learning_rate=stats[-1].learning_rate,
+                elapsed_seconds=now - self.started,
+                validation_loss=validation.get("loss"),
+                validation_accuracy=validation.get("accuracy"),
+                gradient_norms=norms,
+                staleness_mean=float(np.mean(staleness)),
+                staleness_max=int(max(staleness)),
+                bytes_pushed=sum(s.bytes_pushed for s in stats),
+                bytes_pulled=pulls * self.theta_bytes,
+                compute_seconds=float(np.mean([s.compute_seconds for s in stats])),
+            )
+        )
+        self.last = now
+        # After the point: a lost parameter server surfaces here as a fault the step
+        # loop repairs, and the checkpoint never runs ahead of the reported steps.
+        if self.runner.checkpoints is not None and (
+            step % self.checkpoint_every == 0 or step == self.steps
+        ):
+            self.cohort.checkpoint()
+
+
+def _merge_shards(parts: list[StepStats]) -> StepStats:
+    """One update's stats from its shards' (they share loss, samples and staleness)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return dataclasses.replace(
+        first,
+        weight_squares=tuple(map(sum, zip(*(p.weight_squares for p in parts), strict=True))),
+        square=sum(p.square for p in parts),
+        bytes_pushed=sum(p.bytes_pushed for p in parts),
+    )
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -17,10 +17,15 @@ from services.datasets import DATASET_NAMES, DatasetOptions, input_width, output
 from services.errors import InvalidSpecError
 from services.paramserver.optimizers import LRSchedule, OptimizerConfig
 from worker.activations import ACTIVATIONS
+from worker.compression import COMPRESSIONS
 from worker.initializers import INITIALIZERS
 from worker.losses import LOSSES
 
-CONSISTENCY_MODES = ("bsp",)
+CONSISTENCY_MODES = ("bsp", "ssp", "asp")
+DEFAULT_STALENESS = 2  # ssp's bound s when the spec gives none
+DEFAULT_TOPK_FRACTION = 0.01
+MAX_STALENESS = 1000
+MAX_PS_SHARDS = 64
 REGRESSION_LOSSES = ("mse", "huber", "binary_cross_entropy")
 UPLOADED = "uploaded"  # dataset name of a dataset sent with UploadDataset
 
@@ -147,6 +152,11 @@ class JobSpec:
     dataset: DatasetSpec
     workers: int = 2
     consistency: str = "bsp"
+    staleness: int | None = None  # ssp's bound s (DEFAULT_STALENESS when None)
+    staleness_aware_lr: bool = False  # asp/ssp: η / (1 + staleness)
+    ps_shards: int = 1  # θ split over this many parameter-server actors
+    compression: str = "none"  # of pushed gradients: none, fp16, topk
+    topk_fraction: float | None = None  # topk: share of g's entries sent per push
     seed: int = 0
     eval_every: int | None = None
     checkpoint_every: int | None = None
@@ -176,11 +186,7 @@ class JobSpec:
         _check_range("epochs", self.epochs, 1, MAX_EPOCHS)
         if self.steps is not None:
             _check_range("steps", self.steps, 1, MAX_STEPS)
-        if self.consistency not in CONSISTENCY_MODES:
-            raise InvalidSpecError(
-                "consistency",
-                f"must be bsp (ssp and asp are not available yet), got {self.consistency!r}",
-            )
+        self._check_distribution()
         _check_range("seed", self.seed, 0, 2**63 - 1)
         if self.eval_every is not None:
             _check_range("eval_every", self.eval_every, 1, MAX_STEPS)
@@ -198,6 +204,42 @@ class JobSpec:
         _check_choice("init", self.init, INITIALIZERS)
         _check_choice("dtype", self.dtype, ("float32", "float64"))
         _check_choice("device", self.device, ("cpu", "gpu"))
+
+    def _check_distribution(self) -> None:
+        _check_choice("consistency", self.consistency, CONSISTENCY_MODES)
+        if self.staleness is not None:
+            if self.consistency != "ssp":
+                raise InvalidSpecError("staleness", "applies only to consistency ssp")
+            _check_range("staleness", self.staleness, 0, MAX_STALENESS)
+        if self.staleness_aware_lr and self.consistency == "bsp":
+            raise InvalidSpecError("staleness_aware_lr", "applies only to consistency asp or ssp")
+        _check_range("ps_shards", self.ps_shards, 1, MAX_PS_SHARDS)
+        if self.ps_shards > self.parameter_count:
+            raise InvalidSpecError(
+                "ps_shards", f"must be <= the model's {self.parameter_count} parameters"
+            )
+        if self.ps_shards > 1 and self.optimizer.clip_norm:
+            raise InvalidSpecError(
+                "ps_shards",
+                "must be 1 with optimizer.clip_norm (clipping by the global norm needs "
+                "the whole gradient in one place)",
+            )
+        _check_choice("compression", self.compression, COMPRESSIONS)
+        if self.topk_fraction is not None:
+            if self.compression != "topk":
+                raise InvalidSpecError("topk_fraction", "applies only to compression topk")
+            _check_range("topk_fraction", self.topk_fraction, 1e-6, 1.0)
+
+    @property
+    def staleness_bound(self) -> int | None:
+        """ssp's s; None for bsp and asp (no bound)."""
+        if self.consistency != "ssp":
+            return None
+        return DEFAULT_STALENESS if self.staleness is None else self.staleness
+
+    @property
+    def topk_share(self) -> float:
+        return DEFAULT_TOPK_FRACTION if self.topk_fraction is None else self.topk_fraction
 
     def _check_layers(self) -> None:
         if not self.layers:

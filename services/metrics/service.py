@@ -120,7 +120,27 @@ class ServiceMetrics:
             JOB_GAUGE_LABELS,
             registry=r,
         )
+        self.job_staleness = Gauge(
+            "bptrain_job_staleness",
+            "Mean staleness (θ versions between a gradient's read and its apply) at the latest "
+            "step of a RUNNING job; 0 under bsp.",
+            JOB_GAUGE_LABELS,
+            registry=r,
+        )
+        self.job_staleness_max = Gauge(
+            "bptrain_job_staleness_max",
+            "Largest staleness at the latest step of a RUNNING job.",
+            JOB_GAUGE_LABELS,
+            registry=r,
+        )
+        self.pushed_bytes = Counter(
+            "bptrain_pushed_gradient_bytes_total",
+            "Gradient bytes workers sent to parameter servers (after compression), all jobs.",
+            registry=r,
+        )
         self._per_job = (
+            self.job_staleness,
+            self.job_staleness_max,
             self.job_loss,
             self.job_samples_per_second,
             self.job_validation_loss,
@@ -171,6 +191,7 @@ class ServiceMetrics:
                     continue  # already counted
                 duration = max(point.elapsed_seconds - progress.elapsed_seconds, 0.0)
                 self.training_steps.inc()
+                self.pushed_bytes.inc(point.bytes_pushed)
                 self.ps_updates.inc(point.step - progress.step)
                 self.training_samples.inc(round(point.samples_per_second * duration))
                 self.step_duration.observe(duration)
@@ -178,6 +199,8 @@ class ServiceMetrics:
             latest = points[-1]
             self.job_loss.labels(job_id).set(latest.loss)
             self.job_samples_per_second.labels(job_id).set(latest.samples_per_second)
+            self.job_staleness.labels(job_id).set(latest.staleness_mean)
+            self.job_staleness_max.labels(job_id).set(latest.staleness_max)
             validated = [p for p in points if p.validation_loss is not None]
             if validated:
                 self.job_validation_loss.labels(job_id).set(validated[-1].validation_loss)

@@ -1,12 +1,29 @@
-"""ParameterServer: holds θ (one flat buffer) and its optimizer state, applies gradients.
+"""ParameterServer: holds θ (or one contiguous shard of it) and its optimizer state.
 
-A plain class; the job runner makes it a Ray actor. Workers only compute gradients;
-this is the one place θ changes: θ ← θ − η_t·g (or the configured optimizer's step),
-with η_t from the learning-rate schedule.
+A plain class; the job runner makes it a Ray actor (threaded, so a push waiting for
+its gradient never blocks another's). Workers only compute gradients; this is the one
+place θ changes: θ ← θ − η_t·g (or the configured optimizer's step), with η_t from the
+learning-rate schedule. Three consistency modes:
+
+- bsp: `apply_gradients` takes one gradient per worker, averages them weighted by
+  sample count, g = Σ_i n_i g_i / Σ_i n_i, and applies one update: θ's version + 1.
+- asp: `push` applies each worker's gradient as its own update, as soon as it comes.
+- ssp: like asp; the runner lets a worker start clock c only once every worker has
+  pushed c − s gradients (s = the staleness bound), and `read_theta` records the
+  slowest worker's clock at every read, so the bound can be checked afterwards.
+
+For asp/ssp the staleness of a gradient is θ's version when it is applied minus the
+version it was computed on (recorded when the worker read θ); with
+`staleness_aware_lr`, η is scaled by 1 / (1 + staleness).
+
+With S shards, shard s holds θ[lo_s : hi_s] (`ParamLayout.shard_bounds`) and updates
+it independently; element-wise optimizers make that the same as one server (global-norm
+clipping is the exception, and a sharded job cannot ask for it).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,36 +37,56 @@ from services.paramserver.optimizers import (
     init_state,
     learning_rate_at,
 )
+from worker.compression import Compressed, decompress
 from worker.gradient_worker import GradientResult
 from worker.layout import ParamLayout
+
+CONSISTENCY_MODES = ("bsp", "ssp", "asp")
+_KEPT_PUSHES = 4096  # (worker, clock) results remembered so a retried push is applied once
+_KEPT_READS = 100_000  # entries of the read log (the newest)
 
 
 @dataclass(frozen=True)
 class StepStats:
-    """What one applied update looked like.
+    """What one applied update (bsp) or one applied push (asp/ssp) looked like.
 
-    version: θ's version after the update (the number of updates applied).
-    loss: sample-weighted mean of the workers' losses, i.e. the global batch's mean loss.
-    learning_rate: the η_t this update used (the schedule's value at this step).
-    gradient_norms: ‖∂loss/∂W^l‖ of the averaged gradient, per layer.
-    gradient_norm: ‖g‖ over all of θ's averaged gradient, before any clipping.
+    version: θ's version (this shard's) after the update: updates applied so far.
+    loss: sample-weighted mean of the gradients' losses (the global batch's, for bsp).
+    learning_rate: the η this update used (the schedule's value, staleness-scaled).
+    weight_squares: Σ (∂loss/∂W^l)² of the applied gradient over this shard's part of θ,
+        per layer; summed over shards and square-rooted: the per-layer norms.
+    staleness: per gradient, θ's version at apply time minus the version it was
+        computed on (0 for bsp).
+    bytes_pushed: bytes of the gradients as they arrived (after compression).
+    compute_seconds: mean time a worker took to compute one of the gradients.
+    worker, clock: for a push, whose gradient and its clock (0-based); -1 for bsp.
     """
 
     version: int
     samples: int
     loss: float
     learning_rate: float
-    gradient_norms: tuple[float, ...]
-    gradient_norm: float = 0.0
+    weight_squares: tuple[float, ...]
+    square: float = 0.0  # Σ g² over this shard's part of θ (biases included)
+    staleness: tuple[int, ...] = ()
+    bytes_pushed: int = 0
+    compute_seconds: float = 0.0
+    worker: int = -1
+    clock: int = -1
+
+    @property
+    def gradient_norms(self) -> tuple[float, ...]:
+        """‖∂loss/∂W^l‖ per layer (exact when this is the only shard)."""
+        return tuple(float(np.sqrt(s)) for s in self.weight_squares)
+
+    @property
+    def gradient_norm(self) -> float:
+        """‖g‖ over this shard's part of θ, before any clipping."""
+        return float(np.sqrt(self.square))
 
 
 class ParameterServer:
-    """Bulk-synchronous parameter server for one job.
-
-    Each `apply_gradients` call takes one gradient per worker, averages them weighted
-    by sample count, g = Σ_i n_i g_i / Σ_i n_i, applies one optimizer step and moves
-    θ's version up by one.
-    """
+    """One job's parameter server (or one of its S shards); see the module docstring."""
 
     def __init__(
         self,
@@ -62,49 +99,103 @@ class ParameterServer:
         schedule: LRSchedule | None = None,
         dtype: str = "float32",
         init: str | Sequence[str] = "auto",
+        consistency: str = "bsp",
+        staleness_aware_lr: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         """`schedule` scales optimizer.learning_rate per step (constant when None);
         `dtype` ("float32" or "float64") is θ's, which workers compute in; `init` picks
-        the initialiser ("auto", "he", "glorot", or one per layer)."""
+        the initialiser ("auto", "he", "glorot", or one per layer); `shard` = (s, S):
+        hold the s-th of S contiguous parts of θ."""
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        if consistency not in CONSISTENCY_MODES:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_MODES}, got {consistency!r}")
+        index, count = shard
+        if count > 1 and optimizer.clip_norm:
+            raise ValueError("global-norm clipping needs the whole gradient: use one shard")
         self.layout = ParamLayout(sizes)
+        self.lo, self.hi = self.layout.shard_bounds(count)[index]
         self.optimizer = optimizer
         self.schedule = schedule or LRSchedule()
         self.workers = workers
-        self.theta = self.layout.init_theta(activations, seed, dtype, init=init)  # (P,)
-        self.state = init_state(optimizer, self.layout.size, self.theta.dtype)
-        self._g = np.zeros_like(self.theta)  # (P,) averaged gradient, reused every step
+        self.consistency = consistency
+        self.staleness_aware_lr = staleness_aware_lr
+        theta = self.layout.init_theta(activations, seed, dtype, init=init)  # (P,)
+        self.theta = theta[self.lo : self.hi].copy()  # (hi − lo,): this shard of θ
+        self.state = init_state(optimizer, len(self.theta), self.theta.dtype)
+        self._g = np.zeros_like(self.theta)  # the applied gradient, reused every update
+        self._part = np.zeros_like(self.theta)  # one decompressed gradient
         self.version = 0
-        self._last: tuple[StepStats, np.ndarray] | None = None  # for a retried step
+        self._lock = threading.Lock()
+        self._last: tuple[StepStats, np.ndarray] | None = None  # bsp: for a retried step
+        self._clocks = [0] * workers  # asp/ssp: per worker, every clock below it is applied
+        self._ahead: list[set[int]] = [set() for _ in range(workers)]  # applied, above it
+        self._reads: dict[tuple[int, int], tuple[int, int]] = {}  # (w, c) → (version, min clock)
+        self._pushed: dict[tuple[int, int], StepStats] = {}  # (w, c) → its stats
+        self._read_log: list[tuple[int, int, int]] = []  # (worker, clock, slowest clock)
+
+    # --- reads -------------------------------------------------------------------------
 
     def get_theta(self) -> np.ndarray:
-        """A snapshot of θ: (P,) in θ's dtype (float32 unless asked otherwise)."""
-        return self.theta.copy()
+        """A snapshot of θ (this shard's part): (hi − lo,) in θ's dtype."""
+        with self._lock:
+            return self.theta.copy()
+
+    def read_theta(self, worker: int, clock: int) -> np.ndarray:
+        """θ for `worker`'s gradient number `clock` (asp/ssp); records the version read
+        and the slowest worker's clock at that moment."""
+        with self._lock:
+            slowest = min(self._clocks)
+            self._reads[(worker, clock)] = (self.version, slowest)
+            self._read_log.append((worker, clock, slowest))
+            if len(self._read_log) > 2 * _KEPT_READS:
+                del self._read_log[:-_KEPT_READS]
+            return self.theta.copy()
 
     def ping(self) -> int:
         """θ's version; answers as long as the actor is alive and not stuck."""
         return self.version
 
+    def clocks(self) -> list[int]:
+        """Per worker, the clock below which every gradient is applied (asp/ssp)."""
+        with self._lock:
+            return list(self._clocks)
+
+    def read_log(self) -> list[tuple[int, int, int]]:
+        """θ reads as (worker, clock, slowest worker's clock then), oldest first (at
+        least the newest _KEPT_READS). Under ssp, clock − slowest <= s for each."""
+        with self._lock:
+            return list(self._read_log)
+
     def state_dict(self) -> dict:
         """θ, the optimizer state and θ's version, as copies (for a checkpoint)."""
-        return {
-            "step": self.version,
-            "theta": self.theta.copy(),
-            "optimizer_step": self.state.step,
-            "buffers": {name: array.copy() for name, array in self.state.buffers.items()},
-        }
+        with self._lock:
+            return {
+                "step": self.version if self.consistency == "bsp" else min(self._clocks),
+                "theta": self.theta.copy(),
+                "optimizer_step": self.state.step,
+                "buffers": {name: array.copy() for name, array in self.state.buffers.items()},
+            }
 
     def restore(self, *, step: int, theta: np.ndarray, optimizer_step: int, buffers: dict) -> None:
-        """Continue from a checkpoint: θ and optimizer state as they were after `step`."""
+        """Continue from a checkpoint: θ (this shard's part) and optimizer state as they
+        were after `step`; for asp/ssp every worker's clock restarts at `step`."""
         if theta.shape != self.theta.shape or set(buffers) != set(self.state.buffers):
             raise ValueError("the checkpoint does not fit this model and optimizer")
-        self.theta[:] = theta
-        for name, array in buffers.items():
-            self.state.buffers[name][:] = array
-        self.state.step = optimizer_step
-        self.version = step
-        self._last = None
+        with self._lock:
+            self.theta[:] = theta
+            for name, array in buffers.items():
+                self.state.buffers[name][:] = array
+            self.state.step = optimizer_step
+            self.version = step if self.consistency == "bsp" else optimizer_step
+            self._clocks = [step] * self.workers
+            self._ahead = [set() for _ in range(self.workers)]
+            self._last = None
+            self._pushed.clear()
+            self._reads.clear()
+
+    # --- bsp ---------------------------------------------------------------------------
 
     def apply_gradients(
         self, *results: GradientResult, step: int | None = None
@@ -114,38 +205,110 @@ class ParameterServer:
         With `step`, the call is idempotent: a step already applied (a retried push)
         returns its stats again and changes nothing.
         """
-        if step is not None and step <= self.version:
-            if self._last is None or self._last[0].version != step:
-                raise ValueError(f"step {step} was applied before; θ is at version {self.version}")
+        with self._lock:
+            if step is not None and step <= self.version:
+                if self._last is None or self._last[0].version != step:
+                    raise ValueError(
+                        f"step {step} was applied before; θ is at version {self.version}"
+                    )
+                return self._last
+            if step is not None and step != self.version + 1:
+                raise ValueError(f"step {step} cannot follow version {self.version}")
+            if len(results) != self.workers:
+                raise ValueError(f"bsp needs {self.workers} gradients per step, got {len(results)}")
+            for r in results:
+                self._check(r)
+            total = sum(r.samples for r in results)
+            if total < 1:
+                raise ValueError("a step needs at least one sample")
+            g = self._g
+            g.fill(0.0)
+            for r in results:
+                if r.samples:
+                    g += (r.samples / total) * self._dense(r)  # Σ_i (n_i / n) g_i
+            loss = sum(r.samples * r.loss for r in results) / total
+            eta = learning_rate_at(self.version + 1, self.optimizer.learning_rate, self.schedule)
+            stats = StepStats(
+                version=self.version + 1,
+                samples=total,
+                loss=loss,
+                learning_rate=eta,
+                weight_squares=tuple(self.layout.weight_squares(g, self.lo)),
+                square=global_norm(g) ** 2,
+                staleness=(0,) * len(results),
+                bytes_pushed=sum(r.nbytes for r in results),
+                compute_seconds=sum(r.compute_seconds for r in results) / len(results),
+            )
+            apply_update(self.theta, g, self.state, self.optimizer, learning_rate=eta)
+            self.version += 1
+            self._last = (stats, self.theta.copy())
             return self._last
-        if step is not None and step != self.version + 1:
-            raise ValueError(f"step {step} cannot follow version {self.version}")
-        if len(results) != self.workers:
-            raise ValueError(f"bsp needs {self.workers} gradients per step, got {len(results)}")
-        for r in results:
-            if r.gradient.shape != self.theta.shape or r.samples < 1:
+
+    # --- asp / ssp ---------------------------------------------------------------------
+
+    def push(self, result: GradientResult) -> StepStats:
+        """Apply one worker's gradient as its own update (asp/ssp). Idempotent per
+        (worker, clock): a retried push returns the stats it had and changes nothing."""
+        if self.consistency == "bsp":
+            raise ValueError("push is for asp/ssp; bsp steps go through apply_gradients")
+        self._check(result)
+        key = (result.worker, result.clock)
+        with self._lock:
+            if key in self._pushed:
+                return self._pushed[key]
+            if not 0 <= result.worker < self.workers:
+                raise ValueError(f"worker must be in [0, {self.workers}), got {result.worker}")
+            if (
+                result.clock < self._clocks[result.worker]
+                or result.clock in self._ahead[result.worker]
+            ):
                 raise ValueError(
-                    f"a gradient must be {self.theta.shape} over >= 1 sample, "
-                    f"got {r.gradient.shape} over {r.samples}"
+                    f"worker {result.worker}'s clock {result.clock} was applied before "
+                    "and is no longer remembered"
                 )
-        total = sum(r.samples for r in results)
-        g = self._g
-        g.fill(0.0)
-        for r in results:
-            g += (r.samples / total) * r.gradient  # Σ_i (n_i / n) g_i
-        loss = sum(r.samples * r.loss for r in results) / total
-        norms = tuple(float(np.linalg.norm(W)) for W, _ in self.layout.views(g))
-        gradient_norm = global_norm(g)
-        eta = learning_rate_at(self.version + 1, self.optimizer.learning_rate, self.schedule)
-        apply_update(self.theta, g, self.state, self.optimizer, learning_rate=eta)
-        self.version += 1
-        stats = StepStats(
-            version=self.version,
-            samples=total,
-            loss=loss,
-            learning_rate=eta,
-            gradient_norms=norms,
-            gradient_norm=gradient_norm,
-        )
-        self._last = (stats, self.theta.copy())
-        return self._last
+            read_version, _ = self._reads.pop(key, (self.version, 0))
+            staleness = self.version - read_version
+            eta = learning_rate_at(result.clock + 1, self.optimizer.learning_rate, self.schedule)
+            if self.staleness_aware_lr:
+                eta /= 1 + staleness  # η / (1 + τ)
+            g = self._dense(result)
+            stats = StepStats(
+                version=self.version + (1 if result.samples else 0),
+                samples=result.samples,
+                loss=result.loss,
+                learning_rate=eta,
+                weight_squares=tuple(self.layout.weight_squares(g, self.lo)),
+                square=global_norm(g) ** 2,
+                staleness=(staleness,),
+                bytes_pushed=result.nbytes,
+                compute_seconds=result.compute_seconds,
+                worker=result.worker,
+                clock=result.clock,
+            )
+            if result.samples:  # an epoch's empty last batch only moves the clock
+                apply_update(self.theta, g, self.state, self.optimizer, learning_rate=eta)
+                self.version += 1
+            ahead = self._ahead[result.worker]
+            ahead.add(result.clock)  # pushes may arrive out of order (threads)
+            while self._clocks[result.worker] in ahead:
+                ahead.remove(self._clocks[result.worker])
+                self._clocks[result.worker] += 1
+            self._pushed[key] = stats
+            if len(self._pushed) > _KEPT_PUSHES:
+                del self._pushed[next(iter(self._pushed))]  # the oldest
+            return stats
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _check(self, r: GradientResult) -> None:
+        size = r.gradient.size if isinstance(r.gradient, Compressed) else r.gradient.shape[0]
+        if size != len(self.theta) or r.samples < 0:
+            raise ValueError(
+                f"a gradient must have {len(self.theta)} entries over >= 0 samples, "
+                f"got {size} over {r.samples}"
+            )
+
+    def _dense(self, r: GradientResult) -> np.ndarray:
+        if isinstance(r.gradient, Compressed):
+            return decompress(r.gradient, out=self._part)
+        return r.gradient
