@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -33,10 +36,10 @@ def short_temp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="bpt-ray-", dir="/tmp"))
 
 
-def start_head(port: int, temp_dir: Path, env: dict) -> subprocess.Popen:
+def start_head(port: int, temp_dir: Path, env: dict, *, num_cpus: int = 3) -> subprocess.Popen:
     """`ray start --head --block`; returns once its GCS port accepts connections."""
     head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=3",
+        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
          f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats", "--block"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -59,6 +62,137 @@ def stop_head(head: subprocess.Popen, port: int, temp_dir: Path) -> None:
         if f":{port}" in cmdline or f"={port}" in cmdline or str(temp_dir) in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class WorkerNode:
+    """A `ray start --address HEAD --block` node: its own process group and temp dir."""
+
+    process: subprocess.Popen
+    node_id: str  # as Ray reports it, hex; "" until the node is alive
+    node_manager_port: int
+    temp_dir: Path
+    log: Path  # the output of `ray start`
+    owns_temp_dir: bool  # start_worker_node made temp_dir, so stop_worker_node removes it
+
+
+def start_worker_node(
+    head_address: str,
+    *,
+    num_cpus: int,
+    env: dict,
+    temp_dir: Path | None = None,
+    timeout_s: float = 90.0,
+) -> WorkerNode:
+    """Join a second Ray node to the cluster at `head_address` (HOST:PORT), with `num_cpus`
+    logical CPUs, in a process group of its own; returns once the cluster reports it alive.
+
+    `env` is the head's (the same auth token). `temp_dir` must be this node's own, never
+    the head's: stop_worker_node kills every process that names it.
+    """
+    owns_temp_dir = temp_dir is None
+    temp_dir = temp_dir or short_temp_dir()
+    node_manager_port = free_port()  # names this node in ray.nodes() and in its processes
+    log = temp_dir / "ray-start.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "ray"), "start", f"--address={head_address}", f"--num-cpus={num_cpus}",
+             f"--node-manager-port={node_manager_port}", f"--temp-dir={temp_dir}",
+             "--disable-usage-stats", "--block"],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    node = WorkerNode(process, "", node_manager_port, temp_dir, log, owns_temp_dir)
+    try:
+        nodes = alive_nodes(head_address, env, node_manager_port, timeout_s, watch=node)
+    except BaseException:
+        stop_worker_node(node)
+        raise
+    (node_id,) = [node_id for node_id, port in nodes.items() if port == node_manager_port]
+    return replace(node, node_id=node_id)
+
+
+def stop_worker_node(node: WorkerNode) -> None:
+    """Stop that node and everything it started (the head and its other nodes live on)."""
+    if node.process.poll() is None:
+        os.killpg(node.process.pid, signal.SIGKILL)
+        node.process.wait(timeout=60)
+    port_argument = f"={node.node_manager_port}"  # --node-manager-port=P, --node_manager_port=P
+    for pid, cmdline in processes():
+        arguments = cmdline.split()
+        if any(a.endswith(port_argument) for a in arguments) or str(node.temp_dir) in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if node.owns_temp_dir:
+        shutil.rmtree(node.temp_dir, ignore_errors=True)
+
+
+# Run by alive_nodes in a short-lived driver of its own, so the test process never joins
+# Ray. argv: address, node manager port (0: any), deadline on the shared monotonic clock.
+_ALIVE_NODES = """
+import json, sys, time
+import ray
+address, port, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+while True:
+    nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
+    if port in (0, *nodes.values()) or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+print(json.dumps(nodes))
+"""
+
+
+def alive_nodes(
+    address: str,
+    env: dict,
+    node_manager_port: int = 0,
+    timeout_s: float = 60.0,
+    *,
+    watch: WorkerNode | None = None,
+) -> dict[str, int]:
+    """The alive nodes of the cluster at `address` as {node id: node manager port}, once
+    the node whose node manager listens on `node_manager_port` is among them (0: now).
+
+    Fails when that node is not alive within `timeout_s`, or when `watch` (the node being
+    waited for) exits first; the failure shows the tail of `watch`'s `ray start` output.
+    """
+    deadline = time.monotonic() + timeout_s
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _ALIVE_NODES, address, str(node_manager_port), str(deadline - 3)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        while True:
+            try:
+                stdout, stderr = driver.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if watch is not None and watch.process.poll() is not None:
+                raise AssertionError(
+                    f"ray start --address {address} exited with {watch.process.returncode}:\n"
+                    + watch.log.read_text()[-3000:]
+                )
+            if time.monotonic() > deadline:  # ray.init itself can hang on a missing head
+                driver.kill()
+                stdout, stderr = driver.communicate()
+                break
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    started = f"\nray start --address output:\n{watch.log.read_text()[-3000:]}" if watch else ""
+    answers = stdout.strip().splitlines()
+    assert driver.returncode == 0 and answers, (
+        f"Ray at {address} did not list its nodes within {timeout_s:.0f} s:\n"
+        f"{stderr[-3000:]}{started}"
+    )
+    nodes = json.loads(answers[-1])
+    assert node_manager_port in (0, *nodes.values()), (
+        f"no alive node with node manager port {node_manager_port} within {timeout_s:.0f} s;"
+        f" Ray at {address} reports {len(nodes)} alive: {nodes}{started}"
+    )
+    return nodes
 
 
 def processes() -> Iterator[tuple[int, str]]:
