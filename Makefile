@@ -61,3 +61,13 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/backprop.py --quick
+
+# Throughput of distributed training: bptrain's job runner (bsp/ssp/asp, 1-2 workers, PS shards)
+# vs a naive Ray parameter server, one process and Ray Train's TorchTrainer (needs ray[train]),
+# with a goals section. bench-distributed-quick is what tests/test_distributed_bench.py runs.
+.PHONY: bench-distributed bench-distributed-quick
+bench-distributed: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/distributed.py
+
+bench-distributed-quick: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/distributed.py --quick

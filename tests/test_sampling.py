@@ -211,3 +211,33 @@ def test_within_an_epoch_no_worker_reads_a_row_twice(plan: BatchPlan) -> None:
         )
         assert len(batches[-1]) == plan.last_batches[worker]
         assert np.array_equal(np.sort(read), np.arange(shard))
+
+
+@pytest.mark.parametrize("workers", [1, 3, 4])
+def test_the_workers_read_every_training_row_once_per_epoch(workers: int) -> None:
+    from worker.gradient_worker import GradientWorker
+
+    plan = BatchPlan(n_train=103, batch_size=24, workers=workers)  # last step: 7 rows
+    rows = np.arange(plan.n_train)
+    read = []
+    for i in range(workers):
+        start, size = plan.shard_starts[i], plan.shard_sizes[i]
+        worker = GradientWorker(
+            sizes=[1, 2],
+            activations=["identity"],
+            loss="mse",
+            X=np.zeros((size, 1), np.float32),
+            y=np.zeros((size, 2), np.float32),
+            local_batch=plan.local_batches[i],
+            steps_per_epoch=plan.steps_per_epoch,
+            seed=4,
+            worker_index=i,
+        )
+        for index in range(plan.steps_per_epoch):
+            local = worker._batch_rows(2, index)
+            np.testing.assert_array_equal(
+                local, plan.local_rows(epoch_order(size, seed=4, epoch=2, worker_index=i), i, index)
+            )
+            read.append(rows[start : start + size][local])
+
+    np.testing.assert_array_equal(np.sort(np.concatenate(read)), rows)

@@ -192,6 +192,10 @@ class GradientWorker:
             lo = hi
         return results[0] if len(results) == 1 else tuple(results)
 
+    def step_gradient(self, step: int, theta: np.ndarray) -> GradientResult:
+        """bsp step `step` (1-based) at θ: `gradients(step − 1, θ)`, for the compiled graph."""
+        return self.gradients(step - 1, theta)
+
     def _joined(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         size = sum(len(p) for p in parts)
         theta = self._theta

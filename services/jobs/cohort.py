@@ -54,6 +54,7 @@ class Cohort:
         self.workers: list[ray.actor.ActorHandle] = []
         self.placement: list[dict] = []
         self.replacements = 0  # actors replaced so far
+        self.graph = None  # the compiled bsp step, while one is built (see compile_step)
         self._generation = 0  # suffix that keeps a replacement's name unique
         self._shards = []  # (X ref, y ref) per worker
 
@@ -100,6 +101,39 @@ class Cohort:
             stats.append(stat)
             thetas.append(theta)
         return stats, thetas
+
+    def compile_step(self):
+        """bsp with one parameter-server shard: the step as a Ray compiled graph
+        (step → θ → every worker's gradient → the averaged update → StepStats), which
+        moves θ and g over Ray's shared-memory channels instead of one task and one
+        object-store object per hop. None when it does not apply or cannot be built
+        (the step then goes through `step`)."""
+        if self.spec.consistency != "bsp" or len(self.servers) != 1:
+            return None
+        from ray.dag import InputNode
+
+        try:
+            with InputNode() as step:
+                theta = self.ps.theta_at.bind(step)
+                gradients = [w.step_gradient.bind(step, theta) for w in self.workers]
+                stats = self.ps.apply_step.bind(step, *gradients)
+            self.graph = stats.experimental_compile()
+        except Exception as error:  # Ray's compile errors have no common base class
+            log.warning("job %s: no compiled step graph (%s); using tasks", self.job_id, error)
+            self.graph = None
+        return self.graph
+
+    def restart(self) -> int:
+        """Replace every actor (a compiled graph's actors cannot rejoin one); the
+        parameter server comes back from the newest checkpoint. Returns its step."""
+        self._drop_graph()
+        for actor in [*self.servers, *self.workers]:
+            self._kill(actor)
+        resumed = self._start_ps()
+        self.workers = [self._new_worker(i) for i in range(self.spec.workers)]
+        self.placement = self._wait_placed(self.workers)
+        self.replacements += 1
+        return resumed
 
     def submit(self, worker: int, clock: int) -> list[ray.ObjectRef]:
         """asp/ssp: worker `worker`'s gradient number `clock` at θ as the shards hold it
@@ -153,6 +187,7 @@ class Cohort:
         return resumed
 
     def release(self) -> None:
+        self._drop_graph()
         for actor in [*self.servers, *self.workers]:
             self._kill(actor)
         self.servers, self.workers = [], []
@@ -243,6 +278,14 @@ class Cohort:
                 f"could not place {len(workers)} workers ({self.worker_cpus} CPU each) within "
                 f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
             ) from None
+
+    def _drop_graph(self) -> None:
+        graph, self.graph = self.graph, None
+        if graph is not None:
+            try:
+                graph.teardown(kill_actors=True)
+            except Exception as error:  # an actor already gone: it is killed below anyway
+                log.debug("job %s: graph teardown: %s", self.job_id, error)
 
     @staticmethod
     def _answers(method) -> bool:

@@ -1,14 +1,22 @@
-"""JobRunner: trains one job on Ray: a parameter server, N gradient workers, the step loop.
+"""JobRunner: trains one job on Ray: S parameter-server shards, N gradient workers, the loop.
 
 A plain class made a Ray actor by the job manager (threaded, so `poll` and `cancel`
-answer while `run` trains). The driver (the API process) is not in the step loop:
-each step passes θ's ObjectRef from the parameter server to the workers and their
-gradient ObjectRefs back to the parameter server; only a few scalars reach the runner.
+answer while `run` trains). The driver (the API process) is not in the step loop, and
+θ and g never pass through the runner:
 
-Failures: a step that loses an actor (or waits past STEP_TIMEOUT_S) is repaired by
-the Cohort and retried; the parameter server applies each step once, so a retried
-push is not applied twice. Checkpoints go to `checkpoint_dir` every
-`checkpoint_every` steps and at the end.
+- bsp, one shard: each step is one execution of a Ray compiled graph (step → θ →
+  gradients → update → stats) over shared-memory channels (`Cohort.compile_step`).
+- bsp, S shards: each step passes θ's ObjectRefs to the workers and their gradient
+  slices' ObjectRefs to the shards (`Cohort.step`).
+- asp/ssp: every worker has up to two gradients on the way, each pushed to the shards
+  as soon as it exists (`Cohort.submit`); ssp holds a worker back while it is more
+  than s gradients ahead of the slowest. A step is reported once every worker's
+  gradient for it is applied.
+
+Failures: a step that loses an actor (or waits past STEP_TIMEOUT_S) is repaired by the
+Cohort (the lost actors replaced; with a compiled graph, all of them) and continues;
+the parameter server applies each step (or push) once, so a retried one is not applied
+twice. Checkpoints go to `checkpoint_dir` every `checkpoint_every` steps and at the end.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayChannelError
 
 from services.errors import InvalidSpecError
 from services.jobs.checkpoints import CheckpointStore
@@ -36,6 +44,8 @@ from worker.model import MLP
 
 log = logging.getLogger(__name__)
 
+# What a lost or stuck actor looks like to the step loop (a compiled graph's channels too).
+_FAULTS = (RayActorError, GetTimeoutError, ObjectLostError, RayChannelError)
 STEP_TIMEOUT_S = 60.0  # a BSP barrier waits this long for every worker, then repairs
 MAX_REPLACEMENTS = 1000  # lost actors a job survives before it gives up
 DIVERGENCE_FACTOR = 1e6
@@ -81,15 +91,19 @@ class JobRunner:
         datasets_dir: str | None = None,
         checkpoint_dir: str | None = None,
         resume_at_most: int = 0,
+        compiled_graph: bool = True,
     ) -> None:
         """`resume_at_most`: the last step whose metrics are stored; a resumed job starts
-        from the newest checkpoint at or before it, so no step goes unreported."""
+        from the newest checkpoint at or before it, so no step goes unreported.
+        `compiled_graph`: run bsp steps (one parameter-server shard) as a Ray compiled
+        graph; False issues each step as tasks (see `Cohort.compile_step`)."""
         self.job_id = job_id
         self.spec = spec
         self.worker_cpus = worker_cpus
         self.datasets_dir = Path(datasets_dir) if datasets_dir else None
         self.checkpoints = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir else None
         self.resume_at_most = resume_at_most
+        self.compiled_graph = compiled_graph
         self._changed = threading.Condition()
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
@@ -169,9 +183,13 @@ class JobRunner:
         if latest is None:
             raise RuntimeError("the job has not finished a step yet")
         step, theta_refs = latest
-        if theta_refs is None:  # asp/ssp: θ as it is now
+        if theta_refs is None:  # θ lives in the parameter server(s): as it is now
+            if len(self._cohort.servers) == 1:
+                snapshot = self._cohort.ps.snapshot.remote()
+                version, theta = ray.get(snapshot, timeout=STEP_TIMEOUT_S)
+                return (version if self.spec.consistency == "bsp" else step), theta
             theta_refs = self._cohort.theta_refs()
-        return step, _joined(ray.get(theta_refs))
+        return step, _joined(ray.get(theta_refs, timeout=STEP_TIMEOUT_S))
 
     # --- training ----------------------------------------------------------------------
 
@@ -206,21 +224,35 @@ class JobRunner:
     def _train_bsp(self, loop: _Loop, step: int) -> None:
         """One global batch per step: every worker's gradient at the same θ, averaged."""
         cohort = loop.cohort
+        graph = cohort.compile_step() if self.compiled_graph else None
+        loop.start_clock()  # compiling is set-up, not training time
+        warming = graph is not None  # a graph's first run starts its actors' channel loops
         theta_refs = cohort.theta_refs()
         while step < loop.steps:
             loop.check_limits(step)
             try:
-                stats_refs, next_theta_refs = cohort.step(theta_refs, step + 1)
-                stats = ray.get(stats_refs, timeout=STEP_TIMEOUT_S)
+                if graph is not None:
+                    stats = [ray.get(graph.execute(step + 1), timeout=STEP_TIMEOUT_S)]
+                    next_theta_refs = None  # θ stays in the parameter server
+                    if warming:  # seconds on a slow host (more where torch is installed)
+                        loop.start_clock()
+                        warming = False
+                else:
+                    stats_refs, next_theta_refs = cohort.step(theta_refs, step + 1)
+                    stats = ray.get(stats_refs, timeout=STEP_TIMEOUT_S)
                 step += 1
                 theta_refs = next_theta_refs
                 self._latest = (step, theta_refs)
                 loop.finish_step(step, [_merge_shards(stats)], theta_refs)
-            except (RayActorError, GetTimeoutError, ObjectLostError) as error:
+            except _FAULTS as error:
                 if self._cancelled.is_set():
                     raise JobCancelled from None
-                resumed = self._repair(cohort, step, error)
-                step = step if resumed is None else resumed
+                if graph is not None:  # its actors are tied to it: all start again
+                    step = self._restart(cohort, step, error)
+                    graph = cohort.compile_step()
+                else:
+                    resumed = self._repair(cohort, step, error)
+                    step = step if resumed is None else resumed
                 theta_refs = cohort.theta_refs()
 
     def _train_async(self, loop: _Loop, start: int) -> None:
@@ -270,7 +302,7 @@ class JobRunner:
                     reported += 1
                     self._latest = (reported, None)
                     loop.finish_step(reported, list(rounds.pop(reported - 1).values()), None)
-            except (RayActorError, GetTimeoutError, ObjectLostError) as error:
+            except _FAULTS as error:
                 if self._cancelled.is_set():
                     raise JobCancelled from None
                 resumed = self._repair(cohort, reported, error)
@@ -282,6 +314,13 @@ class JobRunner:
                 ahead = [set() for _ in range(n)]  # computed again (the server deduplicates)
                 next_clock = list(applied)
         self.read_log = ray.get(cohort.ps.read_log.remote(), timeout=STEP_TIMEOUT_S)
+
+    def _restart(self, cohort: Cohort, step: int, error: Exception) -> int:
+        """Start every actor again from the newest checkpoint; returns its step."""
+        if cohort.replacements >= MAX_REPLACEMENTS:
+            raise JobFailed(f"gave up after replacing {cohort.replacements} lost actors") from error
+        log.warning("job %s: step %d failed (%s); restarting", self.job_id, step + 1, error)
+        return cohort.restart()
 
     def _repair(self, cohort: Cohort, step: int, error: Exception) -> int | None:
         """Replace the actors that died; returns the restored parameter server's step
@@ -324,6 +363,10 @@ class _Loop:
         self.started = self.last = time.monotonic()
         self.first_loss: float | None = None
 
+    def start_clock(self) -> None:
+        """Training starts now: elapsed time and `max_seconds` count from here."""
+        self.started = self.last = time.monotonic()
+
     def check_limits(self, step: int) -> None:
         spec = self.runner.spec
         if self.runner._cancelled.is_set():
@@ -354,7 +397,7 @@ class _Loop:
             try:
                 theta = _joined(ray.get(theta_refs or self.cohort.theta_refs(), timeout=60))
                 validation = self.model.evaluate(theta, self.data.X_val, self.data.y_val)
-            except (RayActorError, GetTimeoutError, ObjectLostError) as error:
+            except _FAULTS as error:
                 job = self.runner.job_id
                 log.warning("job %s: no validation at step %d (%s)", job, step, error)
         pulls = sum(len(s.staleness) for s in stats)  # one θ per gradient

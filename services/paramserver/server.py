@@ -142,6 +142,18 @@ class ParameterServer:
         with self._lock:
             return self.theta.copy()
 
+    def theta_at(self, step: int) -> np.ndarray:
+        """θ for bsp step `step` (1-based): the compiled step graph's first node."""
+        with self._lock:
+            if step != self.version + 1 and (self._last is None or step != self.version):
+                raise ValueError(f"step {step} cannot follow version {self.version}")
+            return self.theta.copy()
+
+    def snapshot(self) -> tuple[int, np.ndarray]:
+        """(θ's version, θ) taken together."""
+        with self._lock:
+            return self.version, self.theta.copy()
+
     def read_theta(self, worker: int, clock: int) -> np.ndarray:
         """θ for `worker`'s gradient number `clock` (asp/ssp); records the version read
         and the slowest worker's clock at that moment."""
@@ -243,6 +255,10 @@ class ParameterServer:
             self.version += 1
             self._last = (stats, self.theta.copy())
             return self._last
+
+    def apply_step(self, step: int, *results: GradientResult) -> StepStats:
+        """`apply_gradients` for the compiled step graph: only the stats come back."""
+        return self.apply_gradients(*results, step=step)[0]
 
     # --- asp / ssp ---------------------------------------------------------------------
 

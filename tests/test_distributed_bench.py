@@ -1,0 +1,123 @@
+"""bench/distributed.py: its throughput arithmetic, and a quick run's table and JSON rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "distributed.py"
+REQUIRED = {"impl", "mode", "workers", "shards", "batch", "samples_per_s", "efficiency_vs_single"}
+QUICK_RUN_TIMEOUT_S = 240  # about 60 s on a quiet 2-core machine
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_distributed", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_throughput_is_timed_from_the_end_of_the_warm_up(bench) -> None:
+    # steps end at 1, 2, 4, 5 s: warm-up is the first; 3 timed steps of 100 samples in 4 s
+    records = [
+        bench.StepRecord(end, 100, compute_s=0.5, bytes_moved=10) for end in (1.0, 2.0, 4.0, 5.0)
+    ]
+    measurement = bench.summarise(records, warmup=1)
+    assert measurement.samples_per_s == pytest.approx(300 / 4)
+    assert measurement.step_ms_median == pytest.approx(1000.0)  # of 1, 2, 1 s
+    assert measurement.comm_fraction == pytest.approx(0.5)  # median of 0.5, 0.75, 0.5
+    assert measurement.bytes_per_step == 10
+    assert measurement.timed_steps == 3
+    with pytest.raises(bench.RowFailed):
+        bench.summarise(records[:2], warmup=1)
+
+
+def test_a_spec_the_service_rejects_makes_the_row_unavailable(bench) -> None:
+    settings = bench.Settings(warmup=1, steps=2, samples=1000)
+    with pytest.raises(bench.Unavailable, match="consistency"):
+        bench.bptrain_spec(bench.Plan("bptrain", "no-such-mode", 2), settings)
+    spec = bench.bptrain_spec(bench.Plan("bptrain", "bsp", 2), settings)
+    assert (spec.batch_size, spec.steps, spec.workers) == (512, 3, 2)
+    assert spec.sizes == list(bench.SIZES)
+
+
+def test_the_makefile_quick_target_runs_the_quick_bench() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^bench-distributed-quick:.*\n\t(.*)$", makefile, re.MULTILINE)
+    assert recipe is not None and "bench/distributed.py --quick" in recipe.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_the_quick_run_reports_every_row(bench, tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "RAY_ADDRESS")
+    }
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=QUICK_RUN_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())
+    assert all(set(row) >= REQUIRED for row in rows)
+
+    # Every planned row is there once, measured or saying why not.
+    planned = [(p.impl, p.mode, p.workers, p.shards) for p in bench.default_plans(quick=True)]
+    assert [(r["impl"], r["mode"], r["workers"], r["shards"]) for r in rows] == planned
+    for row in rows:
+        assert row["batch"] == 256 * row["workers"]
+        if row["status"] == "ok":
+            assert math.isfinite(row["samples_per_s"]) and row["samples_per_s"] > 0
+            assert row["step_ms_median"] > 0 and row["timed_steps"] == 15
+        else:
+            assert row["status"] in ("unavailable", "failed")
+            assert row["samples_per_s"] is None and row["efficiency_vs_single"] is None
+            assert row["reason"] and f"{row['status']}: {row['reason']}" in done.stdout
+
+    (single,) = [r for r in rows if r["impl"] == "single"]
+    assert single["status"] == "ok" and single["efficiency_vs_single"] == pytest.approx(1.0)
+    for row in rows:
+        if row["status"] == "ok":
+            expected = row["samples_per_s"] / single["samples_per_s"]
+            assert row["efficiency_vs_single"] == pytest.approx(expected)
+            per_median_step = row["batch"] / row["step_ms_median"]
+            expected = per_median_step / (single["batch"] / single["step_ms_median"])
+            assert row["efficiency_median_step"] == pytest.approx(expected)
+
+    # What works today must run: the naive parameter server and bptrain's bsp.
+    by_key = {(r["impl"], r["mode"], r["workers"]): r for r in rows}
+    naive = by_key[("naive_ray_ps", "sync", 2)]
+    assert naive["status"] == "ok"
+    theta_bytes = 4 * sum((a + 1) * b for a, b in itertools.pairwise(bench.SIZES))
+    assert naive["bytes_per_step"] == 2 * theta_bytes * 2
+    assert 0 <= naive["comm_fraction"] <= 1
+    for workers in (1, 2):
+        assert by_key[("bptrain", "bsp", workers)]["status"] == "ok"
+    # --quick skips TorchTrainer, and says so rather than dropping the rows.
+    for workers in (1, 2):
+        torch_row = by_key[("ray_train_torch", "ddp", workers)]
+        assert torch_row["status"] == "unavailable" and "--quick" in torch_row["reason"]
+
+    assert "goals" in done.stdout
+    assert re.search(r"1-worker bptrain bsp >= 0\.90x single: [\d.]+x .*(met|NOT met)", done.stdout)
+    assert re.search(r"2-worker bptrain bsp >= 1\.70x single: [\d.]+x .*(met|NOT met)", done.stdout)
