@@ -36,10 +36,20 @@ def single_process_sgd(spec, steps: int) -> np.ndarray:
     return theta
 
 
-@pytest.mark.parametrize("shards", [1, 2])
-@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize(
+    ("workers", "shards", "graph"),
+    [
+        (1, 1, True),
+        (2, 1, True),
+        (4, 1, True),
+        (1, 2, False),  # sharded: steps as tasks
+        (2, 2, False),
+        (4, 2, False),
+        (2, 1, False),  # one shard with the compiled graph switched off
+    ],
+)
 def test_bsp_matches_single_process_sgd_across_epoch_ends(
-    ray_session: None, workers: int, shards: int
+    ray_session: None, workers: int, shards: int, graph: bool
 ) -> None:
     spec = spec_from_proto(
         spec_from_dict(
@@ -56,7 +66,7 @@ def test_bsp_matches_single_process_sgd_across_epoch_ends(
     assert 2 * plan.steps_per_epoch < STEPS  # two epochs' short last steps are in the run
     assert sum(plan.last_batches) < plan.batch_size
 
-    runner = JobRunner(f"bsp-{workers}-{shards}", spec)
+    runner = JobRunner(f"bsp-{workers}-{shards}-{graph}", spec, compiled_graph=graph)
     assert runner.run() is JobState.SUCCEEDED
     distributed = runner.final_theta()
     reference = single_process_sgd(spec, STEPS)
