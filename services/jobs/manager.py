@@ -334,6 +334,8 @@ class JobManager:
         with self._lock:
             monitors = list(self._monitors.values())
         for monitor in monitors:
+            monitor.request_stop()  # all at once, then wait for each
+        for monitor in monitors:
             monitor.stop()
         self.store.close()
         self.datasets.close()

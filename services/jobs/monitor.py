@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.5
 RPC_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0  # a poll returns in POLL_TIMEOUT_S, unless the host is very busy
 CANCEL_TIMEOUT_S = 5.0
 MAX_RUNNER_REPLACEMENTS = 3
 
@@ -100,10 +101,15 @@ class RunnerMonitor:
                 f"job {self.job_id} has not finished a step yet"
             ) from None
 
-    def stop(self) -> None:
-        """Stops following (the server is shutting down); the job itself is not touched."""
+    def request_stop(self) -> None:
+        """Asks the thread to stop following (it ends after its current poll)."""
         self._is_stopping = True
-        self._thread.join(timeout=2 * POLL_TIMEOUT_S + 1)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stops following (the server is shutting down); the job itself is not touched.
+        Waits for the thread's Ray call to return, so Ray can then shut down under it."""
+        self.request_stop()
+        self._thread.join(timeout=timeout_s)
 
     # --- the thread --------------------------------------------------------------------
 
