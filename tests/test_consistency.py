@@ -194,11 +194,24 @@ def accuracy_on_test_split(runner: JobRunner) -> float:
     return model.evaluate(runner.final_theta(), digits.X_test, digits.y_test)["accuracy"]
 
 
-TRAINING = {  # bsp reaches 0.95-0.955 test accuracy with it (seeds 0, 3)
+# asp/ssp need the regularised model to clear 0.95 with a margin under a loaded host:
+# 0.964-0.972 over seeds 3 and 4 with two jobs sharing the 2 cores (without dropout and
+# label smoothing, 0.95-0.967 on a quiet host and once 0.908 under load).
+TRAINING = {
+    "layers": [
+        {"units": 256, "activation": "relu", "dropout": 0.2},
+        {"units": 10, "activation": "identity"},
+    ],
+    "label_smoothing": 0.1,
+    "optimizer": {"kind": "adam", "learning_rate": 0.001},
+    "batch_size": 48,
+    "epochs": 20,
+}
+PLAIN = {
     "layers": [{"units": 128, "activation": "relu"}, {"units": 10, "activation": "identity"}],
     "optimizer": {"kind": "adam", "learning_rate": 0.003},
     "batch_size": 48,
-    "epochs": 20,
+    "epochs": 4,
 }
 
 
@@ -265,7 +278,7 @@ def test_topk_with_error_feedback_still_learns(ray_session) -> None:
         workers=2,
         compression="topk",
         topk_fraction=0.05,
-        **TRAINING | {"epochs": 4},
+        **PLAIN,
     )
 
     assert points[-1].loss < 0.5 * points[0].loss
