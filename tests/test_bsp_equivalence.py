@@ -37,19 +37,20 @@ def single_process_sgd(spec, steps: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("workers", "shards", "graph"),
+    ("workers", "shards", "transport"),
     [
-        (1, 1, True),
-        (2, 1, True),
-        (4, 1, True),
-        (1, 2, False),  # sharded: steps as tasks
-        (2, 2, False),
-        (4, 2, False),
-        (2, 1, False),  # one shard with the compiled graph switched off
+        (1, 1, "colocated"),  # the default for bsp: nothing moves
+        (2, 1, "colocated"),  # θ and G in shared memory
+        (4, 1, "colocated"),
+        (1, 2, "tasks"),  # sharded parameter-server actors: steps as tasks
+        (2, 2, "tasks"),
+        (4, 2, "tasks"),
+        (2, 1, "graph"),  # one parameter-server actor, a compiled graph
+        (2, 1, "tasks"),
     ],
 )
 def test_bsp_matches_single_process_sgd_across_epoch_ends(
-    ray_session: None, workers: int, shards: int, graph: bool
+    ray_session: None, workers: int, shards: int, transport: str
 ) -> None:
     spec = spec_from_proto(
         spec_from_dict(
@@ -66,7 +67,7 @@ def test_bsp_matches_single_process_sgd_across_epoch_ends(
     assert 2 * plan.steps_per_epoch < STEPS  # two epochs' short last steps are in the run
     assert sum(plan.last_batches) < plan.batch_size
 
-    runner = JobRunner(f"bsp-{workers}-{shards}-{graph}", spec, compiled_graph=graph)
+    runner = JobRunner(f"bsp-{workers}-{shards}-{transport}", spec, transport=transport)
     assert runner.run() is JobState.SUCCEEDED
     distributed = runner.final_theta()
     reference = single_process_sgd(spec, STEPS)

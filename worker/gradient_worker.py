@@ -8,6 +8,7 @@ GPU memory (CuPy) and only θ and the gradient cross the bus each step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -141,23 +142,50 @@ class GradientWorker:
 
     def compute_gradients(self, theta: np.ndarray, epoch: int, index: int) -> GradientResult:
         """Gradient of the mean loss over batch `index` of `epoch` at θ: (P,) in θ's dtype."""
+        grad = np.empty_like(theta)
+        result = self._gradient_into(grad, theta, epoch, index)
+        norms = (
+            tuple(self.model.layer_gradient_norms(grad))
+            if result.samples
+            else result.gradient_norms
+        )
+        return dataclasses.replace(result, gradient=grad, gradient_norms=norms)
+
+    def compute_gradients_into(
+        self, out: np.ndarray, theta: np.ndarray, clock: int
+    ) -> GradientResult:
+        """This worker's gradient number `clock` (0-based) at θ, written into `out`
+        ((P,), θ's dtype, host memory: a shared buffer, say); the result's `gradient` is
+        `out` itself and its per-layer norms are left out (the caller has them cheaper)."""
+        epoch, index = divmod(clock, self.steps_per_epoch)
+        return dataclasses.replace(self._gradient_into(out, theta, epoch, index), clock=clock)
+
+    def _gradient_into(
+        self, out: np.ndarray, theta: np.ndarray, epoch: int, index: int
+    ) -> GradientResult:
         rows = self._batch_rows(epoch, index)
+        result = GradientResult(
+            gradient=out,
+            samples=len(rows),
+            loss=0.0,
+            gradient_norms=(0.0,) * self.model.layout.num_layers,
+            worker=self.worker_index,
+        )
         if len(rows) == 0:  # an epoch's last step left nothing for this worker
-            zero = np.zeros(len(theta), dtype=theta.dtype)
-            norms = (0.0,) * self.model.layout.num_layers
-            return GradientResult(gradient=zero, samples=0, loss=0.0, gradient_norms=norms)
+            out.fill(0.0)
+            return result
         if self.device != "cpu":
             rows = self.xp.asarray(rows)
         x, y = self.X[rows], self.y[rows]  # (b, D), (b,) or (b, K)
         rng = (
             step_rng(self.seed, self.worker_index, epoch, index) if self.model.has_dropout else None
         )
-        theta = self.xp.asarray(theta)  # a copy onto the GPU; NumPy's θ as it is (only read)
-        loss, grad = self.model.loss_and_gradient(theta, x, y, rng=rng)
-        norms = tuple(self.model.layer_gradient_norms(grad))
-        return GradientResult(
-            gradient=to_numpy(grad), samples=len(rows), loss=float(loss), gradient_norms=norms
-        )
+        if self.device == "cpu":  # θ as it is (only read); g straight into `out`
+            loss, _ = self.model.loss_and_gradient(theta, x, y, grad=out, rng=rng)
+        else:  # θ onto the GPU, g back into host memory
+            loss, grad = self.model.loss_and_gradient(self.xp.asarray(theta), x, y, rng=rng)
+            out[:] = to_numpy(grad)
+        return dataclasses.replace(result, loss=float(loss))
 
     def gradients(
         self, clock: int, *theta_parts: np.ndarray

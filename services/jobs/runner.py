@@ -1,22 +1,28 @@
-"""JobRunner: trains one job on Ray: S parameter-server shards, N gradient workers, the loop.
+"""JobRunner: trains one job on Ray, from its first step to a terminal state.
 
 A plain class made a Ray actor by the job manager (threaded, so `poll` and `cancel`
 answer while `run` trains). The driver (the API process) is not in the step loop, and
-θ and g never pass through the runner:
+θ and g never pass through the runner. Which parameter server a job gets is
+`colocated_cohort.is_colocated`'s choice:
 
-- bsp, one shard: each step is one execution of a Ray compiled graph (step → θ →
-  gradients → update → stats) over shared-memory channels (`Cohort.compile_step`).
-- bsp, S shards: each step passes θ's ObjectRefs to the workers and their gradient
-  slices' ObjectRefs to the shards (`Cohort.step`).
+- bsp (the default): N colocated workers, each holding one θ shard and its optimizer
+  state (`ColocatedCohort`). The runner launches their step loop once and drains step
+  statistics and checkpoint snapshots in batches every DRAIN_PERIOD_S; it is off the
+  step path.
+- bsp with S > 1 parameter-server actors or compression: each step passes θ's
+  ObjectRefs to the workers and their gradient slices' ObjectRefs to the shards
+  (`Cohort.step`), or, with one shard and `transport="graph"`, runs as a Ray compiled
+  graph (`Cohort.compile_step`).
 - asp/ssp: every worker has up to two gradients on the way, each pushed to the shards
   as soon as it exists (`Cohort.submit`); ssp holds a worker back while it is more
   than s gradients ahead of the slowest. A step is reported once every worker's
   gradient for it is applied.
 
-Failures: a step that loses an actor (or waits past STEP_TIMEOUT_S) is repaired by the
-Cohort (the lost actors replaced; with a compiled graph, all of them) and continues;
-the parameter server applies each step (or push) once, so a retried one is not applied
-twice. Checkpoints go to `checkpoint_dir` every `checkpoint_every` steps and at the end.
+Failures: a step that loses an actor (or waits past STEP_TIMEOUT_S) is repaired (the
+lost actors replaced; with colocated workers or a compiled graph, all of them, from the
+newest checkpoint at or before the last reported step) and continues; every step is
+reported once. Checkpoints go to `checkpoint_dir` every `checkpoint_every` steps and at
+the end.
 """
 
 from __future__ import annotations
@@ -31,14 +37,23 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayChannelError
+from ray.exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    RayActorError,
+    RayChannelError,
+    RayTaskError,
+)
 
 from services.errors import InvalidSpecError
 from services.jobs.checkpoints import CheckpointStore
 from services.jobs.cohort import Cohort, PlacementError
+from services.jobs.colocated_cohort import ColocatedCohort, is_colocated, join_shards
 from services.jobs.records import JobState, MetricPoint
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import DataError, TrainingData, prepare_data, total_steps
+from services.paramserver.collective import PeerLost
+from services.paramserver.colocated import ShardState
 from services.paramserver.server import StepStats
 from worker.model import MLP
 
@@ -47,6 +62,8 @@ log = logging.getLogger(__name__)
 # What a lost or stuck actor looks like to the step loop (a compiled graph's channels too).
 _FAULTS = (RayActorError, GetTimeoutError, ObjectLostError, RayChannelError)
 STEP_TIMEOUT_S = 60.0  # a BSP barrier waits this long for every worker, then repairs
+DRAIN_PERIOD_S = 0.1  # colocated workers' statistics are collected this often
+TRANSPORTS = ("auto", "colocated", "graph", "tasks")
 MAX_REPLACEMENTS = 1000  # lost actors a job survives before it gives up
 DIVERGENCE_FACTOR = 1e6
 
@@ -91,19 +108,25 @@ class JobRunner:
         datasets_dir: str | None = None,
         checkpoint_dir: str | None = None,
         resume_at_most: int = 0,
-        compiled_graph: bool = True,
+        transport: str = "auto",
     ) -> None:
         """`resume_at_most`: the last step whose metrics are stored; a resumed job starts
         from the newest checkpoint at or before it, so no step goes unreported.
-        `compiled_graph`: run bsp steps (one parameter-server shard) as a Ray compiled
-        graph; False issues each step as tasks (see `Cohort.compile_step`)."""
+        `transport` (bsp): "auto" picks colocated workers where `is_colocated` says so,
+        else tasks; "graph" runs steps with a parameter-server actor as a Ray compiled
+        graph, "tasks" as one task per hop (both kept for comparison and for what the
+        colocated workers do not cover)."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if transport == "colocated" and not is_colocated(spec):
+            raise ValueError("this job cannot run on colocated workers (see is_colocated)")
         self.job_id = job_id
         self.spec = spec
         self.worker_cpus = worker_cpus
         self.datasets_dir = Path(datasets_dir) if datasets_dir else None
         self.checkpoints = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir else None
         self.resume_at_most = resume_at_most
-        self.compiled_graph = compiled_graph
+        self.transport = transport
         self._changed = threading.Condition()
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
@@ -111,7 +134,7 @@ class JobRunner:
         self._total_steps = 0
         self._started_at: float | None = None
         self._cancelled = threading.Event()
-        self._cohort: Cohort | None = None
+        self._cohort: Cohort | ColocatedCohort | None = None
         self._theta: np.ndarray | None = None
         self._latest: tuple[int, list | None] | None = None  # (step, θ's shard refs after it)
         # asp/ssp, once trained: the parameter server's θ reads as (worker, clock, slowest
@@ -182,6 +205,8 @@ class JobRunner:
         latest = self._latest
         if latest is None:
             raise RuntimeError("the job has not finished a step yet")
+        if isinstance(self._cohort, ColocatedCohort):
+            return self._cohort.latest_theta()
         step, theta_refs = latest
         if theta_refs is None:  # θ lives in the parameter server(s): as it is now
             if len(self._cohort.servers) == 1:
@@ -197,8 +222,12 @@ class JobRunner:
         spec = self.spec
         data = prepare_data(spec, self.datasets_dir)
         steps = total_steps(spec, data.plan)
+        colocated = self.transport == "colocated" or (
+            self.transport == "auto" and is_colocated(spec)
+        )
+        kind = ColocatedCohort if colocated else Cohort
         try:
-            self._cohort = cohort = Cohort(
+            self._cohort = cohort = kind(
                 self.job_id,
                 spec,
                 data,
@@ -215,16 +244,61 @@ class JobRunner:
             self._started_at = time.time()
             self._changed.notify_all()
         loop = _Loop(self, cohort, data, steps)
+        if colocated:
+            self._train_colocated(loop, step)
+            return
         if spec.consistency == "bsp":
             self._train_bsp(loop, step)
         else:
             self._train_async(loop, step)
         self._theta = _joined(ray.get(cohort.theta_refs()))
 
+    def _train_colocated(self, loop: _Loop, step: int) -> None:
+        """bsp on colocated workers: launch their loop, then drain and report in batches."""
+        cohort: ColocatedCohort = loop.cohort
+        snapshot_every = (loop.eval_every, loop.checkpoint_every)
+        pending = _PendingSteps(self.spec.workers, snapshot_every, loop.steps)
+        reported = step
+        running = cohort.launch(loop.steps, snapshot_every, loop.steps)
+        loop.start_clock()
+        while reported < loop.steps:
+            loop.check_limits(reported)
+            try:
+                finished, _ = ray.wait(running, num_returns=len(running), timeout=DRAIN_PERIOD_S)
+                for drained in cohort.drain():
+                    pending.add(drained.stats, drained.snapshots)
+                for done_step, stats, states in pending.complete(after=reported):
+                    theta = _joined([s.theta for s in states]) if states else None
+                    reported = done_step
+                    self._latest = (reported, None)
+                    loop.finish_step(reported, [_merge_shards(stats)], None, theta, states)
+                    if reported == loop.steps:
+                        self._theta = theta
+                ray.get(finished, timeout=STEP_TIMEOUT_S)  # a worker's error surfaces here
+                if len(finished) == len(running) and reported < loop.steps:
+                    running = []  # every loop ended: the drain above has the rest
+                    if not pending.has_more(after=reported):
+                        raise JobFailed(f"the workers stopped at step {reported}")  # a bug
+            except (*_FAULTS, RayTaskError) as error:
+                if isinstance(error, RayTaskError) and not isinstance(error.cause, PeerLost):
+                    raise
+                if self._cancelled.is_set():
+                    raise JobCancelled from None
+                if cohort.replacements >= MAX_REPLACEMENTS:
+                    raise JobFailed(
+                        f"gave up after replacing {cohort.replacements} lost actors"
+                    ) from error
+                log.warning(
+                    "job %s: step %d failed (%s); restarting", self.job_id, reported + 1, error
+                )
+                cohort.restart(reported)
+                pending = _PendingSteps(self.spec.workers, snapshot_every, loop.steps)
+                running = cohort.launch(loop.steps, snapshot_every, loop.steps)
+
     def _train_bsp(self, loop: _Loop, step: int) -> None:
         """One global batch per step: every worker's gradient at the same θ, averaged."""
         cohort = loop.cohort
-        graph = cohort.compile_step() if self.compiled_graph else None
+        graph = cohort.compile_step() if self.transport == "graph" else None
         loop.start_clock()  # compiling is set-up, not training time
         warming = graph is not None  # a graph's first run starts its actors' channel loops
         theta_refs = cohort.theta_refs()
@@ -378,11 +452,18 @@ class _Loop:
             )
 
     def finish_step(
-        self, step: int, stats: list[StepStats], theta_refs: list[ray.ObjectRef] | None
+        self,
+        step: int,
+        stats: list[StepStats],
+        theta_refs: list[ray.ObjectRef] | None,
+        theta: np.ndarray | None = None,
+        states: list[ShardState] | None = None,
     ) -> None:
         """Checks, publishes and checkpoints a step whose updates are applied. `stats`: its
-        updates (one for bsp, one per worker otherwise). Raises JobFailed when the loss
-        diverged; a Ray fault while checkpointing propagates (the step is reported)."""
+        updates (one for bsp, one per worker otherwise). θ after the step comes as
+        `theta` with its shards' `states` (colocated workers), else from `theta_refs` or
+        the parameter server. Raises JobFailed when the loss diverged; a Ray fault while
+        checkpointing propagates (the step is reported)."""
         samples = sum(s.samples for s in stats)
         loss = sum(s.samples * s.loss for s in stats) / max(samples, 1)
         columns = zip(*(s.gradient_norms for s in stats), strict=True)  # per layer
@@ -395,12 +476,14 @@ class _Loop:
         validation: dict[str, float] = {}
         if len(self.data.X_val) and (step % self.eval_every == 0 or step == self.steps):
             try:
-                theta = _joined(ray.get(theta_refs or self.cohort.theta_refs(), timeout=60))
+                if theta is None:
+                    theta = _joined(ray.get(theta_refs or self.cohort.theta_refs(), timeout=60))
                 validation = self.model.evaluate(theta, self.data.X_val, self.data.y_val)
             except _FAULTS as error:
                 job = self.runner.job_id
                 log.warning("job %s: no validation at step %d (%s)", job, step, error)
         pulls = sum(len(s.staleness) for s in stats)  # one θ per gradient
+        pulled = [s.bytes_pulled for s in stats if s.bytes_pulled is not None]
         self.runner._publish(
             MetricPoint(
                 step=step,
@@ -415,7 +498,7 @@ class _Loop:
                 staleness_mean=float(np.mean(staleness)),
                 staleness_max=int(max(staleness)),
                 bytes_pushed=sum(s.bytes_pushed for s in stats),
-                bytes_pulled=pulls * self.theta_bytes,
+                bytes_pulled=sum(pulled) if pulled else pulls * self.theta_bytes,
                 compute_seconds=float(np.mean([s.compute_seconds for s in stats])),
             )
         )
@@ -425,7 +508,53 @@ class _Loop:
         if self.runner.checkpoints is not None and (
             step % self.checkpoint_every == 0 or step == self.steps
         ):
-            self.cohort.checkpoint()
+            if states:
+                self.runner.checkpoints.save(join_shards(states))
+            else:
+                self.cohort.checkpoint()
+
+
+class _PendingSteps:
+    """Colocated workers' per-shard statistics and snapshots until a step has them all.
+
+    A step is complete with one StepStats per worker and, on a snapshot step (a
+    multiple of one of `snapshot_every`, or the last), one ShardState per worker."""
+
+    def __init__(self, workers: int, snapshot_every: tuple[int, ...], last: int) -> None:
+        self.workers, self.snapshot_every, self.last = workers, snapshot_every, last
+        self.stats: dict[int, list[StepStats]] = {}
+        self.states: dict[int, list[ShardState]] = {}
+
+    def add(self, stats: list[StepStats], states: list[ShardState]) -> None:
+        for s in stats:
+            self.stats.setdefault(s.version, []).append(s)
+        for state in states:
+            self.states.setdefault(state.step, []).append(state)
+
+    def _is_snapshot(self, step: int) -> bool:
+        return step == self.last or any(step % k == 0 for k in self.snapshot_every)
+
+    def complete(self, after: int):
+        """(step, stats in shard order, shard states or None) for each step after `after`
+        that is complete, in order, up to the first that is not; drops what they used
+        and anything at or before `after` (steps computed again after a restart)."""
+        for step in [s for s in self.stats if s <= after]:
+            del self.stats[step]
+        for step in [s for s in self.states if s <= after]:
+            del self.states[step]
+        step = after + 1
+        while len(self.stats.get(step, ())) == self.workers:
+            states = None
+            if self._is_snapshot(step):
+                if len(self.states.get(step, ())) < self.workers:
+                    return
+                states = sorted(self.states.pop(step), key=lambda s: s.shard)
+            stats = sorted(self.stats.pop(step), key=lambda s: s.worker)
+            yield step, stats, states
+            step += 1
+
+    def has_more(self, after: int) -> bool:
+        return any(s > after for s in self.stats)
 
 
 def _merge_shards(parts: list[StepStats]) -> StepStats:
@@ -438,6 +567,7 @@ def _merge_shards(parts: list[StepStats]) -> StepStats:
         weight_squares=tuple(map(sum, zip(*(p.weight_squares for p in parts), strict=True))),
         square=sum(p.square for p in parts),
         bytes_pushed=sum(p.bytes_pushed for p in parts),
+        bytes_pulled=None if first.bytes_pulled is None else sum(p.bytes_pulled for p in parts),
     )
 
 

@@ -70,6 +70,7 @@ class StepStats:
     square: float = 0.0  # Σ g² over this shard's part of θ (biases included)
     staleness: tuple[int, ...] = ()
     bytes_pushed: int = 0
+    bytes_pulled: int | None = None  # θ bytes read by workers (None: one θ per gradient)
     compute_seconds: float = 0.0
     worker: int = -1
     clock: int = -1

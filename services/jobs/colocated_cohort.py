@@ -1,0 +1,210 @@
+"""ColocatedCohort: one bsp job's N colocated workers on Ray, each holding a θ shard.
+
+The runner launches every worker's step loop once (`launch`) and then only drains their
+statistics in batches; it is not on the step path. A lost worker breaks the mesh of
+all of them (the others see `PeerLost` at their next exchange), so a fault restarts
+every worker from the newest checkpoint at or before the last reported step, as a
+compiled graph's restart does.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError
+
+from services.jobs.checkpoints import Checkpoint, CheckpointStore
+from services.jobs.cohort import PlacementError
+from services.jobs.spec import JobSpec
+from services.jobs.training_data import TrainingData
+from services.paramserver.colocated import ColocatedWorker, Drained, ServerConfig, ShardState
+from worker.gradient_worker import GradientWorker
+from worker.layout import ParamLayout
+
+log = logging.getLogger(__name__)
+
+PLACEMENT_TIMEOUT_S = 120.0
+DRAIN_TIMEOUT_S = 60.0
+
+
+def is_colocated(spec: JobSpec) -> bool:
+    """Which parameter server a job gets. Colocated shards (this cohort) for bsp with
+    one parameter-server shard asked for and no gradient compression; separate
+    parameter-server actors (`Cohort`) for asp/ssp, for an explicit `ps_shards` > 1 and
+    for compressed pushes (both are about a PS on other machines), and for global-norm
+    clipping over several workers (it needs the whole gradient in one place)."""
+    return (
+        spec.consistency == "bsp"
+        and spec.ps_shards == 1
+        and spec.compression == "none"
+        and (spec.workers == 1 or not spec.optimizer.clip_norm)
+    )
+
+
+def join_shards(states: list[ShardState]) -> Checkpoint:
+    """One checkpoint from every shard's state (in shard order, all of one step)."""
+    steps = {state.step for state in states}
+    if len(steps) != 1:
+        raise ValueError(f"shard states of different steps: {sorted(steps)}")
+    return Checkpoint(
+        step=states[0].step,
+        theta=np.concatenate([state.theta for state in states]),
+        optimizer_step=states[0].optimizer_step,
+        buffers={
+            name: np.concatenate([state.buffers[name] for state in states])
+            for name in states[0].buffers
+        },
+    )
+
+
+class ColocatedCohort:
+    """The colocated workers of one bsp job. Call from the job's runner."""
+
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        data: TrainingData,
+        *,
+        worker_cpus: float,
+        checkpoints: CheckpointStore | None,
+        total_steps: int,
+    ) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self.data = data
+        self.worker_cpus = worker_cpus
+        self.checkpoints = checkpoints
+        self.server = ServerConfig(
+            optimizer=spec.optimizer,
+            schedule=spec.schedule.schedule(total_steps),
+            activations=tuple(spec.activations),
+            seed=spec.seed,
+            dtype=spec.dtype,
+            init=spec.init,
+        )
+        self.workers: list[ray.actor.ActorHandle] = []
+        self.placement: list[dict] = []
+        self.transport = ""
+        self.replacements = 0
+        self._generation = 0
+        self._shards: list[tuple[ray.ObjectRef, ray.ObjectRef]] = []
+
+    def start(self, resume_at_most: int | None = None) -> int:
+        """Create and connect every worker; returns the step they continue from."""
+        n = self.spec.workers
+        self._shards = [tuple(ray.put(part) for part in self.data.shard(i)) for i in range(n)]
+        return self._start(resume_at_most)
+
+    def _start(self, at_most: int | None) -> int:
+        latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
+        n = self.spec.workers
+        bounds = [(0, 0)] * n
+        theta_ref = None
+        if latest is not None:
+            bounds = self._bounds()
+            theta_ref = ray.put(latest.theta)
+        self._generation += 1
+        self.workers = [self._new_worker(i, latest, theta_ref, bounds[i]) for i in range(n)]
+        try:
+            endpoints = ray.get(
+                [w.endpoint.remote() for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
+            )
+        except GetTimeoutError:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            raise PlacementError(
+                f"could not place {n} workers ({self.worker_cpus} CPU each) within "
+                f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
+            ) from None
+        tag = uuid.uuid4().hex  # names the mesh's shared-memory file
+        transports = ray.get(
+            [w.join.remote(endpoints, tag) for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
+        )
+        self.transport = transports[0]
+        self.placement = ray.get(
+            [w.placement.remote() for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
+        )
+        step = latest.step if latest is not None else 0
+        if latest is not None:
+            log.info("job %s: restored from the checkpoint of step %d", self.job_id, step)
+        return step
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        return ParamLayout(self.spec.sizes).shard_bounds(self.spec.workers)
+
+    def _new_worker(
+        self, i: int, latest: Checkpoint | None, theta_ref, bounds: tuple[int, int]
+    ) -> ray.actor.ActorHandle:
+        spec, plan = self.spec, self.data.plan
+        X, y = self._shards[i]
+        resume = None
+        if latest is not None:
+            lo, hi = bounds
+            resume = ShardState(
+                step=latest.step,
+                theta=latest.theta[lo:hi],
+                optimizer_step=latest.optimizer_step,
+                buffers={name: array[lo:hi] for name, array in latest.buffers.items()},
+            )
+        return (
+            ray.remote(ColocatedWorker)
+            .options(
+                name=f"{self.job_id}/worker-{i}.{self._generation}",
+                num_cpus=self.worker_cpus,
+                max_concurrency=3,  # train, and drain / latest_theta beside it
+                scheduling_strategy="SPREAD",
+                **GradientWorker.actor_options(spec.device),
+            )
+            .remote(
+                index=i,
+                workers=spec.workers,
+                server=self.server,
+                worker={
+                    "sizes": spec.sizes,
+                    "activations": spec.activations,
+                    "loss": spec.loss,
+                    "local_batch": plan.local_batches[i],
+                    "steps_per_epoch": plan.steps_per_epoch,
+                    "seed": spec.seed,
+                    "worker_index": i,
+                    "device": spec.device,
+                    **spec.model_options,
+                },
+                X=X,
+                y=y,
+                resume=resume,
+                resume_theta=theta_ref,
+            )
+        )
+
+    def launch(
+        self, stop: int, snapshot_every: tuple[int, ...], total_steps: int
+    ) -> list[ray.ObjectRef]:
+        """Start every worker's step loop up to step `stop`; returns their task refs."""
+        return [w.train.remote(stop, snapshot_every, total_steps) for w in self.workers]
+
+    def drain(self) -> list[Drained]:
+        """Every worker's statistics and snapshots since its last drain."""
+        return ray.get([w.drain.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)
+
+    def latest_theta(self) -> tuple[int, np.ndarray]:
+        """(step, θ after it) from the first worker, taken between two steps."""
+        return ray.get(self.workers[0].latest_theta.remote(), timeout=DRAIN_TIMEOUT_S)
+
+    def profiles(self) -> list[dict]:
+        return ray.get([w.profile.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)
+
+    def restart(self, at_most: int) -> int:
+        """Replace every worker; they continue from the newest checkpoint at or before
+        step `at_most` (0 without one). Returns that step."""
+        self.release()
+        self.replacements += 1
+        return self._start(at_most)
+
+    def release(self) -> None:
+        for actor in self.workers:
+            ray.kill(actor, no_restart=True)
+        self.workers = []

@@ -1,0 +1,226 @@
+"""Collective: the links between one job's colocated workers and the two exchanges a
+bsp step needs, reduce-scatter of g and all-gather of θ.
+
+N worker processes form a full mesh of TCP connections (N is small: the job's workers).
+Two transports ride on it:
+
+- shared memory (every worker on one node): G (N, P) and θ (P,) live in one file
+  under /dev/shm that every worker maps. Worker i writes its gradient into G[i]; a
+  reduce-scatter is a barrier after which worker i sums column range i of G; an
+  all-gather is a barrier after which every worker reads the whole θ. θ and g are
+  never copied between processes; the mesh only carries one byte per barrier.
+- TCP (workers on several nodes): the same two exchanges send the slices themselves,
+  straight from and into preallocated arrays (no pickling, one kernel copy).
+
+Every wait blocks in the kernel (select on the sockets): nothing spins. A peer that
+dies closes its sockets, so the others see `PeerLost` at once instead of hanging; a
+peer that stops answering surfaces after `timeout_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import selectors
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_INDEX = struct.Struct("!i")
+_SHM_DIR = Path("/dev/shm")
+CONNECT_TIMEOUT_S = 60.0
+
+
+class PeerLost(ConnectionError):
+    """A peer closed its connection or did not answer in time: the job's mesh is broken."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where worker `index` listens: its Ray node and a TCP address."""
+
+    index: int
+    node_id: str
+    host: str
+    port: int
+
+
+class Mesh:
+    """Full mesh of TCP connections between N peers, with a non-spinning exchange."""
+
+    def __init__(self, index: int, size: int, *, host: str = "127.0.0.1") -> None:
+        if not 0 <= index < size:
+            raise ValueError(f"index must be in [0, {size}), got {index}")
+        self.index, self.size = index, size
+        self._listener = socket.create_server((host, 0), backlog=max(size, 1))
+        self.host, self.port = host, self._listener.getsockname()[1]
+        self.peers: dict[int, socket.socket] = {}
+        self._selector = selectors.DefaultSelector()
+        self._one = bytearray(1)
+
+    def connect(self, endpoints: Sequence[Endpoint], timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        """Connect to every lower index, accept every higher one. Every peer calls this
+        at about the same time; connects complete through the listener's backlog, so the
+        order cannot deadlock."""
+        by_index = {e.index: e for e in endpoints}
+        for j in range(self.index):
+            sock = socket.create_connection((by_index[j].host, by_index[j].port), timeout_s)
+            sock.sendall(_INDEX.pack(self.index))
+            self._add(j, sock)
+        self._listener.settimeout(timeout_s)
+        while len(self.peers) < self.size - 1:
+            sock, _ = self._listener.accept()
+            sock.settimeout(timeout_s)
+            (j,) = _INDEX.unpack(_recv_exactly(sock, _INDEX.size))
+            self._add(j, sock)
+        self._listener.close()
+
+    def _add(self, j: int, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self.peers[j] = sock
+
+    def exchange(
+        self,
+        sends: dict[int, Sequence[memoryview]],
+        receives: dict[int, Sequence[memoryview]],
+        timeout_s: float,
+    ) -> None:
+        """Send every buffer in `sends[j]` to peer j and fill every buffer in
+        `receives[j]` from it, all peers at once, blocking in select until done."""
+        selector = self._selector
+        outgoing = {j: [memoryview(b).cast("B") for b in bufs] for j, bufs in sends.items()}
+        incoming = {j: [memoryview(b).cast("B") for b in bufs] for j, bufs in receives.items()}
+        outgoing = {j: [b for b in bufs if len(b)] for j, bufs in outgoing.items()}
+        incoming = {j: [b for b in bufs if len(b)] for j, bufs in incoming.items()}
+        for j in set(outgoing) | set(incoming):
+            events = (selectors.EVENT_WRITE if outgoing.get(j) else 0) | (
+                selectors.EVENT_READ if incoming.get(j) else 0
+            )
+            if events:
+                selector.register(self.peers[j], events, j)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                ready = selector.select(timeout=max(left, 0.0)) if left > 0 else []
+                if not ready:
+                    raise PeerLost(f"no answer from peers within {timeout_s:.0f} s")
+                for key, mask in ready:
+                    j, sock = key.data, key.fileobj
+                    if mask & selectors.EVENT_READ and incoming.get(j):
+                        self._receive(sock, incoming[j], j)
+                    if mask & selectors.EVENT_WRITE and outgoing.get(j):
+                        self._send(sock, outgoing[j], j)
+                    events = (selectors.EVENT_WRITE if outgoing.get(j) else 0) | (
+                        selectors.EVENT_READ if incoming.get(j) else 0
+                    )
+                    if events == 0:
+                        selector.unregister(sock)
+                    elif events != key.events:
+                        selector.modify(sock, events, j)
+        finally:
+            for key in list(selector.get_map().values()):
+                selector.unregister(key.fileobj)
+
+    @staticmethod
+    def _send(sock: socket.socket, buffers: list[memoryview], j: int) -> None:
+        try:
+            sent = sock.send(buffers[0])
+        except BlockingIOError:
+            return
+        except OSError as error:
+            raise PeerLost(f"peer {j}: {error}") from None
+        buffers[0] = buffers[0][sent:]
+        if not len(buffers[0]):
+            buffers.pop(0)
+
+    @staticmethod
+    def _receive(sock: socket.socket, buffers: list[memoryview], j: int) -> None:
+        try:
+            got = sock.recv_into(buffers[0])
+        except BlockingIOError:
+            return
+        except OSError as error:
+            raise PeerLost(f"peer {j}: {error}") from None
+        if got == 0:
+            raise PeerLost(f"peer {j} closed its connection")
+        buffers[0] = buffers[0][got:]
+        if not len(buffers[0]):
+            buffers.pop(0)
+
+    def barrier(self, timeout_s: float) -> None:
+        """Wait until every peer has reached its matching barrier (one byte each way)."""
+        if self.size == 1:
+            return
+        ones = {j: [self._one] for j in self.peers}
+        inboxes = {j: [bytearray(1)] for j in self.peers}
+        self.exchange(ones, inboxes, timeout_s)
+
+    def close(self) -> None:
+        for sock in self.peers.values():
+            sock.close()
+        self.peers.clear()
+        self._listener.close()
+        self._selector.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise PeerLost("a peer closed its connection while connecting")
+        data += chunk
+    return data
+
+
+class SharedArrays:
+    """A few arrays in one memory-mapped file that processes on one node share.
+
+    The creator makes the file; the others open it by name; once every process has it
+    mapped, `unlink` removes the name (the mapping lives on until the last one closes),
+    so a killed job leaves nothing behind in /dev/shm.
+    """
+
+    def __init__(self, path: Path, specs: dict[str, tuple[tuple[int, ...], str]], *, create: bool):
+        self.path = path
+        offsets, total = {}, 0
+        for name, (shape, dtype) in specs.items():
+            total = -(-total // 64) * 64  # every array 64-byte aligned
+            offsets[name] = total
+            total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        total = max(total, 1)
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, total)
+            self._map = mmap.mmap(fd, total)
+        finally:
+            os.close(fd)
+        self.arrays = {
+            name: np.ndarray(shape, dtype=dtype, buffer=self._map, offset=offsets[name])
+            for name, (shape, dtype) in specs.items()
+        }
+
+    @staticmethod
+    def path_for(tag: str) -> Path:
+        """The file's path for a tag that the processes agree on (unique per mesh)."""
+        directory = _SHM_DIR if _SHM_DIR.is_dir() else Path(tempfile.gettempdir())
+        return directory / f"bptrain-{tag}"
+
+    def unlink(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.arrays.clear()
+        with contextlib.suppress(BufferError):  # a view still alive: freed at exit
+            self._map.close()

@@ -1,0 +1,353 @@
+"""ColocatedWorker: a bsp gradient worker that also holds one shard of the parameter server.
+
+ps-lite's and BytePS's colocated servers: with N workers, worker i holds θ's shard
+i = [lo_i, hi_i) (`ParamLayout.shard_bounds(N)`) and that shard's optimizer state, and a
+bsp step is, on every worker at once:
+
+    g_i   = ∂loss/∂θ on the worker's mini-batch at θ     # (P,), written into G[i]
+    reduce-scatter:  ḡ[lo_i:hi_i] = Σ_j (n_j / n) G[j, lo_i:hi_i]
+    update:          θ[lo_i:hi_i] ← optimizer step with η_t (this shard's state)
+    all-gather:      θ whole again on every worker
+
+The parameter-server code (`apply_update`, `learning_rate_at`) is the only thing that
+changes θ, and each shard has exactly one owner; the worker's engine only computes g.
+With one worker nothing moves at all. The step loop runs inside the worker (`train`);
+the job runner starts it and drains step statistics in batches (`drain`), so no
+coordinator is on the step path. See `collective` for the two transports.
+
+A plain class; the runner makes it a threaded Ray actor, so `drain` and `latest_theta`
+answer while `train` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArrays
+from services.paramserver.optimizers import (
+    LRSchedule,
+    OptimizerConfig,
+    apply_update,
+    global_norm,
+    init_state,
+    learning_rate_at,
+)
+from services.paramserver.server import StepStats
+from worker.gradient_worker import GradientWorker
+
+EXCHANGE_TIMEOUT_S = 60.0  # a peer silent this long is taken for lost
+_KEPT_RECORDS = 100_000  # undrained step records kept (a runner that stopped draining)
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """One shard's part of a checkpoint: θ[lo:hi], the optimizer's buffers over it and
+    its update count, as of `step`."""
+
+    step: int
+    theta: np.ndarray  # (hi − lo,)
+    optimizer_step: int
+    buffers: dict[str, np.ndarray]
+    shard: int = 0  # which of the workers' shards
+
+
+@dataclass
+class Drained:
+    """What `drain` hands the runner: the steps done since the last drain."""
+
+    stats: list[StepStats] = field(default_factory=list)
+    snapshots: list[ShardState] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The parameter server's side of a colocated worker: optimizer and θ's make-up."""
+
+    optimizer: OptimizerConfig
+    schedule: LRSchedule
+    activations: tuple[str, ...]
+    seed: int
+    dtype: str = "float32"
+    init: str = "auto"
+
+
+class ColocatedWorker:
+    """Worker `index` of `workers`, owning θ's shard `index`; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        workers: int,
+        server: ServerConfig,
+        worker: dict,
+        X: np.ndarray,
+        y: np.ndarray,
+        resume: ShardState | None = None,
+        resume_theta: np.ndarray | None = None,
+    ) -> None:
+        """`worker`: `GradientWorker`'s keyword arguments but its data shard X, y (given
+        apart, so Ray resolves them when they come as ObjectRefs);
+        `resume`/`resume_theta`: continue from a checkpoint (this shard's state and the
+        whole θ), else start at step 0 from the seeded initialisation."""
+        self.index, self.workers = index, workers
+        self.engine = GradientWorker(X=X, y=y, **worker)
+        self.layout = self.engine.model.layout
+        self.server = server
+        self.lo, self.hi = self.layout.shard_bounds(workers)[index]
+        if resume_theta is not None:
+            theta = np.array(resume_theta, dtype=server.dtype)  # (P,)
+        else:
+            theta = self.layout.init_theta(
+                server.activations, server.seed, server.dtype, init=server.init
+            )
+        self.state = init_state(server.optimizer, self.hi - self.lo, theta.dtype)
+        self.step = 0
+        if resume is not None:
+            self._restore(resume, theta)
+        self._theta_local = theta  # θ until `join` maps the shared one
+        self.theta = theta
+        self.G = np.zeros((1, len(theta)), dtype=theta.dtype)  # this worker's g (and peers')
+        self.header = np.zeros((workers, 2))  # per worker: samples, loss of its g
+        self.mesh: Mesh | None = None
+        self.shared: SharedArrays | None = None
+        self._reduced = np.empty(self.hi - self.lo, dtype=theta.dtype)  # ḡ on this shard
+        self._scratch = np.empty_like(self._reduced)
+        self._received: np.ndarray | None = None  # TCP: peers' slices of g for this shard
+        self._lock = threading.Condition()
+        self._drained = Drained()
+        self._latest: tuple[int, np.ndarray] | None = None
+        self._theta_wanted = False
+        self._training = False
+        self._profile = np.zeros(4)  # Σ seconds: compute, communication, waiting, update
+        self._profile_steps = 0
+        self._cpu_at_start = time.process_time()
+
+    def _restore(self, resume: ShardState, theta: np.ndarray) -> None:
+        if resume.theta.shape != (self.hi - self.lo,) or set(resume.buffers) != set(
+            self.state.buffers
+        ):
+            raise ValueError("the checkpoint does not fit this model, optimizer and shard")
+        theta[self.lo : self.hi] = resume.theta
+        for name, array in resume.buffers.items():
+            self.state.buffers[name][:] = array
+        self.state.step = resume.optimizer_step
+        self.step = resume.step
+
+    # --- set-up ----------------------------------------------------------------------
+
+    def endpoint(self) -> Endpoint:
+        """Open this worker's listening socket; where the others reach it."""
+        import ray
+
+        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        self.mesh = Mesh(self.index, self.workers, host=host)
+        return Endpoint(self.index, node, self.mesh.host, self.mesh.port)
+
+    def placement(self) -> dict:
+        return self.engine.placement()
+
+    def join(self, endpoints: Sequence[Endpoint], tag: str) -> str:
+        """Connect the mesh; on one node, map the shared G and θ. Returns the transport
+        ("local" for one worker, "shm" or "tcp")."""
+        if self.workers == 1:
+            return "local"
+        self.mesh.connect(endpoints)
+        if len({e.node_id for e in endpoints}) > 1:
+            self._received = np.empty((self.workers, self.hi - self.lo), self.theta.dtype)
+            return "tcp"
+        P, N = len(self.theta), self.workers
+        specs = {"G": ((N, P), self.theta.dtype.str), "theta": ((P,), self.theta.dtype.str)}
+        specs["header"] = ((N, 2), "<f8")
+        path = SharedArrays.path_for(tag)
+        if self.index == 0:
+            self.shared = SharedArrays(path, specs, create=True)
+        self.mesh.barrier(EXCHANGE_TIMEOUT_S)  # the file exists
+        if self.index != 0:
+            self.shared = SharedArrays(path, specs, create=False)
+        shared = self.shared.arrays
+        lo, hi = self.lo, self.hi
+        shared["theta"][lo:hi] = self._theta_local[lo:hi]  # each owner its own shard
+        self.mesh.barrier(EXCHANGE_TIMEOUT_S)  # every one mapped it, θ whole
+        if self.index == 0:
+            self.shared.unlink()  # nothing left in /dev/shm however the job ends
+        self.theta, self.G, self.header = shared["theta"], shared["G"], shared["header"]
+        return "shm"
+
+    # --- the step loop ---------------------------------------------------------------
+
+    def train(self, stop: int, snapshot_every: Sequence[int], total_steps: int) -> int:
+        """Run bsp steps self.step + 1 .. stop. After step t, a shard snapshot is kept
+        for the runner when t is a multiple of one of `snapshot_every` or t is
+        `total_steps`. Returns the last step done."""
+        self._training = True
+        try:
+            self._train(stop, snapshot_every, total_steps)
+        finally:
+            with self._lock:
+                self._training = False
+                self._lock.notify_all()
+        return self.step
+
+    def _train(self, stop: int, snapshot_every: Sequence[int], total_steps: int) -> None:
+        while self.step < stop:
+            self._one_step(self.step + 1)
+            step = self.step
+            if step == total_steps or any(step % k == 0 for k in snapshot_every):
+                snapshot = self.shard_state()
+                with self._lock:
+                    self._drained.snapshots.append(snapshot)
+
+    def _one_step(self, step: int) -> None:
+        started = time.perf_counter()
+        g = self.G[self.index if self.shared is not None else 0]  # (P,)
+        result = self.engine.compute_gradients_into(g, self.theta, step - 1)
+        computed = time.perf_counter()
+        self.header[self.index] = (result.samples, result.loss)
+        reduced, communication, waiting = self._reduce_scatter(g)
+        total = float(self.header[:, 0].sum())
+        loss = float(self.header[:, 0] @ self.header[:, 1]) / total
+        reducing_done = time.perf_counter()
+        eta = learning_rate_at(step, self.server.optimizer.learning_rate, self.server.schedule)
+        squares = self.layout.weight_squares(reduced, self.lo)
+        shard = self.theta[self.lo : self.hi]
+        apply_update(shard, reduced, self.state, self.server.optimizer, learning_rate=eta)
+        updated = time.perf_counter()
+        waiting += self._all_gather()
+        self.step = step
+        peers = self.workers - 1
+        slice_bytes = (self.hi - self.lo) * self.theta.itemsize
+        stats = StepStats(
+            version=step,
+            samples=int(total),
+            loss=loss,
+            learning_rate=eta,
+            weight_squares=tuple(squares),
+            square=global_norm(reduced) ** 2,
+            staleness=(0,) * self.workers,
+            bytes_pushed=peers * slice_bytes,  # the other workers' slices of g read
+            bytes_pulled=peers * slice_bytes,  # this shard of θ read by the others
+            compute_seconds=computed - started,
+            worker=self.index,
+        )
+        profile = (computed - started, communication, waiting, updated - reducing_done)
+        with self._lock:
+            self._drained.stats.append(stats)
+            if len(self._drained.stats) > _KEPT_RECORDS:
+                del self._drained.stats[: -_KEPT_RECORDS // 2]
+            self._profile += profile
+            self._profile_steps += 1
+            if self._theta_wanted:
+                self._latest = (step, self.theta.copy())
+                self._theta_wanted = False
+                self._lock.notify_all()
+
+    def _reduce_scatter(self, g: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """ḡ over this shard, Σ_j (n_j / n) g_j[lo:hi]; every worker's (samples, loss) in
+        `header`. Returns (ḡ, communication s, waiting s)."""
+        lo, hi, N = self.lo, self.hi, self.workers
+        if N == 1:
+            return g, 0.0, 0.0  # n_0 / n = 1: g itself
+        started = time.perf_counter()
+        if self.shared is not None:
+            self.mesh.barrier(EXCHANGE_TIMEOUT_S)  # every G[j] and header row written
+            parts = self.G[:, lo:hi]
+            arrived = time.perf_counter()
+        else:
+            bounds = self.layout.shard_bounds(N)
+            sends = {j: [self.header[self.index], g[a:b]] for j, (a, b) in enumerate(bounds)}
+            receives = {j: [self.header[j], self._received[j]] for j in range(N)}
+            del sends[self.index], receives[self.index]
+            self.mesh.exchange(sends, receives, EXCHANGE_TIMEOUT_S)
+            self._received[self.index] = g[lo:hi]
+            parts = self._received
+            arrived = started  # TCP: the wait is inside the transfer
+        weights = self.header[:, 0] / self.header[:, 0].sum()  # n_j / n
+        reduced = self._reduced
+        np.multiply(parts[0], float(weights[0]), out=reduced)  # a Python float keeps θ's dtype
+        for j in range(1, N):
+            np.multiply(parts[j], float(weights[j]), out=self._scratch)
+            reduced += self._scratch
+        done = time.perf_counter()
+        return reduced, done - arrived, arrived - started
+
+    def _all_gather(self) -> float:
+        """θ whole on every worker again; returns the seconds it took."""
+        if self.workers == 1:
+            return 0.0
+        started = time.perf_counter()
+        if self.shared is not None:
+            self.mesh.barrier(EXCHANGE_TIMEOUT_S)  # every shard of the shared θ updated
+        else:
+            bounds = self.layout.shard_bounds(self.workers)
+            mine = self.theta[self.lo : self.hi]
+            sends = {j: [mine] for j in range(self.workers) if j != self.index}
+            receives = {j: [self.theta[a:b]] for j, (a, b) in enumerate(bounds) if j != self.index}
+            self.mesh.exchange(sends, receives, EXCHANGE_TIMEOUT_S)
+        return time.perf_counter() - started
+
+    # --- what the runner reads --------------------------------------------------------
+
+    def drain(self) -> Drained:
+        """Step statistics and snapshots since the last drain, oldest first."""
+        with self._lock:
+            drained, self._drained = self._drained, Drained()
+        return drained
+
+    def shard_state(self) -> ShardState:
+        """This shard's θ and optimizer state as of the last step (copies)."""
+        return ShardState(
+            step=self.step,
+            theta=self.theta[self.lo : self.hi].copy(),
+            optimizer_step=self.state.step,
+            buffers={name: array.copy() for name, array in self.state.buffers.items()},
+            shard=self.index,
+        )
+
+    def latest_theta(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
+        """(step, the whole θ after it), taken between two steps; (P,)."""
+        with self._lock:
+            if not self._training:  # θ is not changing
+                return self.step, self.theta.copy()
+            self._theta_wanted = True
+            if not self._lock.wait_for(
+                lambda: not (self._theta_wanted and self._training), timeout=timeout_s
+            ):
+                raise TimeoutError(f"no step finished within {timeout_s:g} s")
+            if self._theta_wanted:  # training ended first
+                self._theta_wanted = False
+                return self.step, self.theta.copy()
+            return self._latest
+
+    def profile(self) -> dict[str, float]:
+        """Mean seconds per step in compute, communication, waiting and update, and this
+        process's CPU seconds per step since it started."""
+        with self._lock:
+            steps = max(self._profile_steps, 1)
+            compute, communication, waiting, update = self._profile / steps
+            cpu = (time.process_time() - self._cpu_at_start) / steps
+        return {
+            "steps": self._profile_steps,
+            "compute_s": float(compute),
+            "communication_s": float(communication),
+            "waiting_s": float(waiting),
+            "update_s": float(update),
+            "cpu_s": float(cpu),
+            "pid": os.getpid(),
+        }
+
+    def close(self) -> None:
+        if self.mesh is not None:
+            self.mesh.close()
+        if self.shared is not None:
+            self.shared.unlink()
+
+
+__all__ = ["ColocatedWorker", "PeerLost", "ServerConfig", "ShardState"]
