@@ -147,7 +147,7 @@ def test_negative_learning_rate_message_reads_as_documented(client: Client) -> N
 def test_cancel_ends_a_running_job_and_removes_its_actors(client: Client) -> None:
     job = client.submit(digits_spec(epochs=5000))
     wait_for_step(client, job.job_id, 3)
-    assert len(job_actor_names(job.job_id)) == 4  # runner, parameter server, 2 workers
+    assert len(job_actor_names(job.job_id)) == 3  # runner, 2 workers with a θ shard each
     started = time.monotonic()
     cancelled = client.cancel(job.job_id)
     while job_actor_names(job.job_id) and time.monotonic() - started < 10:

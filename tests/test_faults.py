@@ -19,6 +19,10 @@ from tests.conftest import digits_spec
 
 pytestmark = pytest.mark.slow
 
+# Long enough that a kill lands mid-run: a digits step takes well under a millisecond on
+# colocated workers, so six epochs (138 steps) end before a test can see step 30.
+LONG_EPOCHS = 60
+
 
 def wait_for_step(client: Client, job_id: str, step: int, timeout_s: float = 120) -> pb.Job:
     deadline = time.monotonic() + timeout_s
@@ -35,8 +39,12 @@ def streamed_steps(client: Client, job_id: str) -> list[int]:
 
 
 def ps_actor(job_id: str, shard: int = 0) -> ray.actor.ActorHandle:
+    """The actor holding θ's shard `shard`: a parameter-server actor, or for a job on
+    colocated workers the worker that holds that shard with its optimizer state."""
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
-    (name,) = [n for n in names if n.startswith(f"{job_id}/ps-{shard}.")]
+    (name,) = [n for n in names if n.startswith(f"{job_id}/ps-{shard}.")] or [
+        n for n in names if n.startswith(f"{job_id}/worker-{shard}.")
+    ]
     return ray.get_actor(name, namespace="bptrain")
 
 
@@ -44,7 +52,7 @@ def ps_actor(job_id: str, shard: int = 0) -> ray.actor.ActorHandle:
 def reference(server: tuple) -> dict[str, np.ndarray]:
     """The fault-free run every recovered run must equal."""
     with Client(f"127.0.0.1:{server[0].port}") as client:
-        job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+        job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
         assert job.wait().state == pb.SUCCEEDED
         return client.weights(job.job_id)
 
@@ -57,7 +65,7 @@ def assert_same_weights(weights: dict, reference: dict) -> None:
 def test_a_killed_worker_is_replaced_and_the_job_ends_as_without_faults(
     client: Client, reference: dict
 ) -> None:
-    job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
     running = wait_for_step(client, job.job_id, 30)
     victim = running.workers[1]
     killed_at = time.monotonic()
@@ -77,7 +85,7 @@ def test_a_killed_worker_is_replaced_and_the_job_ends_as_without_faults(
 def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
     client: Client, reference: dict
 ) -> None:
-    job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
     running = wait_for_step(client, job.job_id, 45)
     killed_at = time.monotonic()
     ray.kill(ps_actor(job.job_id), no_restart=True)
@@ -92,7 +100,7 @@ def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
 def test_a_killed_parameter_server_shard_restores_every_shard_and_theta_is_unchanged(
     client: Client, reference: dict
 ) -> None:
-    job = client.submit(digits_spec(epochs=6, checkpoint_every=10, ps_shards=2))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10, ps_shards=2))
     running = wait_for_step(client, job.job_id, 45)
     ray.kill(ps_actor(job.job_id, shard=1), no_restart=True)
     wait_for_step(client, job.job_id, running.step + 10)
@@ -106,7 +114,7 @@ def test_a_killed_parameter_server_shard_restores_every_shard_and_theta_is_uncha
 def test_an_async_job_survives_a_killed_worker_and_a_killed_parameter_server(
     client: Client, mode: dict
 ) -> None:
-    job = client.submit(digits_spec(epochs=6, checkpoint_every=10, **mode))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10, **mode))
     running = wait_for_step(client, job.job_id, 30)
     victim = running.workers[0]
     os.kill(victim.pid, signal.SIGKILL)
@@ -123,7 +131,7 @@ def test_an_async_job_survives_a_killed_worker_and_a_killed_parameter_server(
 def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
     client: Client, reference: dict
 ) -> None:
-    job = client.submit(digits_spec(epochs=6, checkpoint_every=10))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
     running = wait_for_step(client, job.job_id, 35)
     killed_at = time.monotonic()
     ray.kill(ray.get_actor(f"{job.job_id}/runner", namespace="bptrain"), no_restart=True)

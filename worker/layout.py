@@ -122,8 +122,8 @@ class ParamLayout:
         for layer, (w_start, b_start, _) in enumerate(self._offsets):
             a, b = max(w_start, lo), min(b_start, hi)
             if a < b:
-                chunk = part[a - lo : b - lo].astype(np.float64, copy=False)
-                squares[layer] = float(chunk @ chunk)
+                chunk = part[a - lo : b - lo]
+                squares[layer] = float(chunk @ chunk)  # BLAS dot in θ's dtype: no copy
         return squares
 
     def blocks(self, theta: Array) -> list[Array]:

@@ -21,6 +21,7 @@ from services.jobs.cohort import PlacementError
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
 from services.paramserver.colocated import ColocatedWorker, Drained, ServerConfig, ShardState
+from services.paramserver.colocated_async import AsyncColocatedWorker, NotOneNode
 from worker.gradient_worker import GradientWorker
 from worker.layout import ParamLayout
 
@@ -31,17 +32,15 @@ DRAIN_TIMEOUT_S = 60.0
 
 
 def is_colocated(spec: JobSpec) -> bool:
-    """Which parameter server a job gets. Colocated shards (this cohort) for bsp with
-    one parameter-server shard asked for and no gradient compression; separate
-    parameter-server actors (`Cohort`) for asp/ssp, for an explicit `ps_shards` > 1 and
-    for compressed pushes (both are about a PS on other machines), and for global-norm
-    clipping over several workers (it needs the whole gradient in one place)."""
-    return (
-        spec.consistency == "bsp"
-        and spec.ps_shards == 1
-        and spec.compression == "none"
-        and (spec.workers == 1 or not spec.optimizer.clip_norm)
-    )
+    """Which parameter server a job gets. Colocated shards (this cohort) when it asks
+    for one parameter-server shard and no gradient compression; separate
+    parameter-server actors (`Cohort`) for an explicit `ps_shards` > 1 and for
+    compressed pushes (both are about a PS on other machines), for bsp with global-norm
+    clipping over several workers (it needs the whole gradient in one place), and for
+    asp/ssp whose workers land on several nodes (the runner falls back on `NotOneNode`)."""
+    if spec.ps_shards != 1 or spec.compression != "none":
+        return False
+    return spec.consistency != "bsp" or spec.workers == 1 or not spec.optimizer.clip_norm
 
 
 def join_shards(states: list[ShardState]) -> Checkpoint:
@@ -119,6 +118,9 @@ class ColocatedCohort:
                 f"could not place {n} workers ({self.worker_cpus} CPU each) within "
                 f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
             ) from None
+        if self.spec.consistency != "bsp" and len({e.node_id for e in endpoints}) > 1:
+            self.release()
+            raise NotOneNode(f"the {n} workers landed on several nodes")
         tag = uuid.uuid4().hex  # names the mesh's shared-memory file
         transports = ray.get(
             [w.join.remote(endpoints, tag) for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
@@ -149,16 +151,24 @@ class ColocatedCohort:
                 optimizer_step=latest.optimizer_step,
                 buffers={name: array[lo:hi] for name, array in latest.buffers.items()},
             )
+        kind, extra = ColocatedWorker, {}
+        if spec.consistency != "bsp":
+            kind = AsyncColocatedWorker
+            extra = {
+                "staleness_bound": spec.staleness_bound,
+                "staleness_aware_lr": spec.staleness_aware_lr,
+            }
         return (
-            ray.remote(ColocatedWorker)
+            ray.remote(kind)
             .options(
                 name=f"{self.job_id}/worker-{i}.{self._generation}",
                 num_cpus=self.worker_cpus,
-                max_concurrency=3,  # train, and drain / latest_theta beside it
+                max_concurrency=4,  # train, and drain / snapshot / latest_theta beside it
                 scheduling_strategy="SPREAD",
                 **GradientWorker.actor_options(spec.device),
             )
             .remote(
+                **extra,
                 index=i,
                 workers=spec.workers,
                 server=self.server,
@@ -193,6 +203,15 @@ class ColocatedCohort:
     def latest_theta(self) -> tuple[int, np.ndarray]:
         """(step, θ after it) from the first worker, taken between two steps."""
         return ray.get(self.workers[0].latest_theta.remote(), timeout=DRAIN_TIMEOUT_S)
+
+    def snapshot(self) -> ShardState:
+        """asp/ssp: the whole shared parameter server's state, consistent."""
+        return ray.get(self.workers[0].snapshot.remote(), timeout=DRAIN_TIMEOUT_S)
+
+    def read_log(self) -> list[tuple[int, int, int]]:
+        """asp/ssp: every worker's θ reads as (worker, clock, slowest clock then)."""
+        logs = ray.get([w.read_log.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)
+        return [entry for log in logs for entry in log]
 
     def profiles(self) -> list[dict]:
         return ray.get([w.profile.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)

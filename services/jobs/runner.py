@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from services.jobs.spec import JobSpec
 from services.jobs.training_data import DataError, TrainingData, prepare_data, total_steps
 from services.paramserver.collective import PeerLost
 from services.paramserver.colocated import ShardState
+from services.paramserver.colocated_async import NotOneNode
 from services.paramserver.server import StepStats
 from worker.model import MLP
 
@@ -137,6 +139,7 @@ class JobRunner:
         self._cohort: Cohort | ColocatedCohort | None = None
         self._theta: np.ndarray | None = None
         self._latest: tuple[int, list | None] | None = None  # (step, θ's shard refs after it)
+        self.profiles: list[dict] = []  # colocated workers' `profile()`, once trained
         # asp/ssp, once trained: the parameter server's θ reads as (worker, clock, slowest
         # worker's clock at the read), for checking the staleness bound.
         self.read_log: list[tuple[int, int, int]] = []
@@ -216,6 +219,18 @@ class JobRunner:
             theta_refs = self._cohort.theta_refs()
         return step, _joined(ray.get(theta_refs, timeout=STEP_TIMEOUT_S))
 
+    def process_ids(self) -> dict[str, list[int]]:
+        """Process ids of this job's runner, workers and parameter-server actors, for
+        per-process CPU figures (bench/distributed.py reads them from /proc)."""
+        cohort = self._cohort
+        servers = getattr(cohort, "servers", [])
+        placements = ray.get([s.placement.remote() for s in servers], timeout=STEP_TIMEOUT_S)
+        return {
+            "runner": [os.getpid()],
+            "workers": [p["pid"] for p in (cohort.placement if cohort else [])],
+            "servers": [p["pid"] for p in placements],
+        }
+
     # --- training ----------------------------------------------------------------------
 
     def _train(self) -> None:
@@ -225,9 +240,8 @@ class JobRunner:
         colocated = self.transport == "colocated" or (
             self.transport == "auto" and is_colocated(spec)
         )
-        kind = ColocatedCohort if colocated else Cohort
         try:
-            self._cohort = cohort = kind(
+            self._cohort = cohort = (ColocatedCohort if colocated else Cohort)(
                 self.job_id,
                 spec,
                 data,
@@ -237,7 +251,20 @@ class JobRunner:
             )
         except InvalidSpecError as error:  # a schedule that does not fit the step count
             raise JobFailed(str(error.under("schedule"))) from None
-        step = cohort.start(self.resume_at_most)  # > 0 when resuming from a checkpoint
+        try:
+            step = cohort.start(self.resume_at_most)  # > 0 when resuming from a checkpoint
+        except NotOneNode as error:  # asp/ssp over several nodes: parameter-server actors
+            log.info("job %s: %s; using parameter-server actors", self.job_id, error)
+            colocated = False
+            self._cohort = cohort = Cohort(
+                self.job_id,
+                spec,
+                data,
+                worker_cpus=self.worker_cpus,
+                checkpoints=self.checkpoints,
+                total_steps=steps,
+            )
+            step = cohort.start(self.resume_at_most)
         with self._changed:
             self._state = JobState.RUNNING
             self._total_steps = steps
@@ -254,10 +281,14 @@ class JobRunner:
         self._theta = _joined(ray.get(cohort.theta_refs()))
 
     def _train_colocated(self, loop: _Loop, step: int) -> None:
-        """bsp on colocated workers: launch their loop, then drain and report in batches."""
+        """Colocated workers: launch their loop, then drain and report in batches. bsp
+        workers keep shard snapshots at checkpoint and evaluation steps; asp/ssp ones
+        share one parameter server, snapshot here when such a step is reported."""
         cohort: ColocatedCohort = loop.cohort
         snapshot_every = (loop.eval_every, loop.checkpoint_every)
-        pending = _PendingSteps(self.spec.workers, snapshot_every, loop.steps)
+        is_async = self.spec.consistency != "bsp"
+        waits_for = () if is_async else snapshot_every
+        pending = _PendingSteps(self.spec.workers, waits_for, loop.steps)
         reported = step
         running = cohort.launch(loop.steps, snapshot_every, loop.steps)
         loop.start_clock()
@@ -268,10 +299,17 @@ class JobRunner:
                 for drained in cohort.drain():
                     pending.add(drained.stats, drained.snapshots)
                 for done_step, stats, states in pending.complete(after=reported):
+                    if is_async:
+                        is_snapshot = done_step == loop.steps or any(
+                            done_step % k == 0 for k in snapshot_every
+                        )
+                        states = [cohort.snapshot()] if is_snapshot else None
+                    else:
+                        stats = [_merge_shards(stats)]
                     theta = _joined([s.theta for s in states]) if states else None
                     reported = done_step
                     self._latest = (reported, None)
-                    loop.finish_step(reported, [_merge_shards(stats)], None, theta, states)
+                    loop.finish_step(reported, stats, None, theta, states)
                     if reported == loop.steps:
                         self._theta = theta
                 ray.get(finished, timeout=STEP_TIMEOUT_S)  # a worker's error surfaces here
@@ -292,8 +330,14 @@ class JobRunner:
                     "job %s: step %d failed (%s); restarting", self.job_id, reported + 1, error
                 )
                 cohort.restart(reported)
-                pending = _PendingSteps(self.spec.workers, snapshot_every, loop.steps)
+                pending = _PendingSteps(self.spec.workers, waits_for, loop.steps)
                 running = cohort.launch(loop.steps, snapshot_every, loop.steps)
+        try:
+            if is_async:
+                self.read_log = cohort.read_log()
+            self.profiles = cohort.profiles()
+        except _FAULTS as error:  # a worker lost after the last step: no profile then
+            log.info("job %s: no worker profiles (%s)", self.job_id, error)
 
     def _train_bsp(self, loop: _Loop, step: int) -> None:
         """One global batch per step: every worker's gradient at the same θ, averaged."""
@@ -473,6 +517,9 @@ class _Loop:
         if is_diverged(loss, norms, self.first_loss):
             raise JobFailed(f"diverged at step {step} (loss {loss:.4g})")
         now = time.monotonic()
+        ended = [s.finished_at for s in stats if s.finished_at is not None]
+        if ended:  # reported in a batch: the step's own end, on this process's clock
+            now -= max(0.0, time.time() - max(ended))
         validation: dict[str, float] = {}
         if len(self.data.X_val) and (step % self.eval_every == 0 or step == self.steps):
             try:
@@ -518,7 +565,8 @@ class _PendingSteps:
     """Colocated workers' per-shard statistics and snapshots until a step has them all.
 
     A step is complete with one StepStats per worker and, on a snapshot step (a
-    multiple of one of `snapshot_every`, or the last), one ShardState per worker."""
+    multiple of one of `snapshot_every`, or the last; none when `snapshot_every` is
+    empty), one ShardState per worker."""
 
     def __init__(self, workers: int, snapshot_every: tuple[int, ...], last: int) -> None:
         self.workers, self.snapshot_every, self.last = workers, snapshot_every, last
@@ -526,12 +574,14 @@ class _PendingSteps:
         self.states: dict[int, list[ShardState]] = {}
 
     def add(self, stats: list[StepStats], states: list[ShardState]) -> None:
-        for s in stats:
-            self.stats.setdefault(s.version, []).append(s)
+        for s in stats:  # a bsp update's version is its step; a push's clock is step − 1
+            self.stats.setdefault(s.version if s.clock < 0 else s.clock + 1, []).append(s)
         for state in states:
             self.states.setdefault(state.step, []).append(state)
 
     def _is_snapshot(self, step: int) -> bool:
+        if not self.snapshot_every:  # the workers keep no snapshots
+            return False
         return step == self.last or any(step % k == 0 for k in self.snapshot_every)
 
     def complete(self, after: int):
@@ -568,6 +618,7 @@ def _merge_shards(parts: list[StepStats]) -> StepStats:
         square=sum(p.square for p in parts),
         bytes_pushed=sum(p.bytes_pushed for p in parts),
         bytes_pulled=None if first.bytes_pulled is None else sum(p.bytes_pulled for p in parts),
+        finished_at=max((p.finished_at for p in parts if p.finished_at), default=None),
     )
 
 

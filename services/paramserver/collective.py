@@ -164,6 +164,41 @@ class Mesh:
         inboxes = {j: [bytearray(1)] for j in self.peers}
         self.exchange(ones, inboxes, timeout_s)
 
+    def announce(self) -> None:
+        """One byte to every peer, without waiting: "my state moved" (asp/ssp). A full
+        socket buffer means the peer has news it has not read yet: nothing is lost."""
+        for j, sock in self.peers.items():
+            try:
+                sock.send(self._one)
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                raise PeerLost(f"peer {j}: {error}") from None
+
+    def wait_for_news(self, timeout_s: float) -> None:
+        """Block until some peer has announced since the last call, then read every
+        announcement that is there."""
+        selector = self._selector
+        for j, sock in self.peers.items():
+            selector.register(sock, selectors.EVENT_READ, j)
+        try:
+            ready = selector.select(timeout=timeout_s)
+            if not ready:
+                raise PeerLost(f"no peer moved within {timeout_s:.0f} s")
+            for key, _ in ready:
+                while True:
+                    try:
+                        data = key.fileobj.recv(4096)
+                    except BlockingIOError:
+                        break
+                    except OSError as error:
+                        raise PeerLost(f"peer {key.data}: {error}") from None
+                    if not data:
+                        raise PeerLost(f"peer {key.data} closed its connection")
+        finally:
+            for sock in self.peers.values():
+                selector.unregister(sock)
+
     def close(self) -> None:
         for sock in self.peers.values():
             sock.close()

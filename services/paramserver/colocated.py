@@ -235,6 +235,7 @@ class ColocatedWorker:
             bytes_pushed=peers * slice_bytes,  # the other workers' slices of g read
             bytes_pulled=peers * slice_bytes,  # this shard of θ read by the others
             compute_seconds=computed - started,
+            finished_at=time.time(),
             worker=self.index,
         )
         profile = (computed - started, communication, waiting, updated - reducing_done)

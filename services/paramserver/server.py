@@ -23,6 +23,7 @@ clipping is the exception, and a sharded job cannot ask for it).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class StepStats:
     bytes_pushed: int = 0
     bytes_pulled: int | None = None  # θ bytes read by workers (None: one θ per gradient)
     compute_seconds: float = 0.0
+    finished_at: float | None = None  # time.time() when the step ended, where it ran
     worker: int = -1
     clock: int = -1
 
@@ -165,6 +167,10 @@ class ParameterServer:
             if len(self._read_log) > 2 * _KEPT_READS:
                 del self._read_log[:-_KEPT_READS]
             return self.theta.copy()
+
+    def placement(self) -> dict[str, int]:
+        """This server's process id (its worker's `placement` has the node too)."""
+        return {"pid": os.getpid()}
 
     def ping(self) -> int:
         """θ's version; answers as long as the actor is alive and not stuck."""
