@@ -4,7 +4,8 @@ MLP 784-256-256-10, ReLU, softmax cross-entropy, SGD, float32, on the same data 
 same initial θ, at each batch size and BLAS thread count (threadpoolctl; torch threads
 too). A step is forward + backward + the SGD update: `MLP.loss_and_gradient` then
 `apply_update` for the engine; `zero_grad`, forward, `backward`, `step` for PyTorch.
-`numpy_naive` is a straightforward hand-written NumPy step, for scale.
+`numpy_naive` is a straightforward hand-written NumPy step, for scale. Every one of them
+computes the batch's loss as well as the gradient, as a training step must.
 
 Noise on a shared machine comes in bursts, so measurements interleave: every round
 times one 2048³ float32 matmul (the peak), then k engine steps and k PyTorch steps (in
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -81,21 +83,29 @@ def engine_step(batch: int) -> Callable[[], None]:
     config = OptimizerConfig(kind="sgd", learning_rate=LEARNING_RATE)
     state = init_state(config, theta.size, theta.dtype)
     grad = np.empty_like(theta)
+    losses = [math.nan]
 
     def step() -> None:
-        model.loss_and_gradient(theta, x, y, grad=grad)
+        losses[0], _ = model.loss_and_gradient(theta, x, y, grad=grad)
         apply_update(theta, grad, state, config)
 
     step.theta = theta  # for checking that the implementations agree
+    step.losses = losses  # the last step's loss, likewise
     return step
 
 
 def naive_step(batch: int) -> Callable[[], None]:
     """A straightforward hand-written NumPy step (what the engine started from), for scale:
-    fresh arrays for every z, a, δ and gradient, bias and activation as separate passes."""
+    fresh arrays for every z, a, δ and gradient, bias and activation as separate passes.
+
+    Like the engine (and torch) it reports the batch's loss: a training step that never
+    looks at its loss does less work than any trainer would, and the comparison is for
+    the same work on both sides.
+    """
     theta, x, y = _problem(batch)
     model = MLP(SIZES, ACTIVATIONS, LOSS)
     layers = model.layout.views(theta)
+    losses = [math.nan]
 
     def step() -> None:
         a, cache = x, []
@@ -103,9 +113,13 @@ def naive_step(batch: int) -> Callable[[], None]:
             z = a @ W + b  # (N, out)
             cache.append((a, z))
             a = np.maximum(z, 0) if l < len(layers) - 1 else z
-        p = np.exp(a - a.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(batch), y] -= 1
+        rows = np.arange(batch)
+        shifted = a - a.max(axis=1, keepdims=True)
+        p = np.exp(shifted)
+        total = p.sum(axis=1, keepdims=True)
+        losses[0] = float(np.mean(np.log(total[:, 0]) - shifted[rows, y]))  # −log p[n, y_n]
+        p /= total
+        p[rows, y] -= 1
         delta = p / batch  # δ^L = (p − onehot) / N
         grads = []
         for l in range(len(layers) - 1, -1, -1):
@@ -118,6 +132,7 @@ def naive_step(batch: int) -> Callable[[], None]:
             b -= LEARNING_RATE * db
 
     step.theta = theta
+    step.losses = losses
     return step
 
 

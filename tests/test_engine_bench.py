@@ -32,6 +32,7 @@ def test_engine_naive_and_torch_take_the_same_sgd_steps(bench) -> None:
         if torch_fn is not None:
             torch_fn()
     np.testing.assert_allclose(engine.theta, naive.theta, rtol=1e-4, atol=1e-6)
+    assert engine.losses[0] == pytest.approx(naive.losses[0], rel=1e-5)  # the same work
     if torch_fn is not None:
         np.testing.assert_allclose(torch_fn.current_theta(), engine.theta, rtol=1e-4, atol=1e-6)
 

@@ -24,11 +24,23 @@ from collections.abc import Sequence
 
 from worker.backend import Array, array_module_of, constant_row
 
+_ZERO_ROWS: dict[tuple, Array] = {}
+
 
 def _zero_row(z: Array) -> Array:
     """Zeros shaped like z's last axis: max(z, row) runs numpy's contiguous loop, which is
-    about twice as fast as its loop for a scalar 0."""
-    return constant_row(z, 0.0)
+    about twice as fast as its loop for a scalar 0.
+
+    Looked up by (array type, width, dtype) here first: `constant_row` builds a string
+    key, which costs more than the relu pass it feeds on a small batch.
+    """
+    key = (type(z), z.shape[-1], z.dtype)
+    row = _ZERO_ROWS.get(key)
+    if row is None:
+        if len(_ZERO_ROWS) > 64:  # many widths: keep the cache small
+            _ZERO_ROWS.clear()
+        row = _ZERO_ROWS[key] = constant_row(z, 0.0)
+    return row
 
 
 def _scratch(like: Array, work: Sequence[Array], index: int = 0, dtype: object = None) -> Array:

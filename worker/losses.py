@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 
+import numpy as np
+
 from worker.backend import Array, array_module_of, constant_row
 
 # ------------------------------------------------------------------ checks
@@ -28,13 +30,18 @@ def _check_output(out: Array, what: str) -> None:
         raise ValueError(f"{what} must have shape (N, K) with N >= 1, got {tuple(out.shape)}")
 
 
+# The unsigned dtype of each integer width, built once: parsing "u8" every step costs more
+# than the reduction it feeds.
+_UNSIGNED = {size: np.dtype(f"u{size}") for size in (1, 2, 4, 8)}
+
+
 def _check_labels(y: Array, num_samples: int, num_classes: int) -> None:
     if y.shape != (num_samples,):
         raise ValueError(f"y must have shape ({num_samples},) of labels, got {tuple(y.shape)}")
     if y.dtype.kind not in "iu":
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
     # Viewed as unsigned, a negative label is huge: one reduction checks both ends.
-    if int(y.view(f"u{y.dtype.itemsize}").max()) >= num_classes:
+    if int(y.view(_UNSIGNED[y.dtype.itemsize]).max()) >= num_classes:
         low, high = int(y.min()), int(y.max())
         raise ValueError(
             f"y holds labels in [{low}, {high}], expected labels in [0, {num_classes})"
@@ -53,6 +60,21 @@ def _row_starts(xp: object, rows: int, columns: int) -> Array:
             _ROW_STARTS.clear()
         starts = _ROW_STARTS[key] = xp.arange(0, rows * columns, columns)
     return starts
+
+
+_ONES_ROWS: dict[tuple, Array] = {}
+
+
+def _ones_row(like: Array) -> Array:
+    """`constant_row(like, 1.0)`, (C,), looked up by (array type, width, dtype): cheaper
+    than its string key, which matters at the loss's size."""
+    key = (type(like), like.shape[-1], like.dtype)
+    row = _ONES_ROWS.get(key)
+    if row is None:
+        if len(_ONES_ROWS) > 64:
+            _ONES_ROWS.clear()
+        row = _ONES_ROWS[key] = constant_row(like, 1.0)
+    return row
 
 
 def _targets_like(pred: Array, y: Array) -> Array:
@@ -104,7 +126,7 @@ def softmax_cross_entropy(
     picked = flat[label_index]  # (N,) s_{n, y_n}, a copy
     smoothing_total = label_smoothing / C * float(shifted.sum()) if label_smoothing else 0.0
     exp_shifted = xp.exp(shifted, out=grad)  # (N, C), in (0, 1]
-    sum_exp = xp.matmul(exp_shifted, constant_row(grad, 1.0))  # (N,) Σ_c e^{s_nc} ∈ [1, C]
+    sum_exp = xp.matmul(exp_shifted, _ones_row(grad))  # (N,) Σ_c e^{s_nc} ∈ [1, C]
     # −log p[n, y_n] = log Σ_c e^{s_nc} − s_{n, y_n}, the smoothing's share taken apart
     if label_smoothing:
         picked *= 1.0 - label_smoothing

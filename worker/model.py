@@ -95,9 +95,13 @@ class MLP:
             raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
         self.l2 = float(l2)
         self.dropout = dropout_rates(dropout, self.layout.num_layers - 1)
+        self._has_dropout = any(self.dropout)
         self.activation_names = activation_names
         self.loss_name = loss
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
+        self._last_workspace: Workspace | None = None
+        # (array, its views) for the last θ and gradient buffer: see `_blocks`.
+        self._block_cache: list[tuple[Array, list[tuple[Array, Array, Array]]]] = []
 
     def __repr__(self) -> str:
         options = []
@@ -118,7 +122,7 @@ class MLP:
 
     @property
     def has_dropout(self) -> bool:
-        return any(self.dropout)
+        return self._has_dropout
 
     def gemm_flops(self, batch: int) -> int:
         """FLOPs of one training step's matrix products at this batch size."""
@@ -138,9 +142,10 @@ class MLP:
     def workspace(self, theta: Array, batch: int) -> Workspace:
         """The buffers for a batch of `batch` rows in θ's dtype and array module."""
         xp = array_module_of(theta)
+        ws = self._last_workspace
+        if ws is not None and ws.batch == batch and ws.dtype == theta.dtype and ws.xp is xp:
+            return ws  # the usual case: the same shape as last step
         key = (batch, theta.dtype.str, xp.__name__)
-        if self._workspaces and next(reversed(self._workspaces)) == key:
-            return self._workspaces[key]  # the usual case: the same shape as last step
         ws = self._workspaces.get(key)
         if ws is None:
             ws = Workspace(xp, batch, theta.dtype, self.sizes, self.activations, self.dropout)
@@ -149,7 +154,25 @@ class MLP:
                 self._workspaces.popitem(last=False)
         else:
             self._workspaces.move_to_end(key)
+        self._last_workspace = ws
         return ws
+
+    def _blocks(self, flat: Array) -> list[tuple[Array, Array, Array]]:
+        """[(Θ^l, W^l, b^l) for l = 1..L]: Θ^l (in + 1, out) from `layout.blocks(flat)`, W^l
+        (in, out) its first rows, b^l (out,) its last; zero-copy views of `flat`.
+
+        Kept for the last two arrays (a step's θ and gradient buffer, the same every
+        step): slicing them afresh is most of a small step's Python time. Views keep their
+        array alive, so an array found here by identity still is that memory. A strided
+        `flat` reshapes to copies, which go stale when it changes: never kept.
+        """
+        for array, blocks in self._block_cache:
+            if array is flat and flat.shape == (self.layout.size,):
+                return blocks
+        blocks = [(Theta, Theta[:-1], Theta[-1]) for Theta in self.layout.blocks(flat)]
+        if flat.flags.c_contiguous:
+            self._block_cache = [(flat, blocks), *self._block_cache[:1]]
+        return blocks
 
     def draw_dropout_masks(
         self, rng: np.random.Generator, batch: int, dtype: object = np.float32
@@ -164,7 +187,7 @@ class MLP:
         masks: Sequence[Array | None] | None,
     ) -> bool:
         """Copy this step's dropout masks into the workspace; whether dropout applies."""
-        if not self.has_dropout or (rng is None and masks is None):
+        if not self._has_dropout or (rng is None and masks is None):
             return False
         if masks is None:
             masks = self.draw_dropout_masks(rng, ws.batch, ws.dtype)
@@ -206,15 +229,14 @@ class MLP:
         ws = self.workspace(theta, x.shape[0])
         ws.x = x
         ws.dropout_active = is_dropout = self._load_masks(ws, rng, dropout_masks)
-        blocks = self.layout.blocks(theta)
-        last = len(blocks) - 1
+        layers, activations = ws.layers, self.activations
+        last = len(layers) - 1
         a_prev = x
-        for l, (Theta, buffers, activation) in enumerate(
-            zip(blocks, ws.layers, self.activations, strict=True)
-        ):  # l = layer − 1
+        for l, (Theta, W, b) in enumerate(self._blocks(theta)):  # l = layer − 1
+            buffers, activation = layers[l], activations[l]
             if l == 0:
-                xp.matmul(x, Theta[:-1], out=buffers.z_view)  # (N, D) @ (D, out)
-                ws.bias1[: buffers.fan_out] = Theta[-1]
+                xp.matmul(x, W, out=buffers.z_view)  # (N, D) @ (D, out)
+                ws.bias1_head[...] = b
                 xp.add(buffers.z, ws.bias1, out=buffers.z)  # + b^1 (0 under the ones column)
             else:
                 xp.matmul(a_prev, Theta, out=buffers.z_view)  # [a, 1] (N, in + 1) @ Θ
@@ -226,7 +248,7 @@ class MLP:
                 if not activation.keeps_one:
                     buffers.out[:, -1] = 1  # σ(1) ≠ 1 changed the ones column; restore it
                 a_prev = buffers.out  # [ã^l, 1]: (N, out + 1)
-        return ws.layers[-1].out, ws
+        return layers[-1].out, ws
 
     def backward(
         self, theta: Array, dout: Array, cache: Workspace, grad: Array | None = None
@@ -255,21 +277,21 @@ class MLP:
                     f"got {tuple(dout.shape)}"
                 )
             last.delta[...] = dout
-        weights = self.layout.blocks(theta)
-        grads = self.layout.blocks(grad)
+        weights = self._blocks(theta)
+        grads = self._blocks(grad)
         layers = ws.layers
 
         delta = self._times_activation_grad(last, len(layers) - 1, ws)  # δ^L: (N, C)
         for l in range(len(layers) - 1, 0, -1):  # l = layer − 1, from L − 1 down to 1
             below = layers[l - 1]  # buffers of the layer under this one
-            xp.matmul(below.out.T, delta, out=grads[l])  # [a, 1]ᵀ (in + 1, N) @ (N, out)
-            W = weights[l][:-1]  # (in, out)
+            xp.matmul(below.out.T, delta, out=grads[l][0])  # [a, 1]ᵀ (in + 1, N) @ (N, out)
+            W = weights[l][1]  # (in, out)
             xp.matmul(delta, W.T, out=below.delta_view)  # (N, out) @ (out, in): ∂loss/∂ã
             self._times_activation_grad(below, l - 1, ws)
             delta = below.delta_view  # δ of the layer below: (N, in)
-        dTheta = grads[0]  # (D + 1, out): dW^1 over db^1
-        xp.matmul(ws.x.T, delta, out=dTheta[:-1])  # (D, N) @ (N, out)
-        xp.matmul(ws.ones, delta, out=dTheta[-1])  # db^1 = Σ_rows δ^1
+        _, dW, db = grads[0]  # dW^1 (D, out) over db^1 (out,)
+        xp.matmul(ws.x.T, delta, out=dW)  # (D, N) @ (N, out)
+        xp.matmul(ws.ones, delta, out=db)  # db^1 = Σ_rows δ^1
         if self.l2:
             self._add_l2_gradient(theta, grad, ws)
         return grad

@@ -52,7 +52,8 @@ class Workspace:
     """Every buffer a forward and backward pass over a batch of N rows needs.
 
     After `MLP.forward`, `x` is the batch (N, D) and `dropout_active` tells whether the
-    masks were applied; `layers[l - 1]` holds layer l. Arrays are overwritten by the next
+    masks were applied; `layers[l - 1]` holds layer l. `xp`, `batch` and `dtype` are what
+    the model matches a step against to reuse the workspace. Arrays are overwritten by the next
     step of the same shape: copy what must outlive it.
     """
 
@@ -65,6 +66,7 @@ class Workspace:
         activations: Sequence[Activation],
         dropout: Sequence[float],
     ) -> None:
+        self.xp = xp
         self.batch = batch
         self.dtype = dtype
         self.x: Array | None = None
@@ -90,6 +92,7 @@ class Workspace:
             self.layers.append(LayerBuffers(sizes[layer], out, a, z, mask, buffer(), work))
         # b^1 then a 0 under layer 1's ones column; ones for db^1 = 1ᵀ δ^1.
         self.bias1 = xp.zeros(self.layers[0].z.shape[1], dtype=dtype)
+        self.bias1_head = self.bias1[: sizes[1]]  # where forward copies b^1
         self.ones = xp.ones(batch, dtype=dtype)
         self.weight_scratch: Array | None = None  # λ W^l for the L2 term, made on first use
 
