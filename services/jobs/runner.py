@@ -290,8 +290,8 @@ class JobRunner:
         waits_for = () if is_async else snapshot_every
         pending = _PendingSteps(self.spec.workers, waits_for, loop.steps)
         reported = step
+        loop.start_clock()  # before the launch: step 1's end is after it
         running = cohort.launch(loop.steps, snapshot_every, loop.steps)
-        loop.start_clock()
         while reported < loop.steps:
             loop.check_limits(reported)
             try:
@@ -519,7 +519,7 @@ class _Loop:
         now = time.monotonic()
         ended = [s.finished_at for s in stats if s.finished_at is not None]
         if ended:  # reported in a batch: the step's own end, on this process's clock
-            now -= max(0.0, time.time() - max(ended))
+            now = max(now - max(0.0, time.time() - max(ended)), self.last)
         validation: dict[str, float] = {}
         if len(self.data.X_val) and (step % self.eval_every == 0 or step == self.steps):
             try:
