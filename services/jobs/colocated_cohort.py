@@ -196,9 +196,11 @@ class ColocatedCohort:
         """Start every worker's step loop up to step `stop`; returns their task refs."""
         return [w.train.remote(stop, snapshot_every, total_steps) for w in self.workers]
 
-    def drain(self) -> list[Drained]:
-        """Every worker's statistics and snapshots since its last drain."""
-        return ray.get([w.drain.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)
+    def drain(self, period_s: float = 0.0) -> list[Drained]:
+        """Every worker's statistics and snapshots since its last drain, after waiting
+        up to `period_s` (less once a worker's loop has ended)."""
+        refs = [w.drain.remote(period_s) for w in self.workers]
+        return ray.get(refs, timeout=DRAIN_TIMEOUT_S + period_s)
 
     def latest_theta(self) -> tuple[int, np.ndarray]:
         """(step, θ after it) from the first worker, taken between two steps."""

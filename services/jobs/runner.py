@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 # What a lost or stuck actor looks like to the step loop (a compiled graph's channels too).
 _FAULTS = (RayActorError, GetTimeoutError, ObjectLostError, RayChannelError)
 STEP_TIMEOUT_S = 60.0  # a BSP barrier waits this long for every worker, then repairs
-DRAIN_PERIOD_S = 0.1  # colocated workers' statistics are collected this often
+DRAIN_PERIOD_S = 0.5  # colocated workers' statistics are drained this often (at once at the end)
 TRANSPORTS = ("auto", "colocated", "graph", "tasks")
 MAX_REPLACEMENTS = 1000  # lost actors a job survives before it gives up
 DIVERGENCE_FACTOR = 1e6
@@ -295,8 +295,7 @@ class JobRunner:
         while reported < loop.steps:
             loop.check_limits(reported)
             try:
-                finished, _ = ray.wait(running, num_returns=len(running), timeout=DRAIN_PERIOD_S)
-                for drained in cohort.drain():
+                for drained in cohort.drain(DRAIN_PERIOD_S if running else 0.0):
                     pending.add(drained.stats, drained.snapshots)
                 for done_step, stats, states in pending.complete(after=reported):
                     if is_async:
@@ -312,6 +311,7 @@ class JobRunner:
                     loop.finish_step(reported, stats, None, theta, states)
                     if reported == loop.steps:
                         self._theta = theta
+                finished, _ = ray.wait(running, num_returns=len(running), timeout=0)
                 ray.get(finished, timeout=STEP_TIMEOUT_S)  # a worker's error surfaces here
                 if len(finished) == len(running) and reported < loop.steps:
                     running = []  # every loop ended: the drain above has the rest

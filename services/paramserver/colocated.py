@@ -125,6 +125,7 @@ class ColocatedWorker:
         self._latest: tuple[int, np.ndarray] | None = None
         self._theta_wanted = False
         self._training = False
+        self._ended = False  # the step loop ran and returned (or raised)
         self._profile = np.zeros(4)  # Σ seconds: compute, communication, waiting, update
         self._profile_steps = 0
         self._cpu_at_start = time.process_time()
@@ -187,12 +188,13 @@ class ColocatedWorker:
         """Run bsp steps self.step + 1 .. stop. After step t, a shard snapshot is kept
         for the runner when t is a multiple of one of `snapshot_every` or t is
         `total_steps`. Returns the last step done."""
-        self._training = True
+        with self._lock:
+            self._training, self._ended = True, False
         try:
             self._train(stop, snapshot_every, total_steps)
         finally:
             with self._lock:
-                self._training = False
+                self._training, self._ended = False, True
                 self._lock.notify_all()
         return self.step
 
@@ -296,9 +298,13 @@ class ColocatedWorker:
 
     # --- what the runner reads --------------------------------------------------------
 
-    def drain(self) -> Drained:
-        """Step statistics and snapshots since the last drain, oldest first."""
+    def drain(self, timeout_s: float = 0.0) -> Drained:
+        """Step statistics and snapshots since the last drain, oldest first; waits up to
+        `timeout_s` first, and returns at once when the step loop has ended (so the
+        runner hears of the last step, or of a failure, without waiting out the period)."""
         with self._lock:
+            if timeout_s > 0:
+                self._lock.wait_for(lambda: self._ended, timeout=timeout_s)
             drained, self._drained = self._drained, Drained()
         return drained
 
