@@ -474,6 +474,10 @@ def measure_bptrain(plan: Plan, settings: Settings) -> Measurement:
         )
         previous = elapsed
     measurement = summarise(records, settings.warmup)
+    if profiles and cpu is not None:
+        # Colocated workers run ahead of what the runner has reported (it drains in
+        # batches), so /proc's window does not line up with theirs: they count their own.
+        cpu = {**cpu, "workers": statistics.fmean(p["cpu_s"] for p in profiles)}
     return dataclasses.replace(
         measurement, breakdown=breakdown(measurement, records, profiles), cpu_per_step=cpu
     )

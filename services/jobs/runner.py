@@ -174,9 +174,12 @@ class JobRunner:
         again (BSP recomputes them exactly), so every step reaches the store once.
         """
         with self._changed:
+            state_at_call = self._state  # a new state (RUNNING) is news too
             self._changed.wait_for(
                 lambda: (
-                    self._state.is_terminal or (self._points and self._points[-1].step > after_step)
+                    self._state is not state_at_call
+                    or self._state.is_terminal
+                    or (self._points and self._points[-1].step > after_step)
                 ),
                 timeout=timeout_s,
             )
@@ -311,12 +314,12 @@ class JobRunner:
                     loop.finish_step(reported, stats, None, theta, states)
                     if reported == loop.steps:
                         self._theta = theta
+                if not running and reported < loop.steps:  # drained after every loop ended
+                    raise JobFailed(f"the workers stopped at step {reported}")  # a bug
                 finished, _ = ray.wait(running, num_returns=len(running), timeout=0)
                 ray.get(finished, timeout=STEP_TIMEOUT_S)  # a worker's error surfaces here
-                if len(finished) == len(running) and reported < loop.steps:
-                    running = []  # every loop ended: the drain above has the rest
-                    if not pending.has_more(after=reported):
-                        raise JobFailed(f"the workers stopped at step {reported}")  # a bug
+                if running and len(finished) == len(running):
+                    running = []  # every loop ended: the next drain has the rest
             except (*_FAULTS, RayTaskError) as error:
                 if isinstance(error, RayTaskError) and not isinstance(error.cause, PeerLost):
                     raise
@@ -602,9 +605,6 @@ class _PendingSteps:
             stats = sorted(self.stats.pop(step), key=lambda s: s.worker)
             yield step, stats, states
             step += 1
-
-    def has_more(self, after: int) -> bool:
-        return any(s > after for s in self.stats)
 
 
 def _merge_shards(parts: list[StepStats]) -> StepStats:

@@ -190,6 +190,8 @@ class ColocatedWorker:
         `total_steps`. Returns the last step done."""
         with self._lock:
             self._training, self._ended = True, False
+            if not self._profile_steps:  # CPU per step counts from the first step
+                self._cpu_at_start = time.process_time()
         try:
             self._train(stop, snapshot_every, total_steps)
         finally:
@@ -335,7 +337,7 @@ class ColocatedWorker:
 
     def profile(self) -> dict[str, float]:
         """Mean seconds per step in compute, communication, waiting and update, and this
-        process's CPU seconds per step since it started."""
+        process's CPU seconds per step since its first step."""
         with self._lock:
             steps = max(self._profile_steps, 1)
             compute, communication, waiting, update = self._profile / steps
