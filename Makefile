@@ -62,12 +62,17 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/backprop.py --quick
 
-# Throughput of distributed training: bptrain's job runner (bsp/ssp/asp, 1-2 workers, PS shards)
-# vs a naive Ray parameter server, one process and Ray Train's TorchTrainer (needs ray[train]),
+# Throughput of distributed training: bptrain's job runner (bsp/ssp/asp on colocated workers,
+# and its parameter-server actor paths) vs a naive Ray parameter server, one process and Ray
+# Train's TorchTrainer (needs ray[train] and torch), per-phase breakdown and CPU per process,
 # with a goals section. bench-distributed-quick is what tests/test_distributed_bench.py runs.
-.PHONY: bench-distributed bench-distributed-quick
+# bench-latency: examples/digits.yaml from SubmitJob to weights on a warm `bptrain serve`.
+.PHONY: bench-distributed bench-distributed-quick bench-latency
 bench-distributed: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/distributed.py
 
 bench-distributed-quick: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/distributed.py --quick
+
+bench-latency: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/latency.py

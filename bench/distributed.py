@@ -787,7 +787,7 @@ def format_breakdown(rows: Sequence[Row]) -> str:
     each kind of process (mean per process: workers, parameter-server actors, the job's
     runner, the bench's driver)."""
     header = (
-        f"{'impl':<16}{'mode':<6}{'model':<6}{'workers':>8}"
+        f"{'impl':<16}{'mode':<6}{'model':<6}{'workers':>8}{'shards':>7}"
         + "".join(f"{name[:7] + ' ms':>11}" for name in PHASES)
         + "".join(f"{'cpu ' + name[:6]:>12}" for name in PROCESSES)
     )
@@ -798,7 +798,7 @@ def format_breakdown(rows: Sequence[Row]) -> str:
         phases = row.breakdown or {}
         cpu = row.cpu_per_step or {}
         lines.append(
-            f"{row.impl:<16}{row.mode:<6}{row.model:<6}{row.workers:>8}"
+            f"{row.impl:<16}{row.mode:<6}{row.model:<6}{row.workers:>8}{row.shards:>7}"
             + "".join(f"{_number(phases.get(name), '.2f'):>11}" for name in PHASES)
             + "".join(
                 f"{_number(None if name not in cpu else 1e3 * cpu[name], '.2f', ' ms'):>12}"
