@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,26 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from bptrain import Client  # noqa: E402
 from bptrain.v1 import training_pb2 as pb  # noqa: E402
-from examples.demo import forward  # noqa: E402
+from examples.demo import forward, start_server  # noqa: E402
 from services.datasets import load_dataset  # noqa: E402
 
-START_TIMEOUT_S = 120
 GOAL_TOTAL_S = 1.5
 GOAL_ACCURACY = 0.97
-
-
-def start_server(storage: Path) -> tuple[subprocess.Popen, int]:
-    port_file = storage / "port"
-    log = open(storage / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
-    command = [sys.executable, "-m", "bptrain.cli", "serve", "--port", "0"]
-    command += ["--metrics-port", "0", "--port-file", str(port_file), "--storage", str(storage)]
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not port_file.exists() or not port_file.read_text().strip():
-        if server.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"the server did not start; see {storage / 'server.log'}")
-        time.sleep(0.1)
-    return server, int(port_file.read_text())
 
 
 def one_job(client: Client, spec: str, weights: Path) -> dict[str, float]:
@@ -116,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as directory:
-        storage = Path(directory)
+        storage = Path(directory) / "storage"
         began = time.perf_counter()
         server, port = start_server(storage)
         try:

@@ -44,21 +44,21 @@ def forward(weights_path: Path, X: np.ndarray) -> np.ndarray:
     return a
 
 
-def start_server() -> tuple[subprocess.Popen, int]:
-    shutil.rmtree(STORAGE, ignore_errors=True)  # each demo starts from an empty store
-    STORAGE.mkdir(parents=True, exist_ok=True)
-    port_file = STORAGE / "port"
-    port_file.unlink(missing_ok=True)
-    log = open(STORAGE / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
+def start_server(storage: Path = STORAGE) -> tuple[subprocess.Popen, int]:
+    """`bptrain serve` on a free port over an empty `storage`; (process, port)."""
+    shutil.rmtree(storage, ignore_errors=True)  # each demo starts from an empty store
+    storage.mkdir(parents=True, exist_ok=True)
+    port_file = storage / "port"
+    log = open(storage / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
     command = [sys.executable, "-m", "bptrain.cli", "--log-level", "INFO", "serve"]
     command += ["--port", "0", "--metrics-port", "0", "--port-file", str(port_file)]
-    command += ["--storage", str(STORAGE)]
+    command += ["--storage", str(storage)]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not port_file.exists() or not port_file.read_text().strip():
         if server.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"the server did not start; see {STORAGE / 'server.log'}")
-        time.sleep(0.2)
+            sys.exit(f"the server did not start; see {storage / 'server.log'}")
+        time.sleep(0.1)
     return server, int(port_file.read_text())
 
 

@@ -30,6 +30,14 @@ PING_TIMEOUT_S = 5.0
 class PlacementError(Exception):
     """The cluster could not place the job's actors in time."""
 
+    @classmethod
+    def for_workers(cls, count: int, cpus_each: float) -> PlacementError:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        return cls(
+            f"could not place {count} workers ({cpus_each} CPU each) within "
+            f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
+        )
+
 
 class Cohort:
     """The parameter server and workers of one job. Call from the job's runner."""
@@ -273,11 +281,7 @@ class Cohort:
         try:
             return ray.get([w.placement.remote() for w in workers], timeout=PLACEMENT_TIMEOUT_S)
         except GetTimeoutError:
-            cpus = ray.cluster_resources().get("CPU", 0)
-            raise PlacementError(
-                f"could not place {len(workers)} workers ({self.worker_cpus} CPU each) within "
-                f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
-            ) from None
+            raise PlacementError.for_workers(len(workers), self.worker_cpus) from None
 
     def _drop_graph(self) -> None:
         graph, self.graph = self.graph, None

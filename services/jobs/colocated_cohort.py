@@ -17,7 +17,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from services.jobs.checkpoints import Checkpoint, CheckpointStore
-from services.jobs.cohort import PlacementError
+from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
 from services.paramserver.colocated import ColocatedWorker, Drained, ServerConfig, ShardState
@@ -27,7 +27,6 @@ from worker.layout import ParamLayout
 
 log = logging.getLogger(__name__)
 
-PLACEMENT_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -113,11 +112,7 @@ class ColocatedCohort:
                 [w.endpoint.remote() for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
             )
         except GetTimeoutError:
-            cpus = ray.cluster_resources().get("CPU", 0)
-            raise PlacementError(
-                f"could not place {n} workers ({self.worker_cpus} CPU each) within "
-                f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
-            ) from None
+            raise PlacementError.for_workers(n, self.worker_cpus) from None
         if self.spec.consistency != "bsp" and len({e.node_id for e in endpoints}) > 1:
             self.release()
             raise NotOneNode(f"the {n} workers landed on several nodes")

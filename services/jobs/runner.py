@@ -243,30 +243,28 @@ class JobRunner:
         colocated = self.transport == "colocated" or (
             self.transport == "auto" and is_colocated(spec)
         )
-        try:
-            self._cohort = cohort = (ColocatedCohort if colocated else Cohort)(
-                self.job_id,
-                spec,
-                data,
-                worker_cpus=self.worker_cpus,
-                checkpoints=self.checkpoints,
-                total_steps=steps,
-            )
-        except InvalidSpecError as error:  # a schedule that does not fit the step count
-            raise JobFailed(str(error.under("schedule"))) from None
+
+        def new_cohort(kind: type[Cohort] | type[ColocatedCohort]) -> Cohort | ColocatedCohort:
+            try:
+                self._cohort = kind(
+                    self.job_id,
+                    spec,
+                    data,
+                    worker_cpus=self.worker_cpus,
+                    checkpoints=self.checkpoints,
+                    total_steps=steps,
+                )
+            except InvalidSpecError as error:  # a schedule that does not fit the step count
+                raise JobFailed(str(error.under("schedule"))) from None
+            return self._cohort
+
+        cohort = new_cohort(ColocatedCohort if colocated else Cohort)
         try:
             step = cohort.start(self.resume_at_most)  # > 0 when resuming from a checkpoint
         except NotOneNode as error:  # asp/ssp over several nodes: parameter-server actors
             log.info("job %s: %s; using parameter-server actors", self.job_id, error)
             colocated = False
-            self._cohort = cohort = Cohort(
-                self.job_id,
-                spec,
-                data,
-                worker_cpus=self.worker_cpus,
-                checkpoints=self.checkpoints,
-                total_steps=steps,
-            )
+            cohort = new_cohort(Cohort)
             step = cohort.start(self.resume_at_most)
         with self._changed:
             self._state = JobState.RUNNING
