@@ -171,3 +171,42 @@ def test_profiles_split_a_step_into_its_phases() -> None:
     assert profile["steps"] == 6
     assert profile["compute_s"] > 0 and profile["update_s"] > 0
     assert profile["waiting_s"] >= 0 and profile["communication_s"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "colocated"),
+    [
+        ({}, True),  # bsp, one parameter-server shard: the default
+        ({"consistency": "asp"}, True),
+        ({"consistency": "ssp", "staleness": 1}, True),
+        ({"ps_shards": 2}, False),  # asked for parameter-server actors
+        ({"compression": "fp16"}, False),  # compressing only pays across a network
+        ({"optimizer": {"kind": "sgd", "learning_rate": 0.1, "clip_norm": 1.0}}, False),
+        (
+            {"optimizer": {"kind": "sgd", "learning_rate": 0.1, "clip_norm": 1.0}, "workers": 1},
+            True,
+        ),
+    ],
+)
+def test_the_service_picks_colocated_shards_unless_the_spec_needs_actors(
+    changes: dict, colocated: bool
+) -> None:
+    from bptrain.specfile import spec_from_dict
+    from services.api.convert import spec_from_proto
+    from services.jobs.colocated_cohort import is_colocated
+    from tests.conftest import digits_spec
+
+    assert is_colocated(spec_from_proto(spec_from_dict(digits_spec(**changes)))) is colocated
+
+
+def test_a_runner_refuses_a_transport_it_cannot_use() -> None:
+    from bptrain.specfile import spec_from_dict
+    from services.api.convert import spec_from_proto
+    from services.jobs.runner import JobRunner
+    from tests.conftest import digits_spec
+
+    sharded = spec_from_proto(spec_from_dict(digits_spec(ps_shards=2)))
+    with pytest.raises(ValueError, match="cannot run on colocated workers"):
+        JobRunner("sharded", sharded, transport="colocated")
+    with pytest.raises(ValueError, match="transport must be one of"):
+        JobRunner("unknown", sharded, transport="pigeons")
