@@ -88,3 +88,10 @@ def test_a_two_worker_job_runs_one_worker_on_each_node(two_nodes: dict, api_clie
     assert shapes == {"W1": (64, 64), "b1": (64,), "W2": (64, 10), "b2": (10,)}
     assert all(np.isfinite(weights[name]).all() for name in shapes)
     assert final.latest.validation_accuracy > 0.8  # it learned, gradients from both nodes
+
+    # bsp's colocated shards talk over TCP across nodes; asp has no shared memory to use
+    # there and falls back to parameter-server actors: it must train all the same.
+    asp = client.submit(digits_spec(epochs=3, consistency="asp")).wait()
+    assert asp.state == pb.SUCCEEDED, asp.reason
+    assert {worker.node_id for worker in asp.workers} == set(two_nodes["nodes"])
+    assert asp.latest.validation_accuracy > 0.8
