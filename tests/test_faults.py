@@ -145,7 +145,9 @@ def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
 
 def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(client: Client) -> None:
     cpus = ray.cluster_resources().get("CPU", 0)
-    job = client.submit(digits_spec(steps=3000, checkpoint_every=50))
+    # Long: a kill round (a restart, then the next 0.5 s batch of reported steps) moves
+    # the job on by a few hundred steps, and the job must outlast 20 of them.
+    job = client.submit(digits_spec(steps=40_000, checkpoint_every=50))
     wait_for_step(client, job.job_id, 1)
     kills, rng = 0, random.Random(0)
     started = time.monotonic()
