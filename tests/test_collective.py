@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArrays
+from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArrays, SharedMemoryFull
 
 
 def connected(n: int) -> list[Mesh]:
@@ -121,3 +121,25 @@ def test_shared_arrays_are_one_memory_and_leave_no_file(tmp_path: Path) -> None:
 def test_opening_shared_arrays_that_do_not_exist_fails(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         SharedArrays(tmp_path / "missing", {"x": ((3,), "<f4")}, create=False)
+
+
+def test_shared_arrays_without_room_fail_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", full)
+    with pytest.raises(SharedMemoryFull, match="no room for"):
+        SharedArrays(tmp_path / "big", {"G": ((1000, 1000), "<f4")}, create=True)
+    assert not (tmp_path / "big").exists()  # nothing left behind
+
+
+def test_a_flag_reaches_every_peer() -> None:
+    meshes = connected(3)
+    assert (
+        run_all([lambda m=m: m.broadcast_flag(0, False, timeout_s=5) for m in meshes])
+        == [False] * 3
+    )
+    flags = run_all([lambda m=m: m.broadcast_flag(0, m.index == 0, timeout_s=5) for m in meshes])
+    assert flags == [True, True, True]  # the root's value, not each peer's own

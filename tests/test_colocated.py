@@ -210,3 +210,16 @@ def test_a_runner_refuses_a_transport_it_cannot_use() -> None:
         JobRunner("sharded", sharded, transport="colocated")
     with pytest.raises(ValueError, match="transport must be one of"):
         JobRunner("unknown", sharded, transport="pigeons")
+
+
+def test_no_room_in_shared_memory_falls_back_to_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", full)  # as a container's 64 MB /dev/shm
+    members, transports = cohort(2)
+    assert transports == ["tcp", "tcp"]
+
+    train(members, 12)
+
+    np.testing.assert_allclose(members[0].theta, reference_theta(2, 12), rtol=1e-5, atol=1e-6)

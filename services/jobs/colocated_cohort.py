@@ -14,7 +14,7 @@ import uuid
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError
+from ray.exceptions import GetTimeoutError, RayTaskError
 
 from services.jobs.checkpoints import Checkpoint, CheckpointStore
 from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
@@ -117,9 +117,15 @@ class ColocatedCohort:
             self.release()
             raise NotOneNode(f"the {n} workers landed on several nodes")
         tag = uuid.uuid4().hex  # names the mesh's shared-memory file
-        transports = ray.get(
-            [w.join.remote(endpoints, tag) for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
-        )
+        try:
+            transports = ray.get(
+                [w.join.remote(endpoints, tag) for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
+            )
+        except RayTaskError as error:
+            if isinstance(error.cause, NotOneNode):  # no room in shared memory (asp/ssp)
+                self.release()
+                raise NotOneNode(str(error.cause)) from None
+            raise
         self.transport = transports[0]
         self.placement = ray.get(
             [w.placement.remote() for w in self.workers], timeout=PLACEMENT_TIMEOUT_S

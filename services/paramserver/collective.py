@@ -43,6 +43,11 @@ class PeerLost(ConnectionError):
     """A peer closed its connection or did not answer in time: the job's mesh is broken."""
 
 
+class SharedMemoryFull(OSError):
+    """The node's shared-memory file system has no room for the arrays (a container's
+    small /dev/shm, say): the caller uses another transport."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where worker `index` listens: its Ray node and a TCP address."""
@@ -187,6 +192,18 @@ class Mesh:
             if got == 0:
                 raise PeerLost(f"peer {j} closed its connection")
 
+    def broadcast_flag(self, root: int, flag: bool, timeout_s: float) -> bool:
+        """Peer `root`'s `flag`, on every peer (root sends one byte to each)."""
+        if self.size == 1:
+            return flag
+        if self.index == root:
+            byte = bytearray([1 if flag else 0])
+            self.exchange({j: [byte] for j in self.peers}, {}, timeout_s)
+            return flag
+        inbox = bytearray(1)
+        self.exchange({}, {root: [inbox]}, timeout_s)
+        return inbox[0] == 1
+
     def announce(self) -> None:
         """One byte to every peer, without waiting: "my state moved" (asp/ssp). A full
         socket buffer means the peer has news it has not read yet: nothing is lost."""
@@ -261,6 +278,14 @@ class SharedArrays:
         try:
             if create:
                 os.ftruncate(fd, total)
+                try:  # reserve the pages now: a full tmpfs is an error here, not a SIGBUS later
+                    os.posix_fallocate(fd, 0, total)
+                except OSError as error:
+                    path.unlink(missing_ok=True)
+                    size = f"{total / 1e6:.1f} MB"
+                    raise SharedMemoryFull(
+                        f"no room for {size} of shared arrays in {path.parent}: {error}"
+                    ) from None
             self._map = mmap.mmap(fd, total)
         finally:
             os.close(fd)

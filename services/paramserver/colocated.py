@@ -21,6 +21,7 @@ answer while `train` runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -29,7 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArrays
+from services.paramserver.collective import (
+    Endpoint,
+    Mesh,
+    PeerLost,
+    SharedArrays,
+    SharedMemoryFull,
+)
 from services.paramserver.optimizers import (
     LRSchedule,
     OptimizerConfig,
@@ -40,6 +47,8 @@ from services.paramserver.optimizers import (
 )
 from services.paramserver.server import StepStats
 from worker.gradient_worker import GradientWorker
+
+log = logging.getLogger(__name__)
 
 EXCHANGE_TIMEOUT_S = 60.0  # a peer silent this long is taken for lost
 _KEPT_RECORDS = 100_000  # undrained step records kept (a runner that stopped draining)
@@ -161,16 +170,23 @@ class ColocatedWorker:
         if self.workers == 1:
             return "local"
         self.mesh.connect(endpoints)
-        if len({e.node_id for e in endpoints}) > 1:
-            self._received = np.empty((self.workers, self.hi - self.lo), self.theta.dtype)
-            return "tcp"
         P, N = len(self.theta), self.workers
         specs = {"G": ((N, P), self.theta.dtype.str), "theta": ((P,), self.theta.dtype.str)}
         specs["header"] = ((N, 2), "<f8")
         path = SharedArrays.path_for(tag)
-        if self.index == 0:
-            self.shared = SharedArrays(path, specs, create=True)
-        self.mesh.barrier(EXCHANGE_TIMEOUT_S)  # the file exists
+        is_one_node = len({e.node_id for e in endpoints}) == 1
+        is_shared = is_one_node
+        if is_one_node and self.index == 0:
+            try:
+                self.shared = SharedArrays(path, specs, create=True)
+            except SharedMemoryFull as error:
+                log.warning("%s; the workers exchange over TCP instead", error)
+                is_shared = False
+        if is_one_node:  # every worker learns whether the file exists
+            is_shared = self.mesh.broadcast_flag(0, is_shared, EXCHANGE_TIMEOUT_S)
+        if not is_shared:
+            self._received = np.empty((self.workers, self.hi - self.lo), self.theta.dtype)
+            return "tcp"
         if self.index != 0:
             self.shared = SharedArrays(path, specs, create=False)
         shared = self.shared.arrays

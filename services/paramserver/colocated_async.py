@@ -30,7 +30,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from services.paramserver.collective import Endpoint, SharedArrays
+from services.paramserver.collective import Endpoint, SharedArrays, SharedMemoryFull
 from services.paramserver.colocated import EXCHANGE_TIMEOUT_S, ColocatedWorker, ShardState
 from services.paramserver.optimizers import (
     OptimizerState,
@@ -43,7 +43,8 @@ _KEPT_READS = 100_000
 
 
 class NotOneNode(Exception):
-    """The workers landed on several nodes: asp/ssp colocation needs shared memory."""
+    """asp/ssp colocation needs shared memory: the workers landed on several nodes, or
+    the node's shared memory has no room."""
 
 
 class AsyncColocatedWorker(ColocatedWorker):
@@ -76,10 +77,15 @@ class AsyncColocatedWorker(ColocatedWorker):
             "clocks": ((N,), "<i8"),  # per worker: gradients pushed
         }
         path = SharedArrays.path_for(tag)
+        is_created = True
         if self.index == 0:
-            self.shared = SharedArrays(path, specs, create=True)
-            self._lock_file = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        self.mesh.barrier(EXCHANGE_TIMEOUT_S)
+            try:
+                self.shared = SharedArrays(path, specs, create=True)
+                self._lock_file = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except SharedMemoryFull:
+                is_created = False
+        if not self.mesh.broadcast_flag(0, is_created, EXCHANGE_TIMEOUT_S):
+            raise NotOneNode("no room in the node's shared memory for the parameter server")
         if self.index != 0:
             self.shared = SharedArrays(path, specs, create=False)
             self._lock_file = os.open(f"{path}.lock", os.O_RDWR)
