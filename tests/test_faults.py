@@ -19,9 +19,11 @@ from tests.conftest import digits_spec
 
 pytestmark = pytest.mark.slow
 
-# Long enough that a kill lands mid-run: a digits step takes well under a millisecond on
-# colocated workers, so six epochs (138 steps) end before a test can see step 30.
-LONG_EPOCHS = 60
+# Long enough that kills land mid-run: a digits step takes about a millisecond on
+# colocated workers and their steps are reported in 0.5 s batches, so six epochs (138
+# steps) end before a test can see step 30, and a test's second kill comes some
+# thousand steps after its first.
+LONG_EPOCHS = 150
 
 
 def wait_for_step(client: Client, job_id: str, step: int, timeout_s: float = 120) -> pb.Job:
