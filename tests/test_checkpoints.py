@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from services.jobs.checkpoints import Checkpoint, CheckpointStore
+from services.jobs.checkpoints import Checkpoint, CheckpointStore, join_shards, split_shards
 
 
 def checkpoint(step: int) -> Checkpoint:
@@ -88,3 +89,16 @@ def test_latest_at_most_a_step_skips_newer_checkpoints(tmp_path: Path) -> None:
     assert store.latest(at_most=25).step == 20
     assert store.latest(at_most=30).step == 30
     assert store.latest(at_most=5) is None
+
+
+def test_a_checkpoint_split_into_shards_joins_back_to_itself() -> None:
+    theta = np.arange(10, dtype=np.float32)
+    whole = Checkpoint(step=7, theta=theta, optimizer_step=7, buffers={"m": theta * 2})
+    parts = split_shards(whole, [(0, 4), (4, 7), (7, 10)])
+    assert [p.shard for p in parts] == [0, 1, 2] and parts[1].theta.tolist() == [4, 5, 6]
+    joined = join_shards(parts)
+    assert joined.step == 7 and joined.optimizer_step == 7
+    np.testing.assert_array_equal(joined.theta, theta)
+    np.testing.assert_array_equal(joined.buffers["m"], theta * 2)
+    with pytest.raises(ValueError, match="different steps"):
+        join_shards([parts[0], dataclasses.replace(parts[1], step=8)])

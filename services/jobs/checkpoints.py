@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from services.paramserver.colocated import ShardState
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"ckpt-(\d+)\.json")
@@ -119,3 +121,33 @@ class CheckpointStore:
         for step in self.steps()[self.keep :]:
             for suffix in (".json", ".npz"):
                 (self.directory / f"ckpt-{step}{suffix}").unlink(missing_ok=True)
+
+
+def split_shards(checkpoint: Checkpoint, bounds: list[tuple[int, int]]) -> list[ShardState]:
+    """A checkpoint cut into the shards [lo, hi) of `bounds` (views, not copies)."""
+    return [
+        ShardState(
+            step=checkpoint.step,
+            theta=checkpoint.theta[lo:hi],
+            optimizer_step=checkpoint.optimizer_step,
+            buffers={name: array[lo:hi] for name, array in checkpoint.buffers.items()},
+            shard=s,
+        )
+        for s, (lo, hi) in enumerate(bounds)
+    ]
+
+
+def join_shards(states: list[ShardState]) -> Checkpoint:
+    """One checkpoint from every shard's state (in shard order, all of one step)."""
+    steps = {state.step for state in states}
+    if len(steps) != 1:
+        raise ValueError(f"shard states of different steps: {sorted(steps)}")
+    return Checkpoint(
+        step=states[0].step,
+        theta=np.concatenate([state.theta for state in states]),
+        optimizer_step=states[0].optimizer_step,
+        buffers={
+            name: np.concatenate([state.buffers[name] for state in states])
+            for name in states[0].buffers
+        },
+    )

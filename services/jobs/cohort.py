@@ -14,7 +14,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from services.jobs.checkpoints import Checkpoint, CheckpointStore
+from services.jobs.checkpoints import Checkpoint, CheckpointStore, split_shards
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
 from services.paramserver.server import ParameterServer, StepStats
@@ -233,16 +233,16 @@ class Cohort:
         latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
         if latest is None:
             return 0
-        bounds = ParamLayout(spec.sizes).shard_bounds(spec.ps_shards)
+        parts = split_shards(latest, ParamLayout(spec.sizes).shard_bounds(spec.ps_shards))
         ray.get(
             [
                 server.restore.remote(
-                    step=latest.step,
-                    theta=latest.theta[lo:hi],
-                    optimizer_step=latest.optimizer_step,
-                    buffers={name: array[lo:hi] for name, array in latest.buffers.items()},
+                    step=part.step,
+                    theta=part.theta,
+                    optimizer_step=part.optimizer_step,
+                    buffers=part.buffers,
                 )
-                for server, (lo, hi) in zip(self.servers, bounds, strict=True)
+                for server, part in zip(self.servers, parts, strict=True)
             ],
             timeout=PLACEMENT_TIMEOUT_S,
         )

@@ -16,7 +16,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayTaskError
 
-from services.jobs.checkpoints import Checkpoint, CheckpointStore
+from services.jobs.checkpoints import CheckpointStore, split_shards
 from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
@@ -42,24 +42,9 @@ def is_colocated(spec: JobSpec) -> bool:
     return spec.consistency != "bsp" or spec.workers == 1 or not spec.optimizer.clip_norm
 
 
-def join_shards(states: list[ShardState]) -> Checkpoint:
-    """One checkpoint from every shard's state (in shard order, all of one step)."""
-    steps = {state.step for state in states}
-    if len(steps) != 1:
-        raise ValueError(f"shard states of different steps: {sorted(steps)}")
-    return Checkpoint(
-        step=states[0].step,
-        theta=np.concatenate([state.theta for state in states]),
-        optimizer_step=states[0].optimizer_step,
-        buffers={
-            name: np.concatenate([state.buffers[name] for state in states])
-            for name in states[0].buffers
-        },
-    )
-
-
 class ColocatedCohort:
-    """The colocated workers of one bsp job. Call from the job's runner."""
+    """The colocated workers of one job (bsp, or asp/ssp on one node). Call from the
+    job's runner."""
 
     def __init__(
         self,
@@ -100,13 +85,13 @@ class ColocatedCohort:
     def _start(self, at_most: int | None) -> int:
         latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
         n = self.spec.workers
-        bounds = [(0, 0)] * n
+        resumes: list[ShardState | None] = [None] * n
         theta_ref = None
         if latest is not None:
-            bounds = self._bounds()
+            resumes = split_shards(latest, ParamLayout(self.spec.sizes).shard_bounds(n))
             theta_ref = ray.put(latest.theta)
         self._generation += 1
-        self.workers = [self._new_worker(i, latest, theta_ref, bounds[i]) for i in range(n)]
+        self.workers = [self._new_worker(i, resumes[i], theta_ref) for i in range(n)]
         try:
             endpoints = ray.get(
                 [w.endpoint.remote() for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
@@ -135,23 +120,12 @@ class ColocatedCohort:
             log.info("job %s: restored from the checkpoint of step %d", self.job_id, step)
         return step
 
-    def _bounds(self) -> list[tuple[int, int]]:
-        return ParamLayout(self.spec.sizes).shard_bounds(self.spec.workers)
-
     def _new_worker(
-        self, i: int, latest: Checkpoint | None, theta_ref, bounds: tuple[int, int]
+        self, i: int, resume: ShardState | None, theta_ref: ray.ObjectRef | None
     ) -> ray.actor.ActorHandle:
+        """Worker i; from `resume` (its shard) and `theta_ref` (the whole θ) when given."""
         spec, plan = self.spec, self.data.plan
         X, y = self._shards[i]
-        resume = None
-        if latest is not None:
-            lo, hi = bounds
-            resume = ShardState(
-                step=latest.step,
-                theta=latest.theta[lo:hi],
-                optimizer_step=latest.optimizer_step,
-                buffers={name: array[lo:hi] for name, array in latest.buffers.items()},
-            )
         kind, extra = ColocatedWorker, {}
         if spec.consistency != "bsp":
             kind = AsyncColocatedWorker

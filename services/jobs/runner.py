@@ -47,9 +47,9 @@ from ray.exceptions import (
 )
 
 from services.errors import InvalidSpecError
-from services.jobs.checkpoints import CheckpointStore
+from services.jobs.checkpoints import CheckpointStore, join_shards
 from services.jobs.cohort import Cohort, PlacementError
-from services.jobs.colocated_cohort import ColocatedCohort, is_colocated, join_shards
+from services.jobs.colocated_cohort import ColocatedCohort, is_colocated
 from services.jobs.records import JobState, MetricPoint
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import DataError, TrainingData, prepare_data, total_steps
