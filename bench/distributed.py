@@ -9,7 +9,11 @@ for the Ray processes the bench does not control: the runner, the parameter serv
 Rows:
   single          one process: `MLP.loss_and_gradient` then the SGD update, batch 256.
                   The reference: efficiency_vs_single = samples_per_s / single's, for
-                  every row (so 2 workers aim at 2.0, and the goal is 1.7).
+                  every row (so 2 workers aim at 2.0, and the goal is 1.7). Every other
+                  row is measured right after a reference run of its own (single, the
+                  same model and settings, Ray idle beside it) and divided by that one:
+                  this host's speed drifts by 20 % over a minute, and a ratio of two
+                  adjacent runs drifts far less than one against a run minutes ago.
   naive_ray_ps    the Ray docs' parameter-server pattern with θ on the driver: every step
                   `ray.put(θ)`, `ray.get` of each worker actor's gradient, average, update.
   bptrain         the service's own `JobRunner` as a Ray actor (as the job monitor makes
@@ -151,6 +155,9 @@ class Row:
     samples_per_s: float | None = None
     efficiency_vs_single: float | None = None
     efficiency_median_step: float | None = None  # the same, from median step times
+    reference_samples_per_s: float | None = None  # single, measured just before this row
+    reference_step_ms: float | None = None  # its median step
+    steal_fraction: float | None = None  # of the host's CPU time over the row (hypervisor)
     step_ms_median: float | None = None
     comm_fraction: float | None = None
     bytes_per_step: float | None = None
@@ -695,9 +702,12 @@ def run(settings: Settings) -> list[Row]:
                 started_ray, is_ray_up = start_ray(num_cpus), True
                 log_ray_costs()
             row = Row(plan.impl, plan.mode, plan.workers, plan.shards, plan.batch, plan.model)
-            began = time.perf_counter()
+            began, stolen = time.perf_counter(), host_cpu_times()
             try:
-                measurement = measure(plan, X, y, settings)
+                reference = measure_single(X, y, settings, plan.sizes)
+                row.reference_samples_per_s = reference.samples_per_s
+                row.reference_step_ms = reference.step_ms_median
+                measurement = reference if plan.impl == "single" else measure(plan, X, y, settings)
             except Unavailable as error:
                 row.status, row.reason = "unavailable", str(error)
             except RowFailed as error:
@@ -708,6 +718,7 @@ def run(settings: Settings) -> list[Row]:
             else:
                 for name, value in asdict(measurement).items():
                     setattr(row, name, value)
+            row.steal_fraction = steal_since(stolen)
             logger.info(
                 "%-16s %-5s %dw %ds: %s (%.1f s)",
                 plan.impl,
@@ -722,14 +733,29 @@ def run(settings: Settings) -> list[Row]:
         if started_ray:
             ray.shutdown()
     for row in rows:
-        single = _single(rows, row.model)
-        if single is not None and row.samples_per_s is not None:
-            row.efficiency_vs_single = row.samples_per_s / single.samples_per_s
+        if row.samples_per_s is not None and row.reference_samples_per_s is not None:
+            row.efficiency_vs_single = row.samples_per_s / row.reference_samples_per_s
             # batch / median step time: robust to the bursts a shared machine has
             row.efficiency_median_step = (row.batch / row.step_ms_median) / (
-                single.batch / single.step_ms_median
+                LOCAL_BATCH / row.reference_step_ms
             )
     return rows
+
+
+def host_cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of the whole host so far, from /proc/stat ((0, 0) elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_since(before: tuple[int, int]) -> float | None:
+    """The fraction of the host's CPU time stolen by the hypervisor since `before`."""
+    steal, total = host_cpu_times()
+    return (steal - before[0]) / (total - before[1]) if total > before[1] else None
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -749,8 +775,8 @@ def _number(value: float | None, spec: str, suffix: str = "") -> str:
 def format_table(rows: Sequence[Row]) -> str:
     header = (
         f"{'impl':<16}{'mode':<6}{'model':<6}{'workers':>8}{'shards':>7}{'batch':>7}{'samples/s':>11}"
-        f"{'vs single':>10}{'ms/step':>9}{'eff (med)':>11}{'comm':>6}{'bytes/step':>12}"
-        f"{'staleness':>11}"
+        f"{'vs single':>10}{'ms/step':>9}{'eff (med)':>11}{'ref ms':>8}{'comm':>6}"
+        f"{'bytes/step':>12}{'staleness':>11}{'steal':>7}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -769,11 +795,13 @@ def format_table(rows: Sequence[Row]) -> str:
         bytes_moved = _number(
             None if row.bytes_per_step is None else row.bytes_per_step / 1e6, ".2f", " MB"
         )
+        steal = None if row.steal_fraction is None else 100 * row.steal_fraction
         lines.append(
             f"{start}{row.samples_per_s:>11.0f}{_number(row.efficiency_vs_single, '.2f', 'x'):>10}"
             f"{row.step_ms_median:>9.2f}{_number(row.efficiency_median_step, '.2f', 'x'):>11}"
-            f"{_number(row.comm_fraction, '.2f'):>6}"
+            f"{_number(row.reference_step_ms, '.2f'):>8}{_number(row.comm_fraction, '.2f'):>6}"
             f"{bytes_moved:>12}{staleness:>11}"
+            f"{_number(steal, '.0f', '%'):>7}"
         )
     return "\n".join(lines)
 
@@ -842,7 +870,7 @@ def format_goals(rows: Sequence[Row]) -> str:
         efficiency = best.efficiency_vs_single
         lines.append(
             f"{title} {efficiency:.2f}x ({_label(best)}, {best.samples_per_s:.0f} vs "
-            f"{single.samples_per_s:.0f} samples/s; from median steps "
+            f"{best.reference_samples_per_s:.0f} samples/s; from median steps "
             f"{best.efficiency_median_step:.2f}x) {verdict(efficiency >= target)}"
         )
     for mode in ("asp", "ssp"):
@@ -868,12 +896,16 @@ def format_goals(rows: Sequence[Row]) -> str:
             why = theirs.reason if theirs is not None else "no TorchTrainer row planned"
             lines.append(f"{title} not measured ({why})")
             continue
-        ratio = ours.samples_per_s / theirs.samples_per_s
-        median_ratio = theirs.step_ms_median / ours.step_ms_median  # the same batch
+        # Each against its own adjacent reference (the host's drift between the two rows
+        # cancels), and the raw throughputs beside it.
+        ratio = ours.efficiency_vs_single / theirs.efficiency_vs_single
+        raw = ours.samples_per_s / theirs.samples_per_s
+        median_ratio = ours.efficiency_median_step / theirs.efficiency_median_step
         lines.append(
-            f"{title} {ratio:.2f}x ({_label(ours)}, {ours.samples_per_s:.0f} vs "
-            f"{theirs.samples_per_s:.0f} samples/s; from median steps {median_ratio:.2f}x) "
-            f"{verdict(ratio >= 2.0)}"
+            f"{title} {ratio:.2f}x ({_label(ours)} {ours.efficiency_vs_single:.2f}x vs "
+            f"{theirs.efficiency_vs_single:.2f}x single; raw {ours.samples_per_s:.0f} vs "
+            f"{theirs.samples_per_s:.0f} samples/s = {raw:.2f}x; from median steps "
+            f"{median_ratio:.2f}x) {verdict(ratio >= 2.0)}"
         )
     return "\n".join(lines)
 

@@ -97,12 +97,14 @@ def test_the_quick_run_reports_every_row(bench, tmp_path: Path) -> None:
     (single,) = [r for r in rows if r["impl"] == "single"]
     assert single["status"] == "ok" and single["efficiency_vs_single"] == pytest.approx(1.0)
     for row in rows:
-        if row["status"] == "ok":
-            expected = row["samples_per_s"] / single["samples_per_s"]
+        if row["status"] == "ok":  # each row against the reference run just before it
+            assert row["reference_samples_per_s"] > 0 and row["reference_step_ms"] > 0
+            expected = row["samples_per_s"] / row["reference_samples_per_s"]
             assert row["efficiency_vs_single"] == pytest.approx(expected)
             per_median_step = row["batch"] / row["step_ms_median"]
-            expected = per_median_step / (single["batch"] / single["step_ms_median"])
+            expected = per_median_step / (256 / row["reference_step_ms"])
             assert row["efficiency_median_step"] == pytest.approx(expected)
+            assert 0 <= row["steal_fraction"] <= 1
 
     # What works today must run: the naive parameter server and bptrain's bsp.
     by_key = {(r["impl"], r["mode"], r["workers"]): r for r in rows}
