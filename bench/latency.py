@@ -4,8 +4,9 @@ disk on a warm `bptrain serve`, beside scikit-learn's MLPClassifier on the same 
 A real server process on an embedded Ray and a free port, a fresh storage directory.
 One untimed job warms it (Ray's worker pool, imports); then each timed run measures
 
-  submit→running   SubmitJob until the job reports RUNNING (queue, runner, actors, mesh)
-  training         RUNNING until SUCCEEDED (the steps, the last checkpoint, weights saved)
+  submit→running   SubmitJob until the job's started_at (queue, runner, actors, mesh)
+  training         then until the stream's final SUCCEEDED job (the steps, the last
+                   checkpoint, weights saved)
   download         GetWeights streamed to a file
   total            SubmitJob until the weights file is written
 
@@ -43,28 +44,24 @@ GOAL_ACCURACY = 0.97
 
 
 def one_job(client: Client, spec: str, weights: Path) -> dict[str, float]:
-    """Submit, follow its state, download the weights; the phases' seconds."""
-    began = time.perf_counter()
+    """Submit, follow the job's metrics stream to its end (as `bptrain submit --follow`
+    does), download the weights; the phases' seconds. RUNNING is the job's own
+    `started_at` (the server's clock: this host's)."""
+    began_wall, began = time.time(), time.perf_counter()
     job = client.submit(spec)
-    running = None
-    while True:
-        current = client.get(job.job_id)
-        if running is None and current.state != pb.QUEUED:
-            running = time.perf_counter()
-        if current.state in (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED):
-            break
-        time.sleep(0.005)
+    final = client.wait(job.job_id)
     finished = time.perf_counter()
-    if current.state != pb.SUCCEEDED:
-        raise RuntimeError(f"job {pb.JobState.Name(current.state)}: {current.reason}")
+    if final.state != pb.SUCCEEDED:
+        raise RuntimeError(f"job {pb.JobState.Name(final.state)}: {final.reason}")
     client.download_weights(job.job_id, weights)
     done = time.perf_counter()
+    to_running = final.started_at.ToNanoseconds() / 1e9 - began_wall
     return {
-        "submit_to_running_s": running - began,
-        "training_s": finished - running,
+        "submit_to_running_s": to_running,
+        "training_s": finished - began - to_running,
         "download_s": done - finished,
         "total_s": done - began,
-        "steps": current.step,
+        "steps": final.step,
     }
 
 

@@ -102,3 +102,23 @@ def test_a_checkpoint_split_into_shards_joins_back_to_itself() -> None:
     np.testing.assert_array_equal(joined.buffers["m"], theta * 2)
     with pytest.raises(ValueError, match="different steps"):
         join_shards([parts[0], dataclasses.replace(parts[1], step=8)])
+
+
+@pytest.mark.parametrize(
+    ("step", "every", "min_interval_s", "since_last_s", "due"),
+    [
+        (20, 10, 0.0, 0.0, True),  # checkpoint_every set: every multiple, however soon
+        (25, 10, 0.0, 5.0, False),  # not a multiple
+        (20, 10, 1.0, 0.2, False),  # default cadence: an epoch later, but too soon
+        (20, 10, 1.0, 1.0, True),  # ... and once a second has passed
+        (100, 10, 1.0, 0.0, True),  # the last step always
+        (97, 10, 1.0, 9.0, True),  # the last step even off the cadence
+    ],
+)
+def test_checkpoint_is_due_at_multiples_no_more_often_than_the_floor_and_at_the_end(
+    step: int, every: int, min_interval_s: float, since_last_s: float, due: bool
+) -> None:
+    from services.jobs.runner import is_checkpoint_due
+
+    last = 97 if step == 97 else 100
+    assert is_checkpoint_due(step, last, every, min_interval_s, since_last_s) is due

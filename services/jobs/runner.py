@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 _FAULTS = (RayActorError, GetTimeoutError, ObjectLostError, RayChannelError)
 STEP_TIMEOUT_S = 60.0  # a BSP barrier waits this long for every worker, then repairs
 DRAIN_PERIOD_S = 0.5  # colocated workers' statistics are drained this often (at once at the end)
+# With no `checkpoint_every` in the spec, a checkpoint each epoch but at most this often
+# (and always after the last step): a small job's epochs take milliseconds, and a
+# checkpoint (two fsyncs) would cost more than the steps it protects.
+DEFAULT_CHECKPOINT_MIN_INTERVAL_S = 1.0
 TRANSPORTS = ("auto", "colocated", "graph", "tasks")
 MAX_REPLACEMENTS = 1000  # lost actors a job survives before it gives up
 DIVERGENCE_FACTOR = 1e6
@@ -96,6 +100,16 @@ class RunnerUpdate:
     placement: tuple[dict, ...] = ()
     points: list[MetricPoint] = field(default_factory=list)
     restarts: int = 0  # actors replaced after a failure
+
+
+def is_checkpoint_due(
+    step: int, last_step: int, every: int, min_interval_s: float, since_last_s: float
+) -> bool:
+    """A checkpoint after `step`: always after the last step; else at multiples of
+    `every` once `min_interval_s` has passed since the previous checkpoint."""
+    if step == last_step:
+        return True
+    return step % every == 0 and since_last_s >= min_interval_s
 
 
 class JobRunner:
@@ -476,6 +490,10 @@ class _Loop:
         self.steps_per_epoch = data.plan.steps_per_epoch
         self.eval_every = spec.eval_every or self.steps_per_epoch
         self.checkpoint_every = spec.checkpoint_every or self.steps_per_epoch
+        self.checkpoint_min_interval_s = (
+            0.0 if spec.checkpoint_every else DEFAULT_CHECKPOINT_MIN_INTERVAL_S
+        )
+        self.last_checkpoint = time.monotonic()
         self.model = MLP(spec.sizes, spec.activations, spec.loss, **spec.model_options)
         itemsize = 8 if spec.dtype == "float64" else 4
         self.theta_bytes = self.model.layout.size * itemsize
@@ -484,7 +502,16 @@ class _Loop:
 
     def start_clock(self) -> None:
         """Training starts now: elapsed time and `max_seconds` count from here."""
-        self.started = self.last = time.monotonic()
+        self.started = self.last = self.last_checkpoint = time.monotonic()
+
+    def is_checkpoint_due(self, step: int) -> bool:
+        return is_checkpoint_due(
+            step,
+            self.steps,
+            self.checkpoint_every,
+            self.checkpoint_min_interval_s,
+            time.monotonic() - self.last_checkpoint,
+        )
 
     def check_limits(self, step: int) -> None:
         spec = self.runner.spec
@@ -553,13 +580,12 @@ class _Loop:
         self.last = now
         # After the point: a lost parameter server surfaces here as a fault the step
         # loop repairs, and the checkpoint never runs ahead of the reported steps.
-        if self.runner.checkpoints is not None and (
-            step % self.checkpoint_every == 0 or step == self.steps
-        ):
+        if self.runner.checkpoints is not None and self.is_checkpoint_due(step):
             if states:
                 self.runner.checkpoints.save(join_shards(states))
             else:
                 self.cohort.checkpoint()
+            self.last_checkpoint = time.monotonic()
 
 
 class _PendingSteps:
