@@ -70,7 +70,50 @@ def test_derivatives_read_from_the_output_where_the_math_allows() -> None:
             np.testing.assert_array_equal(
                 activation.backward(np.ones_like(z), None, a), activation.grad(z, a)
             )
-    assert [n for n in ACTIVATION_NAMES if get_activation(n).needs_z] == ["gelu"]
+    assert [n for n in ACTIVATION_NAMES if get_activation(n).needs_z] == ["elu", "gelu", "tanh"]
+
+
+def _derivative_by_definition(name: str, z: np.ndarray) -> np.ndarray:
+    """σ'(z) in float64 from closed forms written for z ≪ 0 (no cancelling sums)."""
+
+    def sigmoid(x: np.ndarray) -> np.ndarray:
+        return np.exp(-np.logaddexp(0, -x))
+
+    if name == "identity":
+        return np.ones_like(z)
+    if name in ("relu", "leaky_relu"):
+        return np.where(z > 0, 1.0, 0.0 if name == "relu" else 0.01)
+    if name == "elu":
+        return np.where(z > 0, 1.0, np.exp(np.minimum(z, 0)))
+    if name == "tanh":  # sech² z = 4 e^{−2|z|} / (1 + e^{−2|z|})²
+        t = np.exp(-2 * np.abs(z))
+        return 4 * t / (1 + t) ** 2
+    if name == "sigmoid":
+        return sigmoid(z) * sigmoid(-z)
+    if name == "softplus":  # softplus' = sigmoid
+        return sigmoid(z)
+    if name == "gelu":  # d/dz ½ z (1 + tanh u) = s + z u' · 2 s (1 − s), s = sigmoid(2u)
+        c, k = math.sqrt(2 / math.pi), 0.044715
+        u, du = c * (z + k * z**3), c * (1 + 3 * k * z**2)
+        s = sigmoid(2 * u)
+        return s + z * du * 2 * s * sigmoid(-2 * u)
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_every_derivative_keeps_its_digits_at_strongly_negative_z(name: str, dtype) -> None:
+    # ELU once took σ' = a + 1 from its output: 0.8 % off at z = −12.5 in float32 and
+    # exactly 0 below −17; tanh's 1 − a² was 0 past |z| ≈ 9. Both now read z.
+    z = np.array([[-40.0, -20.0, -17.5, -12.5, -5.0, -1.0, -1e-3]], dtype=dtype)
+    activation = get_activation(name)
+    a = activation.forward(z.copy())
+    got = activation.grad(z, a)
+    assert got.dtype == dtype
+    smallest = np.finfo(dtype).tiny
+    expected = _derivative_by_definition(name, z.astype(np.float64))
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=smallest)
 
 
 def test_softplus_and_elu_keep_precision_far_out() -> None:

@@ -6,9 +6,10 @@ Each activation has
     backward(upstream, z, a)      upstream ← upstream ⊙ σ'(z), in place: ∂loss/∂a → δ
 
 and a convenience `grad(z, a) -> σ'(z)` for tests. Backward reads σ' from the cached
-output `a` wherever the math allows (relu' = 1[a > 0], tanh' = 1 − a², sigmoid' =
-a(1 − a), softplus' = 1 − e^{−a}, elu' = 1 or a + α), so forward can overwrite z with a
-and the model keeps one buffer per layer; only gelu (`needs_z`) keeps z.
+output `a` wherever that loses no digits (relu' = 1[a > 0], sigmoid' = a(1 − a),
+softplus' = −expm1(−a)), so forward can overwrite z with a and the model keeps one
+buffer per layer; gelu, elu and tanh (`needs_z`) keep z, because their σ' from a would
+cancel for z ≪ 0 (elu: a + α as a → −α; tanh: 1 − a² as a → ±1).
 
 `work` holds scratch buffers shaped like `z` (the model preallocates them, as listed in
 `work_dtypes`); without them the functions allocate their own. Every function here
@@ -145,10 +146,15 @@ class LeakyReLU(Activation):
 
 
 class ELU(Activation):
-    """σ(z) = z for z > 0, α(e^z − 1) otherwise (α = 1); σ'(z) = 1 or a + α."""
+    """σ(z) = z for z > 0, α(e^z − 1) otherwise (α = 1); σ'(z) = 1 or αe^z.
+
+    σ' needs z: from the output it would be a + α, and for z ≪ 0 (a → −α) that sum
+    cancels (0.8 % off at z = −12.5 in float32, exactly 0 below z ≈ −17).
+    """
 
     name = "elu"
     keeps_one = True
+    needs_z = True
     work_dtypes = ("float",)
     alpha = 1.0
 
@@ -166,19 +172,25 @@ class ELU(Activation):
     def backward(
         self, upstream: Array, z: Array | None, a: Array, work: Sequence[Array] = ()
     ) -> Array:
-        xp = array_module_of(a)
-        # a > 0: σ' = 1;  a ≤ 0: σ' = αe^z = a + α.  Both as min(a, 0) + α + (1 − α)·1[a > 0].
-        factor = xp.minimum(a, _zero_row(a), out=_scratch(a, work))
-        factor += self.alpha
+        xp = array_module_of(z)
+        # αe^{min(z, 0)}: αe^z for z ≤ 0, α for z > 0, where σ' = 1 (the indicator fixes α ≠ 1).
+        factor = xp.minimum(z, _zero_row(z), out=_scratch(z, work))
+        xp.exp(factor, out=factor)
         if self.alpha != 1.0:
-            factor += (1.0 - self.alpha) * (a > 0)
+            factor *= self.alpha
+            factor += (1.0 - self.alpha) * (z > 0)
         return xp.multiply(upstream, factor, out=upstream)
 
 
 class Tanh(Activation):
-    """σ(z) = tanh(z); σ'(z) = 1 − a²."""
+    """σ(z) = tanh(z); σ'(z) = 1 − a² = 4t / (1 + t)², t = e^{−2|z|}.
+
+    σ' needs z: 1 − a² cancels as |z| grows (a → ±1; exactly 0 past |z| ≈ 9 in
+    float32), while 4t / (1 + t)² keeps every digit.
+    """
 
     name = "tanh"
+    needs_z = True
     work_dtypes = ("float",)
 
     def forward(self, z: Array, out: Array | None = None, work: Sequence[Array] = ()) -> Array:
@@ -188,10 +200,15 @@ class Tanh(Activation):
     def backward(
         self, upstream: Array, z: Array | None, a: Array, work: Sequence[Array] = ()
     ) -> Array:
-        xp = array_module_of(a)
-        factor = xp.multiply(a, a, out=_scratch(a, work))
-        xp.subtract(1.0, factor, out=factor)  # 1 − a²
-        return xp.multiply(upstream, factor, out=upstream)
+        xp = array_module_of(z)
+        t = xp.abs(z, out=_scratch(z, work))
+        t *= -2.0
+        xp.exp(t, out=t)  # t = e^{−2|z|} ∈ (0, 1]
+        upstream *= t
+        upstream *= 4.0
+        t += 1.0
+        t *= t  # (1 + t)²
+        return xp.divide(upstream, t, out=upstream)
 
 
 class Sigmoid(Activation):
