@@ -6,6 +6,16 @@ that knows about gRPC). Domain code raises these; it never sees protobuf.
 
 from __future__ import annotations
 
+QUOTE_CHARS = 48
+
+
+def quoted(value: str) -> str:
+    """A client's value for a message: repr'd whole when short, else a prefix and its
+    length, so an error message never grows with the input."""
+    if len(value) <= QUOTE_CHARS:
+        return repr(value)
+    return f"{value[:QUOTE_CHARS]!r}… ({len(value)} characters)"
+
 
 class BptrainError(Exception):
     """Base of every error a client may be told about."""

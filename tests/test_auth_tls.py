@@ -32,10 +32,12 @@ def serving(manager: JobManager, **config: object) -> RunningServer:
     return create_server(ServerConfig(port=0, **config), manager)
 
 
-def test_tokens_must_be_long_enough() -> None:
+def test_tokens_must_be_long_enough_and_bounded() -> None:
     assert parse_tokens(f"{TOKEN}, other-token-000000001\n") == {TOKEN, "other-token-000000001"}
-    with pytest.raises(ValueError, match="at least 16"):
+    with pytest.raises(ValueError, match="16 to 256 characters"):
         parse_tokens("short")
+    with pytest.raises(ValueError, match="16 to 256 characters"):
+        parse_tokens("t" * 257)
 
 
 def test_token_check_accepts_only_configured_tokens() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,21 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def lying_npz(X: np.ndarray, *, declared_rows: int, y: np.ndarray) -> bytes:
+    """An .npz whose X.npy header declares `declared_rows` rows over X's real data."""
+    member = io.BytesIO()
+    header = {"descr": X.dtype.str, "fortran_order": False, "shape": (declared_rows, X.shape[1])}
+    np.lib.format.write_array_header_1_0(member, header)
+    member.write(np.ascontiguousarray(X).tobytes())
+    labels = io.BytesIO()
+    np.save(labels, y)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("X.npy", member.getvalue())
+        zipped.writestr("y.npy", labels.getvalue())
+    return archive.getvalue()
 
 
 def blobs(rows: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +132,13 @@ def test_a_spec_naming_an_unknown_upload_is_not_found(served: tuple) -> None:
         ("missing y", grpc.StatusCode.INVALID_ARGUMENT, "missing y"),
         ("not an npz", grpc.StatusCode.INVALID_ARGUMENT, "not a readable .npz"),
         ("float labels in 1-D", grpc.StatusCode.INVALID_ARGUMENT, "y must be (N,) integer labels"),
+        ("0-d y", grpc.StatusCode.INVALID_ARGUMENT, "y must be 1-D or 2-D, got 0-D"),
+        ("3-d y", grpc.StatusCode.INVALID_ARGUMENT, "y must be 1-D or 2-D, got 3-D"),
+        ("3-d X", grpc.StatusCode.INVALID_ARGUMENT, "X must be 2-D, got 3-D"),
+        ("header declares 2**40 rows", grpc.StatusCode.RESOURCE_EXHAUSTED, "dataset limit"),
+        ("header declares fewer rows", grpc.StatusCode.INVALID_ARGUMENT, "more data than"),
+        ("header declares more rows", grpc.StatusCode.INVALID_ARGUMENT, "holds only"),
+        ("inflates past the quota", grpc.StatusCode.RESOURCE_EXHAUSTED, "200000-byte dataset"),
     ],
 )
 def test_bad_uploads_are_refused_and_leave_nothing(
@@ -142,6 +165,23 @@ def test_bad_uploads_are_refused_and_leave_nothing(
         data = b"definitely not a zip file" * 10
     elif case == "float labels in 1-D":
         data = npz_bytes(X=X, y=y.astype(np.float32))
+    elif case == "0-d y":
+        data = npz_bytes(X=X, y=np.array(3))
+    elif case == "3-d y":
+        data = npz_bytes(X=X, y=y.reshape(50, 1, 1))
+    elif case == "3-d X":
+        data = npz_bytes(X=X.reshape(50, 2, 2), y=y)
+    elif case == "header declares 2**40 rows":
+        data = lying_npz(X, declared_rows=2**40, y=y)
+    elif case == "header declares fewer rows":
+        data = lying_npz(X, declared_rows=40, y=y)
+    elif case == "header declares more rows":
+        data = lying_npz(X, declared_rows=60, y=y)
+    elif case == "inflates past the quota":  # ~10 KB on the wire, 4 MB once decompressed
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, X=np.zeros((250_000, 4)), y=np.zeros(250_000, np.int64))
+        data = buffer.getvalue()
+        assert len(data) < MAX_BYTES // 4
     before = [d.dataset_id for d in client.list_datasets()]
     with pytest.raises(grpc.RpcError) as caught:
         raw_upload(client, data, **kwargs)

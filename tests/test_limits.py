@@ -28,7 +28,7 @@ def manager(ray_session: None, tmp_path) -> JobManager:
 
 
 def test_streams_whose_clients_left_free_their_threads(manager: JobManager) -> None:
-    running = create_server(ServerConfig(port=0, threads=3), manager)
+    running = create_server(ServerConfig(port=0, threads=4, max_streams=3), manager)
     target = f"127.0.0.1:{running.port}"
     try:
         with Client(target) as client:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 import grpc
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no token
+MAX_TOKEN_CHARS = 256
 UNAUTHENTICATED_MESSAGE = "a valid bearer token is required (metadata 'authorization: Bearer …')"
 
 
@@ -19,8 +20,8 @@ def parse_tokens(text: str) -> frozenset[str]:
     """Tokens from a comma- or newline-separated list (as in $BPTRAIN_TOKENS or a file)."""
     tokens = frozenset(t.strip() for t in text.replace("\n", ",").split(",") if t.strip())
     for token in tokens:
-        if len(token) < 16:
-            raise ValueError("every token must be at least 16 characters long")
+        if not 16 <= len(token) <= MAX_TOKEN_CHARS:
+            raise ValueError(f"every token must be 16 to {MAX_TOKEN_CHARS} characters long")
     return tokens
 
 
@@ -54,6 +55,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         self._tokens = tuple(token.encode() for token in tokens)
 
     def is_allowed(self, presented: str) -> bool:
+        if len(presented) > MAX_TOKEN_CHARS:  # no configured token is this long
+            return False
         candidate = presented.encode()
         # Compare with every token (no early exit), each compare in constant time.
         matches = [hmac.compare_digest(candidate, token) for token in self._tokens]

@@ -1,19 +1,23 @@
 """The one place where exceptions become gRPC status codes.
 
 `ErrorMappingInterceptor` wraps every handler, unary or streaming: a domain error
-becomes its status code with its own message; anything else becomes INTERNAL with a
-generic message, and the traceback goes to the log, never to the client.
+becomes its status code with its own message (cut to 1000 bytes); anything else becomes
+INTERNAL with a generic message, and the traceback goes to the log, never to the client.
+Before the handler runs, the request passes the edge (`services.api.edge`): a body
+that is not protobuf, or a string or list over its bound, is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
+from services.api.edge import Malformed, bounded_message, check_bounds, tolerant
 from services.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -42,7 +46,7 @@ INTERNAL_MESSAGE = "internal error; the server log has the details"
 def status_for(error: Exception) -> tuple[grpc.StatusCode, str]:
     for kind, code in STATUS_OF:
         if isinstance(error, kind):
-            return code, str(error)
+            return code, bounded_message(str(error))
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
@@ -58,11 +62,27 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
     return code is not None and code is not grpc.StatusCode.OK
 
 
-def _map_unary(behavior: Callable, method: str) -> Callable:
+def _at_the_edge(request: Any) -> Any:
+    """`request` once it passed the edge; raises InvalidSpecError otherwise."""
+    if isinstance(request, Malformed):
+        raise InvalidSpecError(request.type_name, f"is not valid protobuf ({request.size} bytes)")
+    if isinstance(request, Message):  # (a handler without a deserializer gets bytes)
+        check_bounds(request)
+    return request
+
+
+def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _at_the_edge(request)
+
+
+def _map_unary(behavior: Callable, method: str, *, is_streaming_request: bool) -> Callable:
     @functools.wraps(behavior)
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return behavior(request, context)
+            if is_streaming_request:
+                return behavior(_checked_stream(request), context)
+            return behavior(_at_the_edge(request), context)
         except Exception as error:
             if _already_aborted(context):
                 raise
@@ -71,11 +91,14 @@ def _map_unary(behavior: Callable, method: str) -> Callable:
     return wrapper
 
 
-def _map_stream(behavior: Callable, method: str) -> Callable:
+def _map_stream(behavior: Callable, method: str, *, is_streaming_request: bool) -> Callable:
     @functools.wraps(behavior)
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            yield from behavior(request, context)
+            if is_streaming_request:
+                yield from behavior(_checked_stream(request), context)
+            else:
+                yield from behavior(_at_the_edge(request), context)
         except Exception as error:
             if _already_aborted(context):
                 raise
@@ -92,28 +115,18 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _map_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _map_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _map_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _map_stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        for kind, wrap, is_streaming_request in (
+            ("unary_unary", _map_unary, False),
+            ("unary_stream", _map_stream, False),
+            ("stream_unary", _map_unary, True),
+            ("stream_stream", _map_stream, True),
+        ):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                factory = getattr(grpc, f"{kind}_rpc_method_handler")
+                return factory(
+                    wrap(behavior, method, is_streaming_request=is_streaming_request),
+                    request_deserializer=tolerant(handler.request_deserializer),
+                    response_serializer=handler.response_serializer,
+                )
         return handler

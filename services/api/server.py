@@ -14,11 +14,13 @@ from bptrain.v1 import training_pb2, training_pb2_grpc
 from services.api.auth import TokenAuthInterceptor
 from services.api.errors import ErrorMappingInterceptor
 from services.api.servicer import TrainingServicer
+from services.api.streams import StreamLimitInterceptor
 from services.jobs.manager import JobManager
 from services.metrics import RpcMetricsInterceptor
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+UNARY_THREADS = 8  # kept from streams by default: unary RPCs and health checks
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,12 +52,16 @@ class ServerConfig:
     """Where and how the API listens. Port 0 picks a free port (create_server returns it).
 
     With `tokens`, every RPC but health needs ``authorization: Bearer <token>``.
+    At most `max_streams` streaming RPCs run at once (the next is RESOURCE_EXHAUSTED), so
+    `threads` − `max_streams` threads are always left for unary RPCs and health checks;
+    None: all threads but 8 (and at least 1).
     """
 
     host: str = "127.0.0.1"
     port: int = 50051
     threads: int = 32
     max_concurrent_rpcs: int = 256
+    max_streams: int | None = None
     tokens: frozenset[str] = frozenset()
     tls: TlsConfig | None = None
 
@@ -66,6 +72,17 @@ class ServerConfig:
             raise ValueError(f"threads must be >= 2, got {self.threads}")
         if self.max_concurrent_rpcs < 1:
             raise ValueError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
+        if self.max_streams is not None and not 1 <= self.max_streams < self.threads:
+            raise ValueError(
+                f"max_streams must be in [1, threads - 1 = {self.threads - 1}], "
+                f"got {self.max_streams}"
+            )
+
+    @property
+    def stream_limit(self) -> int:
+        if self.max_streams is not None:
+            return self.max_streams
+        return max(1, self.threads - UNARY_THREADS)
 
 
 @dataclass
@@ -86,6 +103,7 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
         interceptors=[
             RpcMetricsInterceptor(manager.metrics),  # outermost: sees every final status code
             *([TokenAuthInterceptor(config.tokens)] if config.tokens else []),
+            StreamLimitInterceptor(config.stream_limit),
             ErrorMappingInterceptor(),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.errors import InvalidSpecError
+from services.errors import InvalidSpecError, quoted
 
 DATASET_NAMES: tuple[str, ...] = (
     "digits",
@@ -108,7 +108,8 @@ def load_dataset(name: str, options: DatasetOptions | None = None) -> Dataset:
 
 
 def _unknown(name: str) -> InvalidSpecError:
-    return InvalidSpecError("name", f"must be one of {', '.join(DATASET_NAMES)}, got {name!r}")
+    names = ", ".join(DATASET_NAMES)
+    return InvalidSpecError("name", f"must be one of {names}, got {quoted(name)}")
 
 
 def input_width(name: str, options: DatasetOptions) -> int:

@@ -1,9 +1,10 @@
 """Uploaded datasets: received in chunks, checked, stored once by sha256.
 
 A dataset file is a numpy .npz holding X: (N, D) float and y: (N,) integer class
-labels or (N, K) float regression targets. It is opened with ``allow_pickle=False``
-(data, never code), checked for dtype, shape and finite values, and only then
-renamed into place: a bad, truncated or over-quota upload leaves nothing behind.
+labels or (N, K) float regression targets. Its arrays' headers are checked before
+their data is read (`npz_file`: plain numeric dtypes, shapes, declared bytes within the
+dataset limit, no pickles), then their values (finite, labels, rows), and only then is
+the file renamed into place: a bad, truncated or over-quota upload leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import sqlite3
 import threading
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.datasets.builtin import Dataset, _assemble
-from services.errors import InvalidSpecError, NotFoundError, ResourceExhaustedError
+from services.datasets.npz_file import read_arrays
+from services.errors import InvalidSpecError, NotFoundError, ResourceExhaustedError, quoted
 
 MIN_ROWS = 10
 MAX_FEATURES = 10_000
@@ -87,30 +88,6 @@ def check_arrays(X: np.ndarray, y: np.ndarray) -> tuple[str, int]:
     )
 
 
-def read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """X and y from an .npz, refusing pickled (object) arrays and anything malformed."""
-    if not zipfile.is_zipfile(path):
-        raise InvalidSpecError("file", "is not a readable .npz (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = {"X", "y"} - set(archive.files)
-            if missing:
-                raise InvalidSpecError(
-                    "file", f"must hold arrays X and y; missing {', '.join(sorted(missing))}"
-                )
-            return archive["X"], archive["y"]
-    except ValueError as error:
-        if isinstance(error, InvalidSpecError):
-            raise
-        if "pickle" in str(error):
-            raise InvalidSpecError(
-                "file", "holds pickled Python objects; only plain-data numeric arrays are accepted"
-            ) from None
-        raise InvalidSpecError("file", "is not a plain-data .npz") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise InvalidSpecError("file", f"is not a readable .npz ({error})") from None
-
-
 class Upload:
     """One upload in progress: bytes go to a temporary file and are hashed on the way."""
 
@@ -138,7 +115,7 @@ class Upload:
             raise InvalidSpecError(
                 "sha256", "does not match the bytes received (corrupted or truncated upload)"
             )
-        X, y = read_arrays(self._path)
+        X, y = read_arrays(self._path, max_bytes=self.registry.max_bytes)
         task, outputs = check_arrays(X, y)
         info = DatasetInfo(
             dataset_id=self._digest.hexdigest(),
@@ -193,7 +170,7 @@ class DatasetRegistry:
                 "SELECT * FROM datasets WHERE dataset_id = ?", (dataset_id,)
             ).fetchone()
         if row is None:
-            raise NotFoundError(f"unknown dataset {dataset_id!r}")
+            raise NotFoundError(f"unknown dataset {quoted(dataset_id)}")
         return DatasetInfo(**dict(row))
 
     def list(self) -> list[DatasetInfo]:

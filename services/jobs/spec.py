@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.datasets import DATASET_NAMES, DatasetOptions, input_width, output_width
-from services.errors import InvalidSpecError
+from services.errors import InvalidSpecError, quoted
 from services.paramserver.optimizers import LRSchedule, OptimizerConfig
 from worker.activations import ACTIVATIONS
 from worker.compression import COMPRESSIONS
@@ -50,7 +50,7 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
     if value not in choices:
-        raise InvalidSpecError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        raise InvalidSpecError(name, f"must be one of {', '.join(choices)}, got {quoted(value)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,13 +264,14 @@ class JobSpec:
         is_classification = self.dataset.is_classification
         if is_classification and self.loss != "softmax_cross_entropy":
             raise InvalidSpecError(
-                "loss", f"must be softmax_cross_entropy for {self.dataset.name}, got {self.loss!r}"
+                "loss",
+                f"must be softmax_cross_entropy for {self.dataset.name}, got {quoted(self.loss)}",
             )
         if not is_classification and self.loss not in REGRESSION_LOSSES:
             raise InvalidSpecError(
                 "loss",
                 f"must be one of {', '.join(REGRESSION_LOSSES)} for {self.dataset.name}, "
-                f"got {self.loss!r}",
+                f"got {quoted(self.loss)}",
             )
         if self.layers[-1].dropout:
             raise InvalidSpecError(f"{last}.dropout", "must be 0 on the output layer")
@@ -278,7 +279,7 @@ class JobSpec:
             raise InvalidSpecError(
                 f"{last}.activation",
                 "must be identity for softmax_cross_entropy (the layer gives logits; "
-                f"softmax is fused into the loss), got {self.layers[-1].activation!r}",
+                f"softmax is fused into the loss), got {quoted(self.layers[-1].activation)}",
             )
 
     @property

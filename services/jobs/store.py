@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from services.errors import InvalidSpecError, NotFoundError
+from services.errors import InvalidSpecError, NotFoundError, quoted
 from services.jobs.records import JobRecord, JobState, MetricPoint
 from services.jobs.spec import JobSpec
 
@@ -115,23 +115,25 @@ class JobStore:
                 f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*values, job_id)
             )
         if cursor.rowcount == 0:
-            raise NotFoundError(f"unknown job {job_id!r}")
+            raise NotFoundError(f"unknown job {quoted(job_id)}")
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
-                raise NotFoundError(f"unknown job {job_id!r}")
+                raise NotFoundError(f"unknown job {quoted(job_id)}")
             return self._record(row)
 
     def list(
         self, *, state: JobState | None = None, limit: int = 50, page_token: str = ""
     ) -> tuple[list[JobRecord], str]:
         """Jobs newest first; returns (page, token of the next page or "")."""
-        try:
-            before = int(page_token) if page_token else None
-        except ValueError:
-            raise InvalidSpecError("page_token", "is not a token this server gave") from None
+        # A token is a row's sequence number: decimal digits that fit SQLite's int64.
+        if page_token and not (page_token.isascii() and page_token.isdigit()):
+            raise InvalidSpecError("page_token", "is not a token this server gave")
+        before = int(page_token) if page_token else None
+        if before is not None and before >= 2**63:
+            raise InvalidSpecError("page_token", "is not a token this server gave")
         clauses, args = [], []
         if state is not None:
             clauses.append("state = ?")
