@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
+from services.api.handlers import replaced
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no token
 MAX_TOKEN_CHARS = 256
 UNAUTHENTICATED_MESSAGE = "a valid bearer token is required (metadata 'authorization: Bearer …')"
@@ -32,18 +34,11 @@ def _presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return ""
 
 
-def _denied(kind: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
-
+def _deny(kind: str, behavior: Callable) -> Callable:
     def deny(request: object, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
 
-    factory: Callable = getattr(grpc, f"{kind}_rpc_method_handler")
-    return factory(
-        deny,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return deny
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
@@ -68,7 +63,4 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             return handler
         if self.is_allowed(_presented_token(handler_call_details.invocation_metadata)):
             return handler
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            if getattr(handler, kind):
-                return _denied(kind, handler)
-        return handler
+        return replaced(handler, _deny)  # a handler of the same kind that answers UNAUTHENTICATED

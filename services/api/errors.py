@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import Message
 
 from services.api.edge import Malformed, bounded_message, check_bounds, tolerant
+from services.api.handlers import replaced
 from services.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -76,13 +77,11 @@ def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
         yield _at_the_edge(request)
 
 
-def _map_unary(behavior: Callable, method: str, *, is_streaming_request: bool) -> Callable:
+def _map_unary(behavior: Callable, method: str, edge: Callable) -> Callable:
     @functools.wraps(behavior)
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            if is_streaming_request:
-                return behavior(_checked_stream(request), context)
-            return behavior(_at_the_edge(request), context)
+            return behavior(edge(request), context)
         except Exception as error:
             if _already_aborted(context):
                 raise
@@ -91,14 +90,11 @@ def _map_unary(behavior: Callable, method: str, *, is_streaming_request: bool) -
     return wrapper
 
 
-def _map_stream(behavior: Callable, method: str, *, is_streaming_request: bool) -> Callable:
+def _map_stream(behavior: Callable, method: str, edge: Callable) -> Callable:
     @functools.wraps(behavior)
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            if is_streaming_request:
-                yield from behavior(_checked_stream(request), context)
-            else:
-                yield from behavior(_at_the_edge(request), context)
+            yield from behavior(edge(request), context)
         except Exception as error:
             if _already_aborted(context):
                 raise
@@ -115,18 +111,10 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        for kind, wrap, is_streaming_request in (
-            ("unary_unary", _map_unary, False),
-            ("unary_stream", _map_stream, False),
-            ("stream_unary", _map_unary, True),
-            ("stream_stream", _map_stream, True),
-        ):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                factory = getattr(grpc, f"{kind}_rpc_method_handler")
-                return factory(
-                    wrap(behavior, method, is_streaming_request=is_streaming_request),
-                    request_deserializer=tolerant(handler.request_deserializer),
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+
+        def wrap(kind: str, behavior: Callable) -> Callable:
+            edge = _checked_stream if kind.startswith("stream_") else _at_the_edge
+            mapped = _map_stream if kind.endswith("_stream") else _map_unary
+            return mapped(behavior, method, edge)
+
+        return replaced(handler, wrap, tolerant(handler.request_deserializer))

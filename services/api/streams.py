@@ -9,13 +9,14 @@ RESOURCE_EXHAUSTED, so the remaining threads always serve unary RPCs and health 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-STREAM_KINDS = ("unary_stream", "stream_unary", "stream_stream")
+from services.api.handlers import kind_of, replaced
 
 
 class StreamLimitInterceptor(grpc.ServerInterceptor):
@@ -25,46 +26,36 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
 
-    def _refuse(self, context: grpc.ServicerContext) -> None:
-        context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the server has {self.limit} streams open, its limit; try again later",
-        )
+    @contextlib.contextmanager
+    def _slot(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """One of the stream slots for the body of a call; RESOURCE_EXHAUSTED when none is free."""
+        if not self._slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server has {self.limit} streams open, its limit; try again later",
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
 
-    def _limited_output(self, behavior: Callable) -> Callable:
-        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            if not self._slots.acquire(blocking=False):
-                self._refuse(context)
-            try:
+    def _limited(self, kind: str, behavior: Callable) -> Callable:
+        if kind == "stream_unary":
+
+            def answer(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                with self._slot(context):
+                    return behavior(requests, context)
+
+            return answer
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with self._slot(context):
                 yield from behavior(request, context)
-            finally:
-                self._slots.release()
 
-        return handle
-
-    def _limited_input(self, behavior: Callable) -> Callable:
-        def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            if not self._slots.acquire(blocking=False):
-                self._refuse(context)
-            try:
-                return behavior(requests, context)
-            finally:
-                self._slots.release()
-
-        return handle
+        return stream
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        for kind in STREAM_KINDS:
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                wrap = self._limited_input if kind == "stream_unary" else self._limited_output
-                factory = getattr(grpc, f"{kind}_rpc_method_handler")
-                return factory(
-                    wrap(behavior),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        if handler is None or kind_of(handler) == "unary_unary":
+            return handler
+        return replaced(handler, self._limited)

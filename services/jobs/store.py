@@ -129,11 +129,10 @@ class JobStore:
     ) -> tuple[list[JobRecord], str]:
         """Jobs newest first; returns (page, token of the next page or "")."""
         # A token is a row's sequence number: decimal digits that fit SQLite's int64.
-        if page_token and not (page_token.isascii() and page_token.isdigit()):
+        is_token = page_token.isascii() and page_token.isdigit() and int(page_token) < 2**63
+        if page_token and not is_token:
             raise InvalidSpecError("page_token", "is not a token this server gave")
         before = int(page_token) if page_token else None
-        if before is not None and before >= 2**63:
-            raise InvalidSpecError("page_token", "is not a token this server gave")
         clauses, args = [], []
         if state is not None:
             clauses.append("state = ?")
