@@ -175,17 +175,34 @@ def serve(
         _fail(str(error))
 
 
+reconnect_option = click.option(
+    "--reconnect-for",
+    "reconnect_for",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="While following: give up after this many seconds without an answer "
+    "(default: keep reconnecting until the job ends).",
+)
+
+
 @main.command()
 @click.argument("spec_file", type=click.Path(path_type=Path))
 @server_option
 @click.option(
     "--follow/--no-wait", default=True, show_default=True, help="Follow until the job ends."
 )
+@reconnect_option
 @click.option("--submission-id", default="", help="Idempotency key: a retry returns the same job.")
 @click.option("--dry-run", is_flag=True, help="Only validate; print the spec with its defaults.")
 @output_option
 def submit(
-    spec_file: Path, server: str, follow: bool, submission_id: str, dry_run: bool, output: str
+    spec_file: Path,
+    server: str,
+    follow: bool,
+    reconnect_for: float | None,
+    submission_id: str,
+    dry_run: bool,
+    output: str,
 ) -> None:
     """Submit the job in SPEC_FILE (YAML or JSON). With --follow, exit 0 only if it SUCCEEDED."""
     from bptrain.progress import follow as follow_job
@@ -202,7 +219,7 @@ def submit(
             if not follow:
                 _print_jobs([job], output)
                 return
-            final = follow_job(client, job.job_id)
+            final = follow_job(client, job.job_id, reconnect_for_s=reconnect_for)
     except (SpecFileError, BptrainError) as error:
         _fail(str(error))
     _print_jobs([final], output)
@@ -212,14 +229,15 @@ def submit(
 @main.command()
 @click.argument("job_id")
 @server_option
+@reconnect_option
 @output_option
-def watch(job_id: str, server: str, output: str) -> None:
+def watch(job_id: str, server: str, reconnect_for: float | None, output: str) -> None:
     """Follow a job's metrics until it ends; exit 0 only if it SUCCEEDED."""
     from bptrain.progress import follow as follow_job
 
     try:
         with Client(server) as client:
-            final = follow_job(client, job_id)
+            final = follow_job(client, job_id, reconnect_for_s=reconnect_for)
     except BptrainError as error:
         _fail(str(error))
     _print_jobs([final], output)

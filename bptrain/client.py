@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-RECONNECT_ATTEMPTS = 5
+RECONNECT_PAUSE_S = (0.2, 5.0)  # a follower's pause between reconnects: first, most
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 TERMINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
@@ -84,6 +84,9 @@ def _channel(
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # A server that restarts is tried again within seconds, not gRPC's two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", int(RECONNECT_PAUSE_S[1] * 1000)),
     ]
     if tls_ca is None and tls_cert is None:
         return grpc.insecure_channel(target, options=options)
@@ -197,40 +200,70 @@ class Client:
         request = pb.CancelJobRequest(job_id=job_id)
         return _call(self._stub.CancelJob, request, timeout=self.timeout_s)
 
-    def events(self, job_id: str, after_step: int = 0) -> Iterator[pb.StreamMetricsResponse]:
-        """Metric points with step > after_step, then the final job; reconnects on a drop."""
-        cursor, attempts = after_step, 0
+    def events(
+        self,
+        job_id: str,
+        after_step: int = 0,
+        *,
+        reconnect_for_s: float | None = None,
+        on_reconnect: Callable[[str, int], None] | None = None,
+    ) -> Iterator[pb.StreamMetricsResponse]:
+        """Metric points with step > after_step, then the final job.
+
+        A dropped stream (the server restarting, the network) is resumed after the last
+        point seen, with pauses growing from 0.2 s to 5 s, for as long as
+        `reconnect_for_s` allows since the last event (None: until the job ends);
+        `on_reconnect(status, last step)` is called before each attempt, so a caller
+        can show that it is reconnecting. Errors that are not about reaching the
+        server (NOT_FOUND, PERMISSION_DENIED, ...) end the stream at once.
+        """
+        cursor = after_step
+        pause, longest = RECONNECT_PAUSE_S
+        last_event = time.monotonic()
         while True:
             request = pb.StreamMetricsRequest(job_id=job_id, after_step=cursor)
             try:
                 for event in self._stub.StreamMetrics(request):
-                    attempts = 0
+                    pause, last_event = RECONNECT_PAUSE_S[0], time.monotonic()
                     if event.HasField("point"):
                         cursor = event.point.step
                     yield event
                     if event.HasField("final"):
                         return
-                raise BptrainError("UNAVAILABLE", "the metrics stream ended early")
+                code, details = "UNAVAILABLE", "the metrics stream ended before the job did"
             except grpc.RpcError as error:
-                if error.code() not in _RETRYABLE or attempts >= RECONNECT_ATTEMPTS:
+                if error.code() not in _RETRYABLE:
                     raise _raise_from(error) from None
-                attempts += 1
-                log.info(
-                    "metrics stream dropped (%s); resuming after step %d", error.code().name, cursor
-                )
-                time.sleep(min(0.2 * 2**attempts, 5.0))
+                code, details = error.code().name, error.details() or ""
+            waited = time.monotonic() - last_event
+            if reconnect_for_s is not None and waited + pause > reconnect_for_s:
+                raise BptrainError(code, f"{details} (no answer for {waited:.0f} s)")
+            log.info("metrics stream dropped (%s); resuming after step %d", code, cursor)
+            if on_reconnect is not None:
+                on_reconnect(code, cursor)
+            time.sleep(pause)
+            pause = min(2 * pause, longest)
 
-    def metrics(self, job_id: str, after_step: int = 0) -> Iterator[pb.MetricPoint]:
+    def metrics(
+        self, job_id: str, after_step: int = 0, *, reconnect_for_s: float | None = None
+    ) -> Iterator[pb.MetricPoint]:
         """Only the metric points of `events`."""
-        for event in self.events(job_id, after_step):
+        for event in self.events(job_id, after_step, reconnect_for_s=reconnect_for_s):
             if event.HasField("point"):
                 yield event.point
 
     def wait(
-        self, job_id: str, *, on_point: Callable[[pb.MetricPoint], None] | None = None
+        self,
+        job_id: str,
+        *,
+        on_point: Callable[[pb.MetricPoint], None] | None = None,
+        on_reconnect: Callable[[str, int], None] | None = None,
+        reconnect_for_s: float | None = None,
     ) -> pb.Job:
-        """Follow a job to its end, calling `on_point` for each metric point; returns the job."""
-        for event in self.events(job_id):
+        """Follow a job to its end, calling `on_point` for each metric point (and
+        `on_reconnect` while the server is out of reach; see `events`); returns the job."""
+        events = self.events(job_id, reconnect_for_s=reconnect_for_s, on_reconnect=on_reconnect)
+        for event in events:
             if event.HasField("point") and on_point is not None:
                 on_point(event.point)
             if event.HasField("final"):
@@ -338,12 +371,25 @@ class JobHandle:
         self.job = self.client.get(self.job.job_id)
         return self.job
 
-    def wait(self, *, on_point: Callable[[pb.MetricPoint], None] | None = None) -> pb.Job:
-        self.job = self.client.wait(self.job.job_id, on_point=on_point)
+    def wait(
+        self,
+        *,
+        on_point: Callable[[pb.MetricPoint], None] | None = None,
+        on_reconnect: Callable[[str, int], None] | None = None,
+        reconnect_for_s: float | None = None,
+    ) -> pb.Job:
+        self.job = self.client.wait(
+            self.job.job_id,
+            on_point=on_point,
+            on_reconnect=on_reconnect,
+            reconnect_for_s=reconnect_for_s,
+        )
         return self.job
 
-    def metrics(self, after_step: int = 0) -> Iterator[pb.MetricPoint]:
-        return self.client.metrics(self.job.job_id, after_step)
+    def metrics(
+        self, after_step: int = 0, *, reconnect_for_s: float | None = None
+    ) -> Iterator[pb.MetricPoint]:
+        return self.client.metrics(self.job.job_id, after_step, reconnect_for_s=reconnect_for_s)
 
     def cancel(self) -> pb.Job:
         self.job = self.client.cancel(self.job.job_id)

@@ -29,11 +29,19 @@ def describe(point: pb.MetricPoint) -> str:
     return "  ".join(parts)
 
 
-def follow(client: Client, job_id: str, console: Console | None = None) -> pb.Job:
-    """Show a job's metrics until it ends; returns the final job."""
+def follow(
+    client: Client,
+    job_id: str,
+    console: Console | None = None,
+    *,
+    reconnect_for_s: float | None = None,
+) -> pb.Job:
+    """Show a job's metrics until it ends; returns the final job. While the server is
+    out of reach it says so ("reconnecting…") and keeps trying, for `reconnect_for_s`
+    since the last answer (None: until the job ends)."""
     console = console or Console(stderr=True)
     if not console.is_terminal:
-        return _follow_plain(client, job_id, console)
+        return _follow_plain(client, job_id, console, reconnect_for_s)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -56,15 +64,40 @@ def follow(client: Client, job_id: str, console: Console | None = None) -> pb.Jo
             text = f"loss {point.loss:.4f}{validation}  {point.samples_per_second:,.0f} samples/s"
             progress.update(task, completed=point.step, metrics=text)
 
-        return client.wait(job_id, on_point=show)
+        def reconnecting(status: str, step: int) -> None:
+            text = f"[yellow]reconnecting to {client.target}… ({status}, after step {step})"
+            progress.update(task, metrics=text)
+
+        return client.wait(
+            job_id, on_point=show, on_reconnect=reconnecting, reconnect_for_s=reconnect_for_s
+        )
 
 
-def _follow_plain(client: Client, job_id: str, console: Console) -> pb.Job:
+def _follow_plain(
+    client: Client, job_id: str, console: Console, reconnect_for_s: float | None
+) -> pb.Job:
+    is_reconnecting = False
+
     def show(point: pb.MetricPoint) -> None:
+        nonlocal is_reconnecting
+        if is_reconnecting:
+            console.print(f"{job_id} reconnected; step {point.step}", soft_wrap=True)
+            is_reconnecting = False
         if point.HasField("validation_loss") or point.step == 1:
             console.print(
                 f"{job_id} step {point.step} epoch {point.epoch}  {describe(point)}",
                 soft_wrap=True,
             )
 
-    return client.wait(job_id, on_point=show)
+    def reconnecting(status: str, step: int) -> None:
+        nonlocal is_reconnecting
+        if not is_reconnecting:  # once an outage, not once an attempt
+            console.print(
+                f"{job_id} reconnecting to {client.target}… ({status}, after step {step})",
+                soft_wrap=True,
+            )
+            is_reconnecting = True
+
+    return client.wait(
+        job_id, on_point=show, on_reconnect=reconnecting, reconnect_for_s=reconnect_for_s
+    )

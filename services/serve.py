@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ray
 
-from services import cluster
+from services import cluster, reaper
 from services.api.server import ServerConfig, create_server
 from services.jobs.manager import JobManager, JobsConfig
 from services.metrics import MetricsConfig, MetricsExporter, ServiceMetrics, build_registry
@@ -32,7 +32,9 @@ def serve(
     """
     stop = threading.Event()
     is_embedded = ray_config.address is None
-    if is_embedded:
+    reaping = None
+    if is_embedded:  # its Ray (and the jobs on it) ends with this process, however it ends
+        reaping = reaper.start()
         cluster.connect(ray_config)
     # /metrics binds before the manager starts any job, so a taken port fails fast.
     metrics = ServiceMetrics(build_registry())
@@ -63,3 +65,6 @@ def serve(
     manager.shutdown()
     if ray.is_initialized():
         ray.shutdown()
+    if reaping is not None:  # anything Ray left behind goes now
+        reaping.stdin.close()
+        reaping.wait(timeout=30)

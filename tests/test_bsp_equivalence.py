@@ -67,7 +67,9 @@ def test_bsp_matches_single_process_sgd_across_epoch_ends(
     assert 2 * plan.steps_per_epoch < STEPS  # two epochs' short last steps are in the run
     assert sum(plan.last_batches) < plan.batch_size
 
-    runner = JobRunner(f"bsp-{workers}-{shards}-{transport}", spec, transport=transport)
+    runner = JobRunner(  # run here, unpolled: no store to stay close to
+        f"bsp-{workers}-{shards}-{transport}", spec, transport=transport, max_lead_s=None
+    )
     assert runner.run() is JobState.SUCCEEDED
     distributed = runner.final_theta()
     reference = single_process_sgd(spec, STEPS)

@@ -181,7 +181,7 @@ def test_a_sharded_server_refuses_global_norm_clipping() -> None:
 
 def run_job(name: str, **changes) -> tuple[JobRunner, list]:
     spec = spec_from_proto(spec_from_dict(digits_spec(**changes)))
-    runner = JobRunner(name, spec)
+    runner = JobRunner(name, spec, max_lead_s=None)  # polled only once it ended
     state = runner.run()
     update = runner.poll(0, 0.0)
     assert state is JobState.SUCCEEDED, update.reason

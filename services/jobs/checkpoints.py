@@ -6,8 +6,11 @@ Each checkpoint is two files in the job's directory:
   ckpt-<step>.json  step, θ version, optimizer step and the .npz's sha256 — written
                     after the .npz, so a checkpoint without one is ignored.
 Loading takes the newest checkpoint whose sha256 matches and skips (and logs) the
-others; the last `keep` checkpoints are kept. The data cursor is the step itself:
-every worker's batch order follows from (seed, epoch, worker), so it is recomputed.
+others. Kept: the last `keep` checkpoints and, besides them, the newest at or before
+`recorded` (the last step whose metrics the store holds): a runner that replaces this
+one resumes at or before that step, so that checkpoint is the one it needs however far
+the runner trained ahead. The data cursor is the step itself: every worker's batch order
+follows from (seed, epoch, worker), so it is recomputed.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class CheckpointStore:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = Path(directory)
         self.keep = keep
+        self.recorded: int | None = None  # the store's last step; its checkpoint is kept
 
     def save(self, checkpoint: Checkpoint) -> Path:
         """Write `checkpoint` and drop all but the newest `keep`; returns the .npz path."""
@@ -117,10 +121,27 @@ class CheckpointStore:
                 buffers=buffers,
             )
 
+    def discard_after(self, step: int) -> list[int]:
+        """Remove every checkpoint past `step`; returns their steps. A new runner calls
+        it with the store's last step: later checkpoints come from a runner that trained
+        past what was recorded, and resuming from one would skip unreported steps."""
+        dropped = [s for s in self.steps() if s > step]
+        for s in dropped:
+            self._remove(s)
+        return dropped
+
     def _prune(self) -> None:
-        for step in self.steps()[self.keep :]:
-            for suffix in (".json", ".npz"):
-                (self.directory / f"ckpt-{step}{suffix}").unlink(missing_ok=True)
+        steps = self.steps()
+        kept = set(steps[: self.keep])
+        if self.recorded is not None:
+            kept.update(next(([s] for s in steps if s <= self.recorded), []))
+        for step in steps:
+            if step not in kept:
+                self._remove(step)
+
+    def _remove(self, step: int) -> None:
+        for suffix in (".json", ".npz"):  # the description first: then it is not listed
+            (self.directory / f"ckpt-{step}{suffix}").unlink(missing_ok=True)
 
 
 def split_shards(checkpoint: Checkpoint, bounds: list[tuple[int, int]]) -> list[ShardState]:

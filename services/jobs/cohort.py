@@ -3,7 +3,8 @@
 A dead or unresponsive worker is replaced by a new actor that gets the same shard
 (the shards stay in the object store, owned by the runner); a dead parameter-server
 shard has every shard replaced by ones restored from the job's newest intact
-checkpoint (so θ's parts never come from different steps).
+checkpoint at or before the last reported step (so θ's parts never come from different
+steps, and no step goes unreported).
 """
 
 from __future__ import annotations
@@ -131,13 +132,14 @@ class Cohort:
             self.graph = None
         return self.graph
 
-    def restart(self) -> int:
+    def restart(self, at_most: int | None = None) -> int:
         """Replace every actor (a compiled graph's actors cannot rejoin one); the
-        parameter server comes back from the newest checkpoint. Returns its step."""
+        parameter server comes back from the newest checkpoint at or before step
+        `at_most`. Returns its step."""
         self._drop_graph()
         for actor in [*self.servers, *self.workers]:
             self._kill(actor)
-        resumed = self._start_ps()
+        resumed = self._start_ps(at_most)
         self.workers = [self._new_worker(i) for i in range(self.spec.workers)]
         self.placement = self._wait_placed(self.workers)
         self.replacements += 1
@@ -175,15 +177,16 @@ class Cohort:
         self.checkpoints.save(Checkpoint(**joined))
         return joined["step"]
 
-    def repair(self) -> int | None:
+    def repair(self, at_most: int | None = None) -> int | None:
         """Replace every actor that does not answer. Returns the step to continue from
-        when the parameter server had to be restored, else None (retry the same step)."""
+        when the parameter server had to be restored (from the newest checkpoint at or
+        before step `at_most`), else None (retry the same step)."""
         resumed = None
         if not all(self._answers(server.ping) for server in self.servers):
             log.warning("job %s: parameter server lost; restoring it", self.job_id)
             for server in self.servers:
                 self._kill(server)
-            resumed = self._start_ps()
+            resumed = self._start_ps(at_most)
             self.replacements += 1
         for i, worker in enumerate(self.workers):
             if not self._answers(worker.placement):

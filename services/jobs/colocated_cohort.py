@@ -166,15 +166,21 @@ class ColocatedCohort:
         )
 
     def launch(
-        self, stop: int, snapshot_every: tuple[int, ...], total_steps: int
+        self,
+        stop: int,
+        snapshot_every: tuple[int, ...],
+        total_steps: int,
+        allowed: int | None = None,
     ) -> list[ray.ObjectRef]:
-        """Start every worker's step loop up to step `stop`; returns their task refs."""
-        return [w.train.remote(stop, snapshot_every, total_steps) for w in self.workers]
+        """Start every worker's step loop up to step `stop`, held before any step past
+        `allowed` (None: none held) until a `drain` allows more; returns their task refs."""
+        return [w.train.remote(stop, snapshot_every, total_steps, allowed) for w in self.workers]
 
-    def drain(self, period_s: float = 0.0) -> list[Drained]:
+    def drain(self, period_s: float = 0.0, allowed: int | None = None) -> list[Drained]:
         """Every worker's statistics and snapshots since its last drain, after waiting
-        up to `period_s` (less once a worker's loop has ended)."""
-        refs = [w.drain.remote(period_s) for w in self.workers]
+        up to `period_s` (less once a worker's loop has ended or is held); steps up to
+        `allowed` may then be trained."""
+        refs = [w.drain.remote(period_s, allowed) for w in self.workers]
         return ray.get(refs, timeout=DRAIN_TIMEOUT_S + period_s)
 
     def latest_theta(self) -> tuple[int, np.ndarray]:

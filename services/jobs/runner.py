@@ -21,8 +21,14 @@ answer while `run` trains). The driver (the API process) is not in the step loop
 Failures: a step that loses an actor (or waits past STEP_TIMEOUT_S) is repaired (the
 lost actors replaced; with colocated workers or a compiled graph, all of them, from the
 newest checkpoint at or before the last reported step) and continues; every step is
-reported once. Checkpoints go to `checkpoint_dir` every `checkpoint_every` steps and at
-the end.
+reported once. A repair that itself loses an actor (one killed while it is created) is
+tried again, RECOVERY_ATTEMPTS times with a growing pause, before the job fails.
+Checkpoints go to `checkpoint_dir` every `checkpoint_every` steps and at the end.
+
+The resume rule: a runner resumes from the newest intact checkpoint at or before the
+last step the store has recorded (`resume_at_most`); checkpoints past it are removed at
+start (an earlier runner trained past what was recorded). The runner's lead over the
+store is bounded (`lead.Lead`), and pruning keeps the checkpoint that rule needs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +57,7 @@ from services.errors import InvalidSpecError
 from services.jobs.checkpoints import CheckpointStore, join_shards
 from services.jobs.cohort import Cohort, PlacementError
 from services.jobs.colocated_cohort import ColocatedCohort, is_colocated
+from services.jobs.lead import MAX_LEAD_S, Lead
 from services.jobs.records import JobState, MetricPoint
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import DataError, TrainingData, prepare_data, total_steps
@@ -71,6 +79,8 @@ DRAIN_PERIOD_S = 0.5  # colocated workers' statistics are drained this often (at
 DEFAULT_CHECKPOINT_MIN_INTERVAL_S = 1.0
 TRANSPORTS = ("auto", "colocated", "graph", "tasks")
 MAX_REPLACEMENTS = 1000  # lost actors a job survives before it gives up
+RECOVERY_ATTEMPTS = 5  # one repair, tried this often while actors die under it
+RECOVERY_BACKOFF_S = 0.25  # the pause before the second attempt, doubled after each
 DIVERGENCE_FACTOR = 1e6
 
 
@@ -125,13 +135,16 @@ class JobRunner:
         checkpoint_dir: str | None = None,
         resume_at_most: int = 0,
         transport: str = "auto",
+        max_lead_s: float | None = MAX_LEAD_S,
     ) -> None:
         """`resume_at_most`: the last step whose metrics are stored; a resumed job starts
         from the newest checkpoint at or before it, so no step goes unreported.
         `transport` (bsp): "auto" picks colocated workers where `is_colocated` says so,
         else tasks; "graph" runs steps with a parameter-server actor as a Ray compiled
         graph, "tasks" as one task per hop (both kept for comparison and for what the
-        colocated workers do not cover)."""
+        colocated workers do not cover). `max_lead_s`: how far (in seconds of
+        training) the runner may run past the last step a `poll` acknowledged; None
+        when nobody polls (the runner then trains straight to the end)."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         if transport == "colocated" and not is_colocated(spec):
@@ -143,6 +156,10 @@ class JobRunner:
         self.checkpoints = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir else None
         self.resume_at_most = resume_at_most
         self.transport = transport
+        self.max_lead_s = max_lead_s
+        self._lead = Lead(0, max_s=max_lead_s)
+        self._lead.record(resume_at_most)
+        self._last_published = resume_at_most  # a step is published once
         self._changed = threading.Condition()
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
@@ -188,6 +205,10 @@ class JobRunner:
         again (BSP recomputes them exactly), so every step reaches the store once.
         """
         with self._changed:
+            self._lead.record(after_step)
+            if self.checkpoints is not None:
+                self.checkpoints.recorded = self._lead.recorded
+            self._changed.notify_all()  # a runner held back by its lead may go on
             state_at_call = self._state  # a new state (RUNNING) is news too
             self._changed.wait_for(
                 lambda: (
@@ -272,14 +293,26 @@ class JobRunner:
                 raise JobFailed(str(error.under("schedule"))) from None
             return self._cohort
 
+        if self.checkpoints is not None:
+            self.checkpoints.recorded = self.resume_at_most
+            dropped = self.checkpoints.discard_after(self.resume_at_most)
+            if dropped:
+                log.info(
+                    "job %s: checkpoints %s are past the recorded step %d; removed",
+                    self.job_id, dropped, self.resume_at_most,
+                )  # fmt: skip
+        self._lead = Lead(steps, max_s=self.max_lead_s)
+        self._lead.record(self.resume_at_most)
+        at_most = self.resume_at_most
         cohort = new_cohort(ColocatedCohort if colocated else Cohort)
-        try:
-            step = cohort.start(self.resume_at_most)  # > 0 when resuming from a checkpoint
+        try:  # > 0 when resuming from a checkpoint
+            step = self._recovered(lambda: cohort.start(at_most), lambda: cohort.restart(at_most))
         except NotOneNode as error:  # asp/ssp over several nodes: parameter-server actors
             log.info("job %s: %s; using parameter-server actors", self.job_id, error)
             colocated = False
             cohort = new_cohort(Cohort)
-            step = cohort.start(self.resume_at_most)
+            step = self._recovered(lambda: cohort.start(at_most), lambda: cohort.restart(at_most))
+        self._lead.start(step)
         with self._changed:
             self._state = JobState.RUNNING
             self._total_steps = steps
@@ -306,11 +339,13 @@ class JobRunner:
         pending = _PendingSteps(self.spec.workers, waits_for, loop.steps)
         reported = step
         loop.start_clock()  # before the launch: step 1's end is after it
-        running = cohort.launch(loop.steps, snapshot_every, loop.steps)
+        allowed = self._lead.limit(reported)
+        running = cohort.launch(loop.steps, snapshot_every, loop.steps, allowed)
         while reported < loop.steps:
             loop.check_limits(reported)
             try:
-                for drained in cohort.drain(DRAIN_PERIOD_S if running else 0.0):
+                batches = cohort.drain(DRAIN_PERIOD_S if running else 0.0, allowed)
+                for drained in batches:
                     pending.add(drained.stats, drained.snapshots)
                 for done_step, stats, states in pending.complete(after=reported):
                     if is_async:
@@ -328,6 +363,9 @@ class JobRunner:
                         self._theta = theta
                 if not running and reported < loop.steps:  # drained after every loop ended
                     raise JobFailed(f"the workers stopped at step {reported}")  # a bug
+                if any(drained.is_held for drained in batches):  # at the lead's limit
+                    self._wait_for_record(reported, allowed)
+                allowed = self._lead.limit(reported)
                 finished, _ = ray.wait(running, num_returns=len(running), timeout=0)
                 ray.get(finished, timeout=STEP_TIMEOUT_S)  # a worker's error surfaces here
                 if running and len(finished) == len(running):
@@ -344,9 +382,9 @@ class JobRunner:
                 log.warning(
                     "job %s: step %d failed (%s); restarting", self.job_id, reported + 1, error
                 )
-                cohort.restart(reported)
+                self._recovered(lambda at_most=reported: cohort.restart(at_most))
                 pending = _PendingSteps(self.spec.workers, waits_for, loop.steps)
-                running = cohort.launch(loop.steps, snapshot_every, loop.steps)
+                running = cohort.launch(loop.steps, snapshot_every, loop.steps, allowed)
         try:
             if is_async:
                 self.read_log = cohort.read_log()
@@ -363,6 +401,7 @@ class JobRunner:
         theta_refs = cohort.theta_refs()
         while step < loop.steps:
             loop.check_limits(step)
+            self._wait_for_room(step)
             try:
                 if graph is not None:
                     stats = [ray.get(graph.execute(step + 1), timeout=STEP_TIMEOUT_S)]
@@ -387,6 +426,7 @@ class JobRunner:
                     resumed = self._repair(cohort, step, error)
                     step = step if resumed is None else resumed
                 theta_refs = cohort.theta_refs()
+                self._lead.start(step)
 
     def _train_async(self, loop: _Loop, start: int) -> None:
         """asp/ssp: each worker pushes its gradients at its own pace; step t is reported
@@ -407,9 +447,11 @@ class JobRunner:
         reported = start
         while reported < loop.steps:
             loop.check_limits(reported)
+            self._wait_for_room(reported)
+            limit = self._lead.limit(reported)  # the last step (clock + 1) to start now
             for i in range(n):
                 while (
-                    next_clock[i] < loop.steps
+                    next_clock[i] < limit
                     and next_clock[i] - applied[i] < depth
                     and (bound is None or next_clock[i] - min(applied) <= bound)
                 ):
@@ -442,6 +484,7 @@ class JobRunner:
                 pending.clear()
                 if resumed is not None:  # the parameter server came back from a checkpoint
                     reported = resumed
+                    self._lead.start(reported)
                     applied = [resumed] * n
                     rounds = {}
                 ahead = [set() for _ in range(n)]  # computed again (the server deduplicates)
@@ -449,24 +492,86 @@ class JobRunner:
         self.read_log = ray.get(cohort.ps.read_log.remote(), timeout=STEP_TIMEOUT_S)
 
     def _restart(self, cohort: Cohort, step: int, error: Exception) -> int:
-        """Start every actor again from the newest checkpoint; returns its step."""
+        """Start every actor again from the newest checkpoint at or before `step` (the
+        last reported); returns its step."""
         if cohort.replacements >= MAX_REPLACEMENTS:
             raise JobFailed(f"gave up after replacing {cohort.replacements} lost actors") from error
         log.warning("job %s: step %d failed (%s); restarting", self.job_id, step + 1, error)
-        return cohort.restart()
+        return self._recovered(lambda: cohort.restart(step))
 
     def _repair(self, cohort: Cohort, step: int, error: Exception) -> int | None:
         """Replace the actors that died; returns the restored parameter server's step
-        (None when it survived)."""
+        (None when it survived), from a checkpoint at or before `step` (the last
+        reported)."""
         if cohort.replacements >= MAX_REPLACEMENTS:
             raise JobFailed(f"gave up after replacing {cohort.replacements} lost actors") from error
         log.warning("job %s: step %d failed (%s); repairing", self.job_id, step + 1, error)
-        return cohort.repair()
+        restored: list[int] = []  # a later attempt may find the server alive again
+
+        def attempt() -> int | None:
+            resumed = cohort.repair(step)
+            if resumed is not None:
+                restored.append(resumed)
+            return min(restored, default=None)
+
+        return self._recovered(attempt)
+
+    def _recovered(self, action: Callable[[], object], again: Callable[[], object] | None = None):
+        """`action()`'s result; while it fails because an actor died under it (one
+        killed while it was created or restored), `again()` (default: `action`) after
+        a pause that doubles from RECOVERY_BACKOFF_S, up to RECOVERY_ATTEMPTS tries."""
+        attempt, pause = action, RECOVERY_BACKOFF_S
+        for tries in range(1, RECOVERY_ATTEMPTS + 1):
+            if self._cancelled.is_set():
+                raise JobCancelled
+            try:
+                return attempt()
+            except (*_FAULTS, RayTaskError) as error:
+                if isinstance(error, RayTaskError) and not isinstance(error.cause, PeerLost):
+                    raise
+                if self._cancelled.is_set():
+                    raise JobCancelled from None
+                if tries == RECOVERY_ATTEMPTS:
+                    raise JobFailed(
+                        f"recovery failed {RECOVERY_ATTEMPTS} times in a row "
+                        f"(actors lost while being replaced); last: {type(error).__name__}: "
+                        f"{error}"[:500]
+                    ) from error
+                log.warning(
+                    "job %s: recovery attempt %d lost an actor (%s); again in %.2f s",
+                    self.job_id, tries, error, pause,
+                )  # fmt: skip
+                time.sleep(pause)
+                attempt, pause = again or action, pause * 2
+        raise AssertionError("unreachable")
+
+    def _wait_for_room(self, reported: int) -> None:
+        """Hold the step loop while step reported + 1 is past the lead's limit (the
+        store is behind); a poll that records more wakes it."""
+        with self._changed:
+            while reported + 1 > self._lead.limit(reported):
+                if self._cancelled.is_set():
+                    raise JobCancelled
+                self._changed.wait(timeout=DRAIN_PERIOD_S)
+
+    def _wait_for_record(self, reported: int, allowed: int) -> None:
+        """Colocated workers wait at `allowed`: wait (up to a drain period) until a
+        poll records enough for the limit to grow."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._lead.limit(reported) > allowed or self._cancelled.is_set(),
+                timeout=DRAIN_PERIOD_S,
+            )
 
     # --- state ---------------------------------------------------------------------------
 
     def _publish(self, point: MetricPoint) -> None:
+        """Hand a step's point to `poll`; a step trained again after a restore (at or
+        before the last published) is not published twice."""
         with self._changed:
+            if point.step <= self._last_published:
+                return
+            self._last_published = point.step
             self._points.append(point)
             self._changed.notify_all()
 

@@ -72,6 +72,7 @@ class Drained:
 
     stats: list[StepStats] = field(default_factory=list)
     snapshots: list[ShardState] = field(default_factory=list)
+    is_held: bool = False  # the loop waits for `drain` to allow its next step
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ class ColocatedWorker:
         self._theta_wanted = False
         self._training = False
         self._ended = False  # the step loop ran and returned (or raised)
+        self._allowed: int | None = None  # no step past it starts (None: no limit)
+        self._is_held = False
         self._profile = np.zeros(4)  # Σ seconds: compute, communication, waiting, update
         self._profile_steps = 0
         self._cpu_at_start = time.process_time()
@@ -200,12 +203,21 @@ class ColocatedWorker:
 
     # --- the step loop ---------------------------------------------------------------
 
-    def train(self, stop: int, snapshot_every: Sequence[int], total_steps: int) -> int:
+    def train(
+        self,
+        stop: int,
+        snapshot_every: Sequence[int],
+        total_steps: int,
+        allowed: int | None = None,
+    ) -> int:
         """Run bsp steps self.step + 1 .. stop. After step t, a shard snapshot is kept
         for the runner when t is a multiple of one of `snapshot_every` or t is
-        `total_steps`. Returns the last step done."""
+        `total_steps`. No step past `allowed` starts until `drain` allows it (the
+        runner's bounded lead over the store; every worker gets the same limit, well
+        before it reaches it). Returns the last step done."""
         with self._lock:
             self._training, self._ended = True, False
+            self._allowed = allowed
             if not self._profile_steps:  # CPU per step counts from the first step
                 self._cpu_at_start = time.process_time()
         try:
@@ -218,6 +230,7 @@ class ColocatedWorker:
 
     def _train(self, stop: int, snapshot_every: Sequence[int], total_steps: int) -> None:
         while self.step < stop:
+            self._wait_until_allowed(self.step + 1)
             self._one_step(self.step + 1)
             step = self.step
             if step == total_steps or any(step % k == 0 for k in snapshot_every):
@@ -314,16 +327,32 @@ class ColocatedWorker:
             self.mesh.exchange(sends, receives, EXCHANGE_TIMEOUT_S)
         return time.perf_counter() - started
 
+    def _wait_until_allowed(self, step: int) -> None:
+        """Block (no spinning) while `step` is past the allowed one."""
+        with self._lock:
+            if self._allowed is None or step <= self._allowed:
+                return
+            self._is_held = True
+            self._lock.notify_all()  # a waiting drain returns: the runner should know
+            self._lock.wait_for(lambda: self._allowed is None or step <= self._allowed)
+            self._is_held = False
+
     # --- what the runner reads --------------------------------------------------------
 
-    def drain(self, timeout_s: float = 0.0) -> Drained:
+    def drain(self, timeout_s: float = 0.0, allowed: int | None = None) -> Drained:
         """Step statistics and snapshots since the last drain, oldest first; waits up to
-        `timeout_s` first, and returns at once when the step loop has ended (so the
-        runner hears of the last step, or of a failure, without waiting out the period)."""
+        `timeout_s` first, and returns at once when the step loop has ended or is held
+        (so the runner hears of the last step, a failure or a held loop without waiting
+        out the period). Steps up to `allowed` may start from now on where the loop
+        has a limit (it only ever rises)."""
         with self._lock:
+            if allowed is not None and self._allowed is not None and allowed > self._allowed:
+                self._allowed = allowed
+                self._lock.notify_all()
             if timeout_s > 0:
-                self._lock.wait_for(lambda: self._ended, timeout=timeout_s)
+                self._lock.wait_for(lambda: self._ended or self._is_held, timeout=timeout_s)
             drained, self._drained = self._drained, Drained()
+            drained.is_held = self._is_held
         return drained
 
     def shard_state(self) -> ShardState:
@@ -339,14 +368,15 @@ class ColocatedWorker:
     def latest_theta(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
         """(step, the whole θ after it), taken between two steps; (P,)."""
         with self._lock:
-            if not self._training:  # θ is not changing
+            if not self._training or self._is_held:  # θ is not changing
                 return self.step, self.theta.copy()
             self._theta_wanted = True
             if not self._lock.wait_for(
-                lambda: not (self._theta_wanted and self._training), timeout=timeout_s
+                lambda: not (self._theta_wanted and self._training) or self._is_held,
+                timeout=timeout_s,
             ):
                 raise TimeoutError(f"no step finished within {timeout_s:g} s")
-            if self._theta_wanted:  # training ended first
+            if self._theta_wanted:  # training ended first, or the loop is held
                 self._theta_wanted = False
                 return self.step, self.theta.copy()
             return self._latest

@@ -126,6 +126,7 @@ class AsyncColocatedWorker(ColocatedWorker):
 
     def _train(self, stop: int, snapshot_every: Sequence[int], total_steps: int) -> None:
         while self.step < stop:
+            self._wait_until_allowed(self.step + 1)  # clock c is step c + 1
             self._one_push(self.step)
 
     def _one_push(self, clock: int) -> None:
