@@ -207,14 +207,20 @@ def processes() -> Iterator[tuple[int, str]]:
                 continue
 
 
-def start_api(storage: Path, address: str, env: dict) -> tuple[subprocess.Popen, int]:
-    """`bptrain serve --ray-address ADDRESS` on a free port; returns (process, port)."""
+def start_api(
+    storage: Path, address: str | None, env: dict, *, port: int = 0, num_cpus: int | None = None
+) -> tuple[subprocess.Popen, int]:
+    """`bptrain serve --ray-address ADDRESS` (address None: on an embedded Ray with
+    `num_cpus`) on `port` (0: a free one); returns (process, port)."""
     port_file = storage / "port"
     port_file.unlink(missing_ok=True)
     log = open(storage / "server.log", "a")  # noqa: SIM115
-    command = [sys.executable, "-m", "bptrain.cli", "serve", "--port", "0", "--metrics-port",
-               "0", "--port-file", str(port_file), "--storage", str(storage),
-               "--ray-address", address]  # fmt: skip
+    command = [sys.executable, "-m", "bptrain.cli", "serve", "--port", str(port), "--metrics-port",
+               "0", "--port-file", str(port_file), "--storage", str(storage)]  # fmt: skip
+    if address is not None:
+        command += ["--ray-address", address]
+    elif num_cpus is not None:
+        command += ["--num-cpus", str(num_cpus)]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (port_file.exists() and port_file.read_text().strip()):

@@ -47,6 +47,41 @@ def test_only_the_newest_are_kept(tmp_path: Path) -> None:
     ]
 
 
+def test_pruning_keeps_the_newest_checkpoint_at_or_before_the_recorded_step(
+    tmp_path: Path,
+) -> None:
+    store = CheckpointStore(tmp_path, keep=3)
+    store.recorded = 12  # the store holds steps 1..12; the runner trained far ahead
+    for step in range(10, 110, 10):
+        store.save(checkpoint(step))
+    assert store.steps() == [100, 90, 80, 10]  # 10: where a replacement runner resumes
+    assert store.latest(at_most=12).step == 10
+    store.recorded = 85  # the store caught up: 80 is the one needed now, and is kept
+    store.save(checkpoint(110))
+    assert store.steps() == [110, 100, 90, 80]
+
+
+def test_no_recorded_step_keeps_only_the_newest(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    store.recorded = 3  # below every checkpoint: nothing extra to keep
+    for step in (5, 10, 15):
+        store.save(checkpoint(step))
+    assert store.steps() == [15, 10]
+
+
+def test_checkpoints_past_the_recorded_step_are_discarded(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=5)
+    for step in (10, 20, 30, 40):
+        store.save(checkpoint(step))
+    assert store.discard_after(25) == [40, 30]
+    assert store.steps() == [20, 10]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-10.json", "ckpt-10.npz", "ckpt-20.json", "ckpt-20.npz",
+    ]  # fmt: skip
+    assert store.discard_after(20) == []
+    assert CheckpointStore(tmp_path / "none").discard_after(0) == []  # no directory yet
+
+
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete the arrays", "bad json"])
 def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path: Path, damage: str) -> None:
     store = CheckpointStore(tmp_path)

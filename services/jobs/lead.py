@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 MAX_LEAD_S = 5.0  # a runner trains at most about this long past the store's last step
 MIN_LEAD_STEPS = 32
@@ -27,7 +28,12 @@ class Lead:
     """The lead bound of one runner; `max_s` None: unbounded (nobody records)."""
 
     def __init__(
-        self, total_steps: int, *, max_s: float | None = MAX_LEAD_S, min_steps: int = MIN_LEAD_STEPS
+        self,
+        total_steps: int,
+        *,
+        max_s: float | None = MAX_LEAD_S,
+        min_steps: int = MIN_LEAD_STEPS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_s is not None and max_s <= 0:
             raise ValueError(f"max_s must be > 0 or None, got {max_s}")
@@ -37,13 +43,14 @@ class Lead:
         self.max_s = max_s
         self.min_steps = min_steps
         self.recorded = 0
+        self._clock = clock
         self._from_step = 0
-        self._from_time = time.monotonic()
+        self._from_time = clock()
         self._limit = 0
 
     def start(self, step: int) -> None:
         """Training (re)starts after `step`: the rate counts from here."""
-        self._from_step, self._from_time = step, time.monotonic()
+        self._from_step, self._from_time = step, self._clock()
 
     def record(self, step: int) -> None:
         """The store holds every step up to `step`."""
@@ -53,7 +60,7 @@ class Lead:
         """The last step that may be trained now, `reported` steps being done."""
         if self.max_s is None:
             return self.total_steps
-        elapsed = time.monotonic() - self._from_time
+        elapsed = self._clock() - self._from_time
         rate = (reported - self._from_step) / elapsed if elapsed > 0 else 0.0
         lead = max(self.min_steps, math.ceil(rate * self.max_s))
         self._limit = min(self.total_steps, max(self._limit, self.recorded + lead))

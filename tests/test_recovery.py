@@ -1,0 +1,184 @@
+"""Recovery that is itself safe: a runner never trains far past what the store recorded,
+and replacing actors survives actors killed while they are being created.
+
+- An unpolled runner (its API stalled) holds its loop at the lead's limit, without
+  spinning, and goes on when its steps are recorded; on colocated bsp and asp workers
+  and on the parameter-server path.
+- Actors killed while the runner creates their replacements (PENDING_CREATION): the
+  repair is tried again and the job ends exactly as without faults; when every attempt
+  is killed, the job fails and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from bptrain import Client
+from bptrain.specfile import spec_from_dict
+from bptrain.v1 import training_pb2 as pb
+from services.api.convert import spec_from_proto
+from services.jobs.records import JobState
+from services.jobs.runner import RECOVERY_ATTEMPTS, JobRunner
+from tests.conftest import digits_spec
+from tests.test_faults import assert_same_weights, streamed_steps, wait_for_step
+
+pytestmark = pytest.mark.slow
+
+NAMESPACE = "bptrain"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+# steps: several seconds of training unbounded (a step is about 1 ms on colocated
+# workers, 7 ms through parameter-server tasks), so a held runner is far from the end.
+@pytest.mark.parametrize(
+    ("mode", "transport", "steps"),
+    [({}, "auto", 8000), ({"consistency": "asp"}, "auto", 8000), ({}, "tasks", 1200)],
+    ids=["bsp-colocated", "asp-colocated", "bsp-parameter-server"],
+)
+def test_an_unpolled_runner_holds_at_its_lead_without_spinning_and_goes_on_when_recorded(
+    ray_session: None, mode: dict, transport: str, steps: int
+) -> None:
+    spec = spec_from_proto(spec_from_dict(digits_spec(steps=steps, **mode)))
+    runner = (
+        ray.remote(JobRunner)
+        .options(max_concurrency=4, namespace=NAMESPACE)
+        .remote("lead-" + transport + str(len(mode)), spec, transport=transport, max_lead_s=0.5)
+    )
+    done = runner.run.remote()
+    # poll(0) reads without recording anything: the store is "stalled" at step 0.
+    last, since = -1, time.monotonic()
+    deadline = time.monotonic() + 120
+    while time.monotonic() - since < 1.5:
+        update = ray.get(runner.poll.remote(0, 0.2))
+        step = update.points[-1].step if update.points else 0
+        if step != last:
+            last, since = step, time.monotonic()
+        assert time.monotonic() < deadline, "the runner never held"
+    assert update.state is JobState.RUNNING
+    assert 0 < last < steps // 2  # held: unbounded, it would be at the end by now
+    pids = ray.get(runner.process_ids.remote())
+    pids = [*pids["workers"], *pids["servers"], *pids["runner"]]
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    time.sleep(1.0)
+    spent = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
+    assert max(spent.values()) < 0.3, f"CPU seconds in 1 s while held: {spent}"
+
+    recorded: list[int] = []
+    while True:  # record as the API would: everything goes on, every step once
+        update = ray.get(runner.poll.remote(recorded[-1] if recorded else 0, 0.5))
+        recorded += [p.step for p in update.points]
+        if update.state.is_terminal:
+            break
+    assert ray.get(done) is JobState.SUCCEEDED, update.reason
+    assert recorded == list(range(1, steps + 1))
+
+
+# --- kills while replacements are created -----------------------------------------------
+
+
+def named(job_id: str, role: str) -> set[str]:
+    prefix = f"{job_id}/{role}-"
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(prefix)
+    }
+
+
+def generation(name: str) -> int:
+    return int(name.rsplit(".", 1)[1])  # "{job}/worker-1.3": the 3rd set of actors
+
+
+def kill_new_actors(job_id: str, role: str, known: set[str], count: int) -> list[str]:
+    """Kill one actor of each of the next `count` generations named `{job_id}/{role}-…`
+    the moment it appears (while it is still being created, mostly): `count` repair
+    attempts in a row lose an actor. Returns their names."""
+    killed: list[str] = []
+    newest = max(map(generation, known))
+    deadline = time.monotonic() + 120
+    while len(killed) < count:
+        assert time.monotonic() < deadline, f"only {len(killed)} new {role} actors appeared"
+        for name in sorted(named(job_id, role) - known):
+            known.add(name)
+            if generation(name) <= newest:
+                continue
+            try:
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+            except ValueError:  # gone already
+                continue
+            killed.append(name)
+            newest = generation(name)
+            if len(killed) == count:
+                break
+        time.sleep(0.002)
+    return killed
+
+
+@pytest.fixture(scope="module")
+def reference(server: tuple) -> dict[str, np.ndarray]:
+    with Client(f"127.0.0.1:{server[0].port}") as client:
+        job = client.submit(digits_spec(steps=3000, checkpoint_every=25))
+        assert job.wait().state == pb.SUCCEEDED
+        return client.weights(job.job_id)
+
+
+@pytest.mark.parametrize(
+    ("changes", "role"),
+    [({}, "worker"), ({"ps_shards": 2}, "ps")],
+    ids=["colocated-workers", "parameter-server-actors"],
+)
+def test_replacements_killed_while_created_are_created_again_and_nothing_changes(
+    client: Client, reference: dict, changes: dict, role: str
+) -> None:
+    job = client.submit(digits_spec(steps=3000, checkpoint_every=25, **changes))
+    wait_for_step(client, job.job_id, 60)
+    known = named(job.job_id, role)
+    victim = ray.get_actor(sorted(known)[0], namespace=NAMESPACE)
+    ray.kill(victim, no_restart=True)  # the fault; then the first two repairs' actors
+    killed = kill_new_actors(job.job_id, role, known, count=2)
+    print(f"killed while created: {killed}")
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
+    assert_same_weights(client.weights(job.job_id), reference)
+
+
+def test_a_repair_killed_every_time_fails_the_job_and_says_so(client: Client) -> None:
+    job = client.submit(digits_spec(steps=100_000, checkpoint_every=50))
+    running = wait_for_step(client, job.job_id, 30)
+    known = named(job.job_id, "worker")
+    stop = threading.Event()
+
+    def keep_killing() -> None:
+        while not stop.is_set():
+            for name in named(job.job_id, "worker") - known:
+                known.add(name)
+                with contextlib.suppress(ValueError):  # gone already
+                    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=keep_killing, daemon=True)
+    killer.start()
+    try:
+        os.kill(running.workers[0].pid, signal.SIGKILL)
+        final = job.wait()
+    finally:
+        stop.set()
+        killer.join()
+    assert final.state == pb.FAILED
+    assert final.reason.startswith(f"recovery failed {RECOVERY_ATTEMPTS} times in a row")
+    steps = streamed_steps(client, job.job_id)
+    assert steps == list(range(1, len(steps) + 1))  # what was reported is intact
