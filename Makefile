@@ -27,6 +27,12 @@ demo: proto
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# 100 random SIGKILLs (workers, runners, the API) over long bsp, ssp and asp jobs: every step
+# streamed once, bsp θ as without faults; prints the recovery times. Minutes; CI runs it too.
+.PHONY: chaos
+chaos: $(STAMP)
+	$(PY) -m pytest -q -s -m chaos tests/test_chaos.py
+
 # Code (ruff), the Dockerfile (hadolint), docker-compose.yml (the compose-spec JSON schema and
 # dclint) and deploy/prometheus.yml (promtool, which .ci/run installs from Debian's prometheus).
 HADOLINT := $(VENV)/bin/hadolint

@@ -28,6 +28,22 @@ def digits_spec(**changes: object) -> dict:
     return {**DIGITS_SPEC, **changes}
 
 
+@pytest.fixture
+def cluster() -> Iterator[dict]:
+    """A `ray start --head` cluster of its own (processes, token auth on), for tests
+    that run `bptrain serve` against a cluster."""
+    import shutil
+
+    from tests.processes import free_port, ray_env, short_temp_dir, start_head, stop_head
+
+    port, temp_dir, env = free_port(), short_temp_dir(), ray_env()
+    state = {"port": port, "temp_dir": temp_dir, "env": env, "address": f"127.0.0.1:{port}"}
+    state["head"] = start_head(port, temp_dir, env)
+    yield state
+    stop_head(state["head"], port, temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray

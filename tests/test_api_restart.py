@@ -9,10 +9,8 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,26 +19,12 @@ from bptrain import BptrainError, Client
 from bptrain.v1 import training_pb2 as pb
 from tests.conftest import digits_spec
 from tests.processes import (
-    free_port,
-    ray_env,
-    short_temp_dir,
     start_api,
     start_head,
     stop_head,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[dict]:
-    """A `ray start --head` cluster of its own, token auth on."""
-    port, temp_dir, env = free_port(), short_temp_dir(), ray_env()
-    state = {"port": port, "temp_dir": temp_dir, "env": env, "address": f"127.0.0.1:{port}"}
-    state["head"] = start_head(port, temp_dir, env)
-    yield state
-    stop_head(state["head"], port, temp_dir)
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def follow_until(client: Client, job_id: str, step: int) -> list[int]:

@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -27,21 +26,10 @@ import pytest
 from bptrain import Client
 from bptrain.v1 import training_pb2 as pb
 from tests.conftest import digits_spec
-from tests.processes import free_port, ray_env, short_temp_dir, start_api, start_head, stop_head
+from tests.processes import free_port, start_api
 from tests.test_faults import assert_same_weights, streamed_steps, wait_for_step
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster() -> Iterator[dict]:
-    """A `ray start --head` cluster of its own, token auth on."""
-    port, temp_dir, env = free_port(), short_temp_dir(), ray_env()
-    state = {"port": port, "temp_dir": temp_dir, "env": env, "address": f"127.0.0.1:{port}"}
-    state["head"] = start_head(port, temp_dir, env)
-    yield state
-    stop_head(state["head"], port, temp_dir)
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def stop_api(api) -> None:

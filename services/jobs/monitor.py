@@ -32,7 +32,7 @@ POLL_TIMEOUT_S = 0.5
 RPC_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0  # a poll returns in POLL_TIMEOUT_S, unless the host is very busy
 CANCEL_TIMEOUT_S = 5.0
-MAX_RUNNER_REPLACEMENTS = 3
+MAX_RUNNER_REPLACEMENTS = 3  # in a row, with no step recorded between them
 
 
 class RunnerMonitor:
@@ -125,23 +125,27 @@ class RunnerMonitor:
                     self._runner = self._new_runner()
             if not is_attached:
                 self._runner.run.remote()
-            for replacements in range(MAX_RUNNER_REPLACEMENTS + 1):
+            losses = 0  # runners lost in a row without a step recorded in between
+            while True:
                 # Points already stored (by an earlier runner or server) are not fetched again.
-                if not self._follow(self._runner, after_step=self.store.get(self.job_id).step):
+                before = self.store.get(self.job_id).step
+                if not self._follow(self._runner, after_step=before):
                     return
+                losses = 1 if self.store.get(self.job_id).step > before else losses + 1
                 with self._lock:
                     if self._is_cancel_requested:
                         self._record_end(JobState.CANCELLED, "cancelled by request")
                         return
                     ray.kill(self._runner, no_restart=True)
-                    if replacements == MAX_RUNNER_REPLACEMENTS:
+                    if losses > MAX_RUNNER_REPLACEMENTS:
                         break
                     log.warning("job %s lost its runner; starting a new one", self.job_id)
                     self._runner = self._new_runner()
                 self._runner.run.remote()
             self._record_end(
                 JobState.FAILED,
-                f"the job's runner was lost {MAX_RUNNER_REPLACEMENTS + 1} times; giving up",
+                f"the job's runner was lost {losses} times in a row without a step between; "
+                "giving up",
             )
         except Exception:
             log.exception("monitor of job %s failed", self.job_id)
