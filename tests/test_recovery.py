@@ -182,3 +182,53 @@ def test_a_repair_killed_every_time_fails_the_job_and_says_so(client: Client) ->
     assert final.reason.startswith(f"recovery failed {RECOVERY_ATTEMPTS} times in a row")
     steps = streamed_steps(client, job.job_id)
     assert steps == list(range(1, len(steps) + 1))  # what was reported is intact
+
+
+# --- a runner whose run() never arrived --------------------------------------------------
+
+
+def test_a_runner_left_unstarted_by_a_dead_api_is_started_by_the_next_monitor(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """An API process killed while its runner was still being created never delivered
+    `run` to it; the next API process finds the (detached) runner and must start it."""
+    from services.jobs.monitor import RunnerMonitor
+    from services.jobs.records import JobRecord
+    from services.jobs.store import JobStore
+
+    job_id = "job-never-run"
+    spec = spec_from_proto(spec_from_dict(digits_spec(steps=300)))
+    store = JobStore(tmp_path / "jobs.db")
+    store.create(JobRecord(job_id=job_id, spec=spec, created_at=time.time()))
+    store.update(job_id, state=JobState.RUNNING)
+    ray.remote(JobRunner).options(
+        name=f"{job_id}/runner", namespace=NAMESPACE, lifetime="detached", max_concurrency=4,
+        num_cpus=0,
+    ).remote(job_id, spec, checkpoint_dir=str(tmp_path / "checkpoints"))  # fmt: skip
+    monitor = RunnerMonitor(
+        job_id=job_id,
+        spec=spec,
+        store=store,
+        weights_path=tmp_path / "weights.npz",
+        worker_cpus=1.0,
+        datasets_dir=tmp_path / "datasets",
+        checkpoint_dir=tmp_path / "checkpoints",
+        on_change=lambda: None,
+    )
+    monitor.start()
+    deadline = time.monotonic() + 120
+    while monitor.is_alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = store.get(job_id)
+    assert record.state is JobState.SUCCEEDED, record.reason
+    assert [p.step for p in store.metrics_after(job_id, 0)] == list(range(1, 301))
+
+
+def test_run_called_twice_trains_once(ray_session: None) -> None:
+    spec = spec_from_proto(spec_from_dict(digits_spec(steps=200)))
+    runner = ray.remote(JobRunner).options(max_concurrency=4).remote("twice", spec, max_lead_s=None)
+    first, second = runner.run.remote(), runner.run.remote()
+    assert ray.get(first) is JobState.SUCCEEDED or ray.get(second) is JobState.SUCCEEDED
+    update = ray.get(runner.poll.remote(0, 0.0))
+    assert update.state is JobState.SUCCEEDED
+    assert [p.step for p in update.points] == list(range(1, 201))

@@ -119,12 +119,10 @@ class RunnerMonitor:
                 if self._is_cancel_requested:
                     self._record_end(JobState.CANCELLED, "cancelled by request")
                     return
-                self._runner = self._running_runner()
-                is_attached = self._runner is not None
-                if not is_attached:
-                    self._runner = self._new_runner()
-            if not is_attached:
-                self._runner.run.remote()
+                self._runner = self._running_runner() or self._new_runner()
+            # Also for a runner found running: an API process killed while its runner was
+            # being created may never have delivered that call (run is once per runner).
+            self._runner.run.remote()
             losses = 0  # runners lost in a row without a step recorded in between
             while True:
                 # Points already stored (by an earlier runner or server) are not fetched again.

@@ -167,6 +167,7 @@ class JobRunner:
         self._total_steps = 0
         self._started_at: float | None = None
         self._cancelled = threading.Event()
+        self._is_run = False
         self._cohort: Cohort | ColocatedCohort | None = None
         self._theta: np.ndarray | None = None
         self._latest: tuple[int, list | None] | None = None  # (step, θ's shard refs after it)
@@ -178,7 +179,14 @@ class JobRunner:
     # --- called by the job manager ---------------------------------------------------
 
     def run(self) -> JobState:
-        """Trains to the end; returns the terminal state (also visible through `poll`)."""
+        """Trains to the end; returns the terminal state (also visible through `poll`).
+
+        Once per runner: a later call (an API process that reattached and cannot know
+        whether its predecessor's call reached this actor) returns the state at once."""
+        with self._changed:
+            if self._is_run:
+                return self._state
+            self._is_run = True
         try:
             self._train()
             self._finish(JobState.SUCCEEDED, "")
