@@ -107,8 +107,20 @@ class DatasetSpec(_message.Message):
     noise: float
     def __init__(self, name: _Optional[str] = ..., dataset_id: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., samples: _Optional[int] = ..., features: _Optional[int] = ..., classes: _Optional[int] = ..., noise: _Optional[float] = ...) -> None: ...
 
+class StopWhen(_message.Message):
+    __slots__ = ("metric", "at_least", "at_most", "patience_evaluations")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
+    AT_MOST_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    at_least: float
+    at_most: float
+    patience_evaluations: int
+    def __init__(self, metric: _Optional[str] = ..., at_least: _Optional[float] = ..., at_most: _Optional[float] = ..., patience_evaluations: _Optional[int] = ...) -> None: ...
+
 class JobSpec(_message.Message):
-    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every", "checkpoint_every", "max_seconds", "schedule", "l2", "label_smoothing", "huber_delta", "init", "dtype", "device", "staleness", "staleness_aware_lr", "ps_shards", "compression", "topk_fraction")
+    __slots__ = ("name", "layers", "loss", "optimizer", "batch_size", "epochs", "steps", "dataset", "workers", "consistency", "seed", "eval_every", "checkpoint_every", "max_seconds", "schedule", "l2", "label_smoothing", "huber_delta", "init", "dtype", "device", "staleness", "staleness_aware_lr", "ps_shards", "compression", "topk_fraction", "stop_when")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +147,7 @@ class JobSpec(_message.Message):
     PS_SHARDS_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    STOP_WHEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
     loss: str
@@ -161,7 +174,8 @@ class JobSpec(_message.Message):
     ps_shards: int
     compression: str
     topk_fraction: float
-    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., l2: _Optional[float] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., init: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., staleness: _Optional[int] = ..., staleness_aware_lr: _Optional[bool] = ..., ps_shards: _Optional[int] = ..., compression: _Optional[str] = ..., topk_fraction: _Optional[float] = ...) -> None: ...
+    stop_when: StopWhen
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., l2: _Optional[float] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., init: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., staleness: _Optional[int] = ..., staleness_aware_lr: _Optional[bool] = ..., ps_shards: _Optional[int] = ..., compression: _Optional[str] = ..., topk_fraction: _Optional[float] = ..., stop_when: _Optional[_Union[StopWhen, _Mapping]] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
     __slots__ = ("step", "epoch", "loss", "samples_per_second", "learning_rate", "validation_loss", "validation_accuracy", "elapsed_seconds", "gradient_norms", "staleness_mean", "staleness_max", "bytes_pushed", "bytes_pulled", "compute_seconds")

@@ -9,6 +9,7 @@ from bptrain.v1 import training_pb2 as pb
 from services.datasets import DatasetOptions
 from services.datasets.uploads import DatasetInfo
 from services.errors import InvalidSpecError
+from services.jobs.early_stopping import StopWhenSpec
 from services.jobs.records import JobRecord, JobState, MetricPoint
 from services.jobs.spec import (
     UPLOADED,
@@ -67,6 +68,12 @@ def spec_from_proto(
     optimizer = nested(
         "optimizer", OptimizerConfig, kind=message.optimizer.kind or "sgd", **optimizer_fields
     )
+    stop_when = nested(
+        "stop_when",
+        StopWhenSpec,
+        metric=message.stop_when.metric,
+        **_set_fields(message.stop_when, ("at_least", "at_most", "patience_evaluations")),
+    )
     dataset_message = message.dataset
     options = nested(
         "dataset",
@@ -119,6 +126,7 @@ def spec_from_proto(
         dtype=message.dtype or "float32",
         device=message.device or "cpu",
         compression=message.compression or "none",
+        stop_when=stop_when,
         **top,
     )
 
@@ -183,6 +191,12 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         message.max_seconds = spec.max_seconds
     if optimizer.clip_norm is not None:
         message.optimizer.clip_norm = optimizer.clip_norm
+    if spec.stop_when.is_set:
+        rule = spec.stop_when
+        message.stop_when.metric = rule.metric
+        for name in ("at_least", "at_most", "patience_evaluations"):
+            if getattr(rule, name) is not None:
+                setattr(message.stop_when, name, getattr(rule, name))
     return message
 
 

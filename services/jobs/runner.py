@@ -57,6 +57,7 @@ from services.errors import InvalidSpecError
 from services.jobs.checkpoints import CheckpointStore, join_shards
 from services.jobs.cohort import Cohort, PlacementError
 from services.jobs.colocated_cohort import ColocatedCohort, is_colocated
+from services.jobs.early_stopping import EarlyStopper
 from services.jobs.lead import MAX_LEAD_S, Lead
 from services.jobs.records import JobState, MetricPoint
 from services.jobs.spec import JobSpec
@@ -97,6 +98,10 @@ class JobCancelled(Exception):
 
 class JobFailed(Exception):
     """The job cannot go on; the message is the reason users see."""
+
+
+class StoppedEarly(Exception):
+    """The spec's `stop_when` rule was met; the message is the reason users see."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,8 @@ class JobRunner:
         try:
             self._train()
             self._finish(JobState.SUCCEEDED, "")
+        except StoppedEarly as stopped:
+            self._finish(JobState.SUCCEEDED, str(stopped))
         except JobCancelled:
             self._finish(JobState.CANCELLED, "cancelled by request")
         except (JobFailed, DataError, PlacementError) as error:
@@ -612,6 +619,7 @@ class _Loop:
         self.theta_bytes = self.model.layout.size * itemsize
         self.started = self.last = time.monotonic()
         self.first_loss: float | None = None
+        self.stopper = EarlyStopper(spec.stop_when)
 
     def start_clock(self) -> None:
         """Training starts now: elapsed time and `max_seconds` count from here."""
@@ -647,8 +655,9 @@ class _Loop:
         """Checks, publishes and checkpoints a step whose updates are applied. `stats`: its
         updates (one for bsp, one per worker otherwise). θ after the step comes as
         `theta` with its shards' `states` (colocated workers), else from `theta_refs` or
-        the parameter server. Raises JobFailed when the loss diverged; a Ray fault while
-        checkpointing propagates (the step is reported)."""
+        the parameter server. Raises JobFailed when the loss diverged, StoppedEarly
+        (θ after the step kept as the final θ) when the spec's `stop_when` is met; a Ray
+        fault while checkpointing propagates (the step is reported)."""
         samples = sum(s.samples for s in stats)
         loss = sum(s.samples * s.loss for s in stats) / max(samples, 1)
         columns = zip(*(s.gradient_norms for s in stats), strict=True)  # per layer
@@ -662,7 +671,8 @@ class _Loop:
         if ended:  # reported in a batch: the step's own end, on this process's clock
             now = max(now - max(0.0, time.time() - max(ended)), self.last)
         validation: dict[str, float] = {}
-        if len(self.data.X_val) and (step % self.eval_every == 0 or step == self.steps):
+        is_evaluation = step % self.eval_every == 0 or step == self.steps
+        if len(self.data.X_val) and is_evaluation:
             try:
                 if theta is None:
                     theta = _joined(ray.get(theta_refs or self.cohort.theta_refs(), timeout=60))
@@ -699,6 +709,14 @@ class _Loop:
             else:
                 self.cohort.checkpoint()
             self.last_checkpoint = time.monotonic()
+        if is_evaluation and step < self.steps:
+            measured = {"loss": loss, **{f"validation_{k}": v for k, v in validation.items()}}
+            reason = self.stopper.observe(step, measured)
+            if reason is not None:
+                if theta is None:
+                    theta = _joined(ray.get(theta_refs or self.cohort.theta_refs(), timeout=60))
+                self.runner._theta = theta
+                raise StoppedEarly(reason)
 
 
 class _PendingSteps:

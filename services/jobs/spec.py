@@ -15,6 +15,7 @@ from typing import Any
 
 from services.datasets import DATASET_NAMES, DatasetOptions, input_width, output_width
 from services.errors import InvalidSpecError, quoted
+from services.jobs.early_stopping import StopWhenSpec
 from services.paramserver.optimizers import LRSchedule, OptimizerConfig
 from worker.activations import ACTIVATIONS
 from worker.compression import COMPRESSIONS
@@ -168,6 +169,7 @@ class JobSpec:
     init: str = "auto"
     dtype: str = "float32"
     device: str = "cpu"
+    stop_when: StopWhenSpec = field(default_factory=StopWhenSpec)
 
     def __post_init__(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH:
@@ -204,6 +206,20 @@ class JobSpec:
         _check_choice("init", self.init, INITIALIZERS)
         _check_choice("dtype", self.dtype, ("float32", "float64"))
         _check_choice("device", self.device, ("cpu", "gpu"))
+        self._check_stop_when()
+
+    def _check_stop_when(self) -> None:
+        rule = self.stop_when
+        if rule.needs_validation and self.dataset.validation_fraction == 0:
+            raise InvalidSpecError(
+                "stop_when.metric",
+                f"{rule.metric} needs a validation split (dataset.validation_fraction > 0)",
+            )
+        if rule.metric == "validation_accuracy" and not self.dataset.is_classification:
+            raise InvalidSpecError(
+                "stop_when.metric",
+                f"validation_accuracy applies only to classification, not {self.dataset.name}",
+            )
 
     def _check_distribution(self) -> None:
         _check_choice("consistency", self.consistency, CONSISTENCY_MODES)
@@ -324,6 +340,7 @@ class JobSpec:
                 "layers": tuple(LayerSpec(**layer) for layer in data["layers"]),
                 "optimizer": OptimizerConfig(**data["optimizer"]),
                 "schedule": ScheduleSpec(**data.get("schedule", {})),
+                "stop_when": StopWhenSpec(**data.get("stop_when", {})),
                 "dataset": DatasetSpec(**dataset),
             }
         )
