@@ -137,6 +137,13 @@ def test_the_digits_example_loads_and_validates() -> None:
     assert (spec.batch_size, spec.epochs, spec.workers, spec.seed) == (64, 40, 2, 2)
 
 
+def test_the_early_stopping_example_loads_with_its_rule() -> None:
+    spec = spec_from_proto(load_spec_file(EXAMPLE.with_name("digits-stop-early.yaml")))
+    assert spec.stop_when.metric == "validation_accuracy"
+    assert (spec.stop_when.at_least, spec.stop_when.patience_evaluations) == (0.98, 10)
+    assert (spec.epochs, spec.eval_every) == (200, 20)
+
+
 # --- files that do not ---------------------------------------------------------------------
 
 
