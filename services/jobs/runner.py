@@ -33,13 +33,14 @@ store is bounded (`lead.Lead`), and pruning keeps the checkpoint that rule needs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,6 +167,7 @@ class JobRunner:
         self._lead.record(resume_at_most)
         self._last_published = resume_at_most  # a step is published once
         self._changed = threading.Condition()
+        self._is_batching = False  # points published in a batch wake `poll` once, at its end
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
         self._reason = ""
@@ -362,20 +364,21 @@ class JobRunner:
                 batches = cohort.drain(DRAIN_PERIOD_S if running else 0.0, allowed)
                 for drained in batches:
                     pending.add(drained.stats, drained.snapshots)
-                for done_step, stats, states in pending.complete(after=reported):
-                    if is_async:
-                        is_snapshot = done_step == loop.steps or any(
-                            done_step % k == 0 for k in snapshot_every
-                        )
-                        states = [cohort.snapshot()] if is_snapshot else None
-                    else:
-                        stats = [_merge_shards(stats)]
-                    theta = _joined([s.theta for s in states]) if states else None
-                    reported = done_step
-                    self._latest = (reported, None)
-                    loop.finish_step(reported, stats, None, theta, states)
-                    if reported == loop.steps:
-                        self._theta = theta
+                with self._batch():  # the drained steps reach `poll` together
+                    for done_step, stats, states in pending.complete(after=reported):
+                        if is_async:
+                            is_snapshot = done_step == loop.steps or any(
+                                done_step % k == 0 for k in snapshot_every
+                            )
+                            states = [cohort.snapshot()] if is_snapshot else None
+                        else:
+                            stats = [_merge_shards(stats)]
+                        theta = _joined([s.theta for s in states]) if states else None
+                        reported = done_step
+                        self._latest = (reported, None)
+                        loop.finish_step(reported, stats, None, theta, states)
+                        if reported == loop.steps:
+                            self._theta = theta
                 if not running and reported < loop.steps:  # drained after every loop ended
                     raise JobFailed(f"the workers stopped at step {reported}")  # a bug
                 if any(drained.is_held for drained in batches):  # at the lead's limit
@@ -588,7 +591,20 @@ class JobRunner:
                 return
             self._last_published = point.step
             self._points.append(point)
-            self._changed.notify_all()
+            if not self._is_batching:
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Points published inside reach `poll` as one batch: a drained batch of steps
+        is one poll answer, not one per step."""
+        self._is_batching = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._is_batching = False
+                self._changed.notify_all()
 
     def _finish(self, state: JobState, reason: str) -> None:
         with self._changed:
@@ -661,7 +677,7 @@ class _Loop:
         samples = sum(s.samples for s in stats)
         loss = sum(s.samples * s.loss for s in stats) / max(samples, 1)
         columns = zip(*(s.gradient_norms for s in stats), strict=True)  # per layer
-        norms = tuple(float(np.mean(column)) for column in columns)
+        norms = tuple(_mean(column) for column in columns)
         staleness = [tau for s in stats for tau in s.staleness] or [0]
         self.first_loss = loss if self.first_loss is None else self.first_loss
         if is_diverged(loss, norms, self.first_loss):
@@ -693,11 +709,11 @@ class _Loop:
                 validation_loss=validation.get("loss"),
                 validation_accuracy=validation.get("accuracy"),
                 gradient_norms=norms,
-                staleness_mean=float(np.mean(staleness)),
+                staleness_mean=_mean(staleness),
                 staleness_max=int(max(staleness)),
                 bytes_pushed=sum(s.bytes_pushed for s in stats),
                 bytes_pulled=sum(pulled) if pulled else pulls * self.theta_bytes,
-                compute_seconds=float(np.mean([s.compute_seconds for s in stats])),
+                compute_seconds=_mean([s.compute_seconds for s in stats]),
             )
         )
         self.last = now
@@ -775,6 +791,12 @@ def _merge_shards(parts: list[StepStats]) -> StepStats:
         bytes_pulled=None if first.bytes_pulled is None else sum(p.bytes_pulled for p in parts),
         finished_at=max((p.finished_at for p in parts if p.finished_at), default=None),
     )
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean of a few numbers, in plain Python (np.mean costs microseconds a call, and
+    a step's point takes several)."""
+    return float(sum(values)) / len(values)
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

@@ -23,6 +23,7 @@ clipping is the exception, and a sharded job cannot ask for it).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -80,12 +81,12 @@ class StepStats:
     @property
     def gradient_norms(self) -> tuple[float, ...]:
         """‖∂loss/∂W^l‖ per layer (exact when this is the only shard)."""
-        return tuple(float(np.sqrt(s)) for s in self.weight_squares)
+        return tuple(math.sqrt(s) for s in self.weight_squares)
 
     @property
     def gradient_norm(self) -> float:
         """‖g‖ over this shard's part of θ, before any clipping."""
-        return float(np.sqrt(self.square))
+        return math.sqrt(self.square)
 
 
 class ParameterServer:
