@@ -94,6 +94,13 @@ def main(log_level: str) -> None:
     "--max-queued-jobs", default=100, show_default=True, type=int, help="Waiting jobs at most."
 )
 @click.option(
+    "--standby-runners",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Job runners kept booted for the next job (0-8; 0: each job starts its own).",
+)
+@click.option(
     "--max-dataset-bytes", default=1 << 30, show_default=True, type=int, help="Upload size limit."
 )
 @click.option(
@@ -130,6 +137,7 @@ def serve(
     worker_cpus: float,
     max_running_jobs: int,
     max_queued_jobs: int,
+    standby_runners: int,
     max_dataset_bytes: int,
     port_file: Path | None,
     tokens_file: Path | None,
@@ -165,6 +173,7 @@ def serve(
                 worker_cpus=worker_cpus,
                 max_running_jobs=max_running_jobs,
                 max_queued_jobs=max_queued_jobs,
+                standby_runners=standby_runners,
                 max_dataset_bytes=max_dataset_bytes,
             ),
             RayConfig(address=ray_address, num_cpus=num_cpus),

@@ -208,10 +208,17 @@ def processes() -> Iterator[tuple[int, str]]:
 
 
 def start_api(
-    storage: Path, address: str | None, env: dict, *, port: int = 0, num_cpus: int | None = None
+    storage: Path,
+    address: str | None,
+    env: dict,
+    *,
+    port: int = 0,
+    num_cpus: int | None = None,
+    standby_runners: int | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """`bptrain serve --ray-address ADDRESS` (address None: on an embedded Ray with
-    `num_cpus`) on `port` (0: a free one); returns (process, port)."""
+    `num_cpus`) on `port` (0: a free one); returns (process, port). `standby_runners`
+    0 lets a test tell the job's runner by its process title (no idle standby beside it)."""
     port_file = storage / "port"
     port_file.unlink(missing_ok=True)
     log = open(storage / "server.log", "a")  # noqa: SIM115
@@ -221,6 +228,8 @@ def start_api(
         command += ["--ray-address", address]
     elif num_cpus is not None:
         command += ["--num-cpus", str(num_cpus)]
+    if standby_runners is not None:
+        command += ["--standby-runners", str(standby_runners)]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (port_file.exists() and port_file.read_text().strip()):

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bptrain import BptrainError, Client
 from bptrain.v1 import training_pb2 as pb
 from services.datasets import load_dataset
+from services.jobs.monitor import runner_actor_name
 from tests.conftest import digits_spec
 
 pytestmark = pytest.mark.slow
@@ -41,9 +42,14 @@ def wait_for_step(client: Client, job_id: str, step: int, timeout_s: float = 60.
     raise AssertionError(f"{job_id} did not reach step {step}")
 
 
-def job_actor_names(job_id: str) -> list[str]:
+def job_actor_names(job_id: str, manager) -> list[str]:
+    """The named actors of a job: its workers and its runner (a standby's name, or one
+    with the job id)."""
+    runner = runner_actor_name(manager.store.get(job_id))
     return [
-        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if job_id in a["name"]
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if job_id in a["name"] or a["name"] == runner
     ]
 
 
@@ -144,18 +150,19 @@ def test_negative_learning_rate_message_reads_as_documented(client: Client) -> N
         client.submit(digits_spec(optimizer={"kind": "adam", "learning_rate": -1}))
 
 
-def test_cancel_ends_a_running_job_and_removes_its_actors(client: Client) -> None:
+def test_cancel_ends_a_running_job_and_removes_its_actors(client: Client, server: tuple) -> None:
+    manager = server[1]
     job = client.submit(digits_spec(epochs=5000))
     wait_for_step(client, job.job_id, 3)
-    assert len(job_actor_names(job.job_id)) == 3  # runner, 2 workers with a θ shard each
+    assert len(job_actor_names(job.job_id, manager)) == 3  # runner, 2 workers with a θ shard
     started = time.monotonic()
     cancelled = client.cancel(job.job_id)
-    while job_actor_names(job.job_id) and time.monotonic() - started < 10:
+    while job_actor_names(job.job_id, manager) and time.monotonic() - started < 10:
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     assert cancelled.state == pb.CANCELLED
     assert cancelled.reason == "cancelled by request"
-    assert job_actor_names(job.job_id) == [], f"actors left {elapsed:.2f} s after cancel"
+    assert job_actor_names(job.job_id, manager) == [], f"actors left {elapsed:.2f} s after cancel"
     final = list(client.events(job.job_id))[-1].final
     assert final.state == pb.CANCELLED
     with pytest.raises(BptrainError) as caught:

@@ -76,7 +76,9 @@ class Chaos:
 
     def _start_api(self):
         cluster = self.cluster
-        return start_api(self.storage, cluster["address"], cluster["env"], port=self.port)[0]
+        return start_api(  # runners told by their process title: no idle standby beside
+            self.storage, cluster["address"], cluster["env"], port=self.port, standby_runners=0
+        )[0]
 
     def job(self, client: Client, job_id: str) -> pb.Job:
         while True:  # the API may be restarting

@@ -15,6 +15,7 @@ import ray
 
 from bptrain import Client
 from bptrain.v1 import training_pb2 as pb
+from services.jobs.monitor import runner_actor_name
 from tests.conftest import digits_spec
 
 pytestmark = pytest.mark.slow
@@ -131,12 +132,13 @@ def test_an_async_job_survives_a_killed_worker_and_a_killed_parameter_server(
 
 
 def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
-    client: Client, reference: dict
+    client: Client, reference: dict, server: tuple
 ) -> None:
     job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
     running = wait_for_step(client, job.job_id, 35)
     killed_at = time.monotonic()
-    ray.kill(ray.get_actor(f"{job.job_id}/runner", namespace="bptrain"), no_restart=True)
+    runner = runner_actor_name(server[1].store.get(job.job_id))
+    ray.kill(ray.get_actor(runner, namespace="bptrain"), no_restart=True)
     wait_for_step(client, job.job_id, running.step + 10)
     print(f"runner replaced, 10 steps on, {time.monotonic() - killed_at:.2f} s after the kill")
     final = job.wait()

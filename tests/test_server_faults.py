@@ -78,7 +78,7 @@ STALL_STEPS = 15_000  # about 15 s of steps: a runner that held is far from its 
 def test_a_stalled_api_then_a_killed_runner_and_shard_lose_no_step(
     cluster: dict, tmp_path: Path
 ) -> None:
-    api, port = start_api(tmp_path, cluster["address"], cluster["env"])
+    api, port = start_api(tmp_path, cluster["address"], cluster["env"], standby_runners=0)
     try:
         with Client(f"127.0.0.1:{port}") as client:
             spec = digits_spec(steps=STALL_STEPS, checkpoint_every=50)
@@ -131,7 +131,7 @@ def test_a_killed_embedded_server_leaves_no_process_and_its_job_resumes_on_resta
             wait_for_step(client, job.job_id, 200)
         family = psutil.Process(api.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in family)
-        assert "raylet" in names and "ray::JobRunner" in names and "services.reaper" in names
+        assert "raylet" in names and "ray::StandbyRunner" in names and "services.reaper" in names
         api.send_signal(signal.SIGKILL)
         api.wait()
         deadline = time.monotonic() + 30

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 import numpy as np
 import ray
@@ -28,6 +29,17 @@ from worker.layout import ParamLayout
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 60.0
+
+
+_REMOTE: dict[type, Any] = {}
+
+
+def _remote(kind: type) -> Any:
+    """`ray.remote(kind)`, made once per process (Ray exports a class, hashing its code,
+    each time it is made remote)."""
+    if kind not in _REMOTE:
+        _REMOTE[kind] = ray.remote(kind)
+    return _REMOTE[kind]
 
 
 def is_colocated(spec: JobSpec) -> bool:
@@ -134,7 +146,7 @@ class ColocatedCohort:
                 "staleness_aware_lr": spec.staleness_aware_lr,
             }
         return (
-            ray.remote(kind)
+            _remote(kind)
             .options(
                 name=f"{self.job_id}/worker-{i}.{self._generation}",
                 num_cpus=self.worker_cpus,

@@ -24,6 +24,7 @@ from services.jobs.checkpoints import CheckpointStore
 from services.jobs.export import exported
 from services.jobs.monitor import RunnerMonitor
 from services.jobs.records import JobRecord, JobState, MetricPoint
+from services.jobs.runner_pool import RunnerPool
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
 from services.jobs.weights import write_weights
@@ -52,6 +53,7 @@ class JobsConfig:
     max_running_jobs: int = 2
     max_queued_jobs: int = 100
     max_dataset_bytes: int = 1 << 30
+    standby_runners: int = 1  # runners kept booted for the next job (services/jobs/runner_pool.py)
 
     def __post_init__(self) -> None:
         if not 0 < self.worker_cpus <= 1024:
@@ -62,6 +64,8 @@ class JobsConfig:
             raise ValueError(f"max_queued_jobs must be >= 0, got {self.max_queued_jobs}")
         if self.max_dataset_bytes < 1:
             raise ValueError(f"max_dataset_bytes must be >= 1, got {self.max_dataset_bytes}")
+        if not 0 <= self.standby_runners <= 8:
+            raise ValueError(f"standby_runners must be in [0, 8], got {self.standby_runners}")
 
     @property
     def database(self) -> Path:
@@ -99,6 +103,7 @@ class JobManager:
             self.config.database,
             max_bytes=self.config.max_dataset_bytes,
         )
+        self.runners = RunnerPool(self.config.standby_runners)
         self._monitors: dict[str, RunnerMonitor] = {}  # started and not yet ended
         self._waiting: list[str] = []  # QUEUED job ids not yet started, oldest first
         self._lock = threading.Lock()
@@ -122,7 +127,10 @@ class JobManager:
         from the job's last checkpoint; running jobs take their slots even beyond the
         limit (they hold their actors already). Queued jobs queue again, in order."""
         with self._lock:
-            for job_id in self.store.ids_in_states((JobState.RUNNING,)):
+            running = self.store.ids_in_states((JobState.RUNNING,))
+            self.runners.remove_strays({self.store.get(job_id).runner for job_id in running})
+            self.runners.fill()
+            for job_id in running:
                 self._start_monitor(job_id)
             self._start_waiting()
 
@@ -179,6 +187,7 @@ class JobManager:
             on_change=self._notify,
             on_end=self._job_ended,
             metrics=self.metrics,
+            pool=self.runners,
         )
         self._monitors[job_id] = monitor
         monitor.start()
@@ -337,6 +346,7 @@ class JobManager:
             monitor.request_stop()  # all at once, then wait for each
         for monitor in monitors:
             monitor.stop()
+        self.runners.close()
         self.store.close()
         self.datasets.close()
 

@@ -13,14 +13,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from services.errors import FailedPreconditionError
-from services.jobs.records import JobState
+from services.jobs.records import JobRecord, JobState
 from services.jobs.runner import JobRunner, RunnerUpdate
+from services.jobs.runner_pool import RunnerPool
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
 from services.jobs.weights import write_weights
@@ -51,7 +53,9 @@ class RunnerMonitor:
         on_change: Callable[[], None],
         on_end: Callable[[str], None] = lambda job_id: None,
         metrics: ServiceMetrics | None = None,
+        pool: RunnerPool | None = None,
     ) -> None:
+        """`pool`: booted runners to take one from instead of starting one."""
         self.job_id = job_id
         self.spec = spec
         self.store = store
@@ -62,6 +66,7 @@ class RunnerMonitor:
         self.on_change = on_change
         self.on_end = on_end
         self.metrics = metrics if metrics is not None else ServiceMetrics()
+        self.pool = pool
         self._lock = threading.Lock()
         self._runner: ray.actor.ActorHandle | None = None
         self._is_cancel_requested = False
@@ -159,12 +164,28 @@ class RunnerMonitor:
     def _running_runner(self) -> ray.actor.ActorHandle | None:
         """The job's runner if it outlived an earlier API server (it is detached)."""
         try:
-            return ray.get_actor(self.runner_name)
+            return ray.get_actor(runner_actor_name(self.store.get(self.job_id)))
         except ValueError:
             return None
 
     def _new_runner(self) -> ray.actor.ActorHandle:
-        # Detached: the job goes on when this API process stops; the next one reattaches.
+        """A booted standby from the pool given this job, else a runner started for it.
+        Detached: the job goes on when this API process stops; the next one reattaches
+        by the name stored with the job."""
+        standby = self.pool.take() if self.pool is not None else None
+        if standby is not None:
+            try:
+                options = self._runner_options()
+                ray.get(
+                    standby.actor.assign.remote(self.job_id, self.spec, **options),
+                    timeout=RPC_TIMEOUT_S,
+                )
+                self.store.update(self.job_id, runner=standby.name)
+                return standby.actor
+            except (RayActorError, GetTimeoutError) as error:  # it died before its job
+                log.info("job %s: standby runner %s lost (%s)", self.job_id, standby.name, error)
+                ray.kill(standby.actor, no_restart=True)
+        self.store.update(self.job_id, runner="")
         # A dead runner's name is freed shortly after its death: retry until it is.
         deadline = time.monotonic() + RPC_TIMEOUT_S
         while True:
@@ -177,20 +198,23 @@ class RunnerMonitor:
 
     def _create_runner(self) -> ray.actor.ActorHandle:
         return (
-            ray.remote(JobRunner)
+            _runner_class()
             .options(name=self.runner_name, num_cpus=0, max_concurrency=4, lifetime="detached")
-            .remote(
-                self.job_id,
-                self.spec,
-                worker_cpus=self.worker_cpus,
-                datasets_dir=str(self.datasets_dir.resolve()),
-                checkpoint_dir=str(self.checkpoint_dir.resolve()),
-                resume_at_most=self.store.get(self.job_id).step,
-            )
+            .remote(self.job_id, self.spec, **self._runner_options())
         )
+
+    def _runner_options(self) -> dict:
+        """JobRunner's keyword arguments for this job, resuming after its stored step."""
+        return {
+            "worker_cpus": self.worker_cpus,
+            "datasets_dir": str(self.datasets_dir.resolve()),
+            "checkpoint_dir": str(self.checkpoint_dir.resolve()),
+            "resume_at_most": self.store.get(self.job_id).step,
+        }
 
     @property
     def runner_name(self) -> str:
+        """The name of a runner started for this job (not a standby's)."""
         return f"{self.job_id}/runner"
 
     def _follow(self, runner: ray.actor.ActorHandle, after_step: int) -> bool:
@@ -222,6 +246,8 @@ class RunnerMonitor:
                     placement=update.placement,
                 )
                 is_running, placement = True, update.placement
+                if self.pool is not None:
+                    self.pool.fill()  # the job's actors are up: boot the next job's runner
             elif update.placement != placement:  # a worker was replaced
                 self.store.update(self.job_id, placement=update.placement)
                 placement = update.placement
@@ -243,3 +269,21 @@ class RunnerMonitor:
         self.store.update(self.job_id, state=state, reason=reason, finished_at=time.time())
         self.metrics.job_finished(self.job_id, state)
         self.on_change()
+
+
+def runner_actor_name(record: JobRecord) -> str:
+    """The Ray actor name of a job's runner: a standby's, stored with the job, or the one
+    a runner started for the job gets."""
+    return record.runner or f"{record.job_id}/runner"
+
+
+_remote_runner: Any = None
+
+
+def _runner_class() -> Any:
+    """`ray.remote(JobRunner)`, made once per process (Ray exports a class, hashing its
+    code, each time it is made remote)."""
+    global _remote_runner
+    if _remote_runner is None:
+        _remote_runner = ray.remote(JobRunner)
+    return _remote_runner

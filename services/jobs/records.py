@@ -58,6 +58,7 @@ class JobRecord:
     weights_path: str = ""
     placement: tuple[dict, ...] = ()  # per worker: node_id, hostname, pid
     submission_id: str = ""
+    runner: str = ""  # the Ray actor name of the job's runner when not "{job_id}/runner"
     queue_position: int = 0  # 1-based while waiting for a slot (derived, not stored)
     queue_reason: str = ""
     latest: MetricPoint | None = field(default=None, compare=False)

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     total_steps  INTEGER NOT NULL DEFAULT 0,
     weights_path TEXT NOT NULL DEFAULT '',
     placement_json TEXT NOT NULL DEFAULT '[]',
-    submission_id TEXT
+    submission_id TEXT,
+    runner       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -45,11 +46,13 @@ _UPDATABLE = {
     "total_steps",
     "weights_path",
     "placement",
+    "runner",
 }
 # Columns added after the first release: (table, column, declaration) for older files.
 _ADDED_COLUMNS = (
     ("jobs", "placement_json", "TEXT NOT NULL DEFAULT '[]'"),
     ("jobs", "submission_id", "TEXT"),
+    ("jobs", "runner", "TEXT NOT NULL DEFAULT ''"),
 )
 
 
@@ -102,7 +105,8 @@ class JobStore:
             )
 
     def update(self, job_id: str, **fields: Any) -> None:
-        """Set some of state, reason, started_at, finished_at, total_steps, weights_path."""
+        """Set some of state, reason, started_at, finished_at, total_steps, weights_path,
+        placement, runner."""
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
@@ -208,6 +212,7 @@ class JobStore:
             weights_path=row["weights_path"],
             placement=tuple(json.loads(row["placement_json"])),
             submission_id=row["submission_id"] or "",
+            runner=row["runner"],
             latest=latest_point,
         )
 

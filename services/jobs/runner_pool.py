@@ -1,0 +1,137 @@
+"""RunnerPool: a job runner booted ahead of need, so a job does not wait for it.
+
+A runner is a Ray actor with a process of its own, and starting that process (a Python
+interpreter, `import ray`, registering with the node) takes 0.5-0.7 s on a small host.
+A job's workers can only be created once its runner runs, so those two process starts
+came one after the other at every job start and every runner replacement. The API
+process keeps one runner booted and idle (a `StandbyRunner`: no job, no CPUs reserved,
+about 100 MB) and hands it the next job (`assign`); a new standby boots in the
+background meanwhile, while the job's own workers start.
+
+Standbys are detached actors named "standby-runner/<id>"; the name of the one a job got
+is stored with the job, so a restarted API process reattaches to it like to any runner.
+A standby that no job names (the API process died before storing the name, or it was
+idle when the process died) is removed by `remove_strays` when the next one starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from services.cluster import NAMESPACE
+from services.jobs.runner import JobRunner
+from services.jobs.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+PREFIX = "standby-runner/"
+
+
+class StandbyRunner(JobRunner):
+    """A JobRunner started before its job is known; `assign` gives it one, once."""
+
+    def __init__(self) -> None:  # the job's fields come with `assign`
+        self._is_assigned = False
+
+    def ready(self) -> bool:
+        """Answers once booted; the pool calls it at once, so that the connection to
+        this actor is made before a job waits on it."""
+        return True
+
+    def assign(self, job_id: str, spec: JobSpec, **options: Any) -> None:
+        """Become the runner of `job_id` (JobRunner's arguments); then `run` as usual."""
+        if self._is_assigned:
+            raise RuntimeError(f"this runner already runs job {self.job_id}")
+        JobRunner.__init__(self, job_id, spec, **options)
+        self._is_assigned = True
+
+
+@dataclass(frozen=True)
+class Standby:
+    name: str
+    actor: ray.actor.ActorHandle
+    ready: ray.ObjectRef  # `ready()`, called when it was started
+
+
+_remote_class: Any = None
+
+
+def _standby_class() -> Any:
+    """`ray.remote(StandbyRunner)`, made once per process (Ray exports a class, hashing
+    its code, each time it is made remote)."""
+    global _remote_class
+    if _remote_class is None:
+        _remote_class = ray.remote(StandbyRunner)
+    return _remote_class
+
+
+class RunnerPool:
+    """Up to `size` booted, idle runners (0: none; jobs then start their own)."""
+
+    def __init__(self, size: int = 1) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        self.size = size
+        self._idle: list[Standby] = []
+        self._lock = threading.Lock()
+        self._is_closed = False
+
+    def take(self) -> Standby | None:
+        """An idle runner (maybe still booting), or None. The caller `fill`s the pool
+        again once its job's workers have started (booting a replacement beside them
+        would slow their start)."""
+        with self._lock:
+            return self._idle.pop(0) if self._idle else None
+
+    def fill(self) -> None:
+        """Boot standbys up to `size` (Ray must be initialised)."""
+        with self._lock:
+            self._fill()
+
+    def _fill(self) -> None:
+        while not self._is_closed and len(self._idle) < self.size:
+            name = PREFIX + uuid.uuid4().hex[:12]
+            try:
+                actor = (
+                    _standby_class()
+                    .options(name=name, num_cpus=0, max_concurrency=4, lifetime="detached")
+                    .remote()
+                )
+            except Exception as error:  # Ray gone: jobs start their own runners
+                log.warning("no standby runner (%s)", error)
+                return
+            self._idle.append(Standby(name, actor, actor.ready.remote()))
+
+    def remove_strays(self, in_use: set[str]) -> list[str]:
+        """Kill every standby runner in Ray's namespace that is neither idle here nor in
+        `in_use` (the runner names stored with unfinished jobs); returns their names."""
+        with self._lock:
+            idle = {s.name for s in self._idle}
+        strays = []
+        for name in ray.util.list_named_actors():
+            if name.startswith(PREFIX) and name not in idle and name not in in_use:
+                try:
+                    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                    strays.append(name)
+                except ValueError:  # gone meanwhile
+                    pass
+        if strays:
+            log.info("removed %d stray standby runners: %s", len(strays), ", ".join(strays))
+        return strays
+
+    def close(self) -> None:
+        """Kill the idle standbys; no more are started."""
+        with self._lock:
+            self._is_closed = True
+            idle, self._idle = self._idle, []
+        for standby in idle:
+            try:
+                ray.kill(standby.actor, no_restart=True)
+            except Exception as error:  # Ray already gone
+                log.debug("standby %s not killed: %s", standby.name, error)
