@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from worker.activations import ACTIVATIONS
 from worker.gradcheck import (
+    STENCIL_STEP,
     GradcheckReport,
     check_architecture,
     gradcheck,
@@ -53,6 +54,22 @@ def _output(model: MLP, theta: np.ndarray, x: np.ndarray, masks) -> np.ndarray:
     return out.copy()
 
 
+def _stencil_crosses_zero(model: MLP, theta, x, masks, zs) -> bool:
+    """Whether moving any one entry of θ by the stencil's widest step (±3h) flips the sign
+    of some pre-activation: |z| > KINK is not enough where a layer's input is large (an
+    ELU's σ'' jumps at 0, which a seven-point stencil reads as a kink too)."""
+    reach = 3 * STENCIL_STEP
+    signs = [np.sign(z) for z in zs]
+    for j in range(theta.size):
+        for step in (-reach, reach):
+            moved = theta.copy()
+            moved[j] += step
+            moved_zs = model.pre_activations(moved, x, dropout_masks=masks)
+            if any((np.sign(z) != s).any() for z, s in zip(moved_zs, signs, strict=True)):
+                return True
+    return False
+
+
 def _kink_free_problem(model: MLP, N: int, seed: int = 0, tries: int = 500):
     """A float64 (θ, x, y, masks) with every |z| > KINK, Huber residuals off ±δ and a
     loss ≤ MAX_LOSS (seeds tried in turn from `seed`)."""
@@ -67,6 +84,8 @@ def _kink_free_problem(model: MLP, N: int, seed: int = 0, tries: int = 500):
         masks = model.draw_dropout_masks(rng, N, np.float64) if model.has_dropout else None
         zs = model.pre_activations(theta, x, dropout_masks=masks)
         if any(np.abs(z).min() <= KINK for z in zs):
+            continue
+        if _stencil_crosses_zero(model, theta, x, masks, zs):
             continue
         if delta is not None:
             residual = _output(model, theta, x, masks) - y.reshape(N, C)

@@ -128,7 +128,8 @@ class JobManager:
         limit (they hold their actors already). Queued jobs queue again, in order."""
         with self._lock:
             running = self.store.ids_in_states((JobState.RUNNING,))
-            self.runners.remove_strays({self.store.get(job_id).runner for job_id in running})
+            unfinished = self.store.ids_in_states((JobState.QUEUED, JobState.RUNNING))
+            self.runners.remove_strays({self.store.get(job_id).runner for job_id in unfinished})
             self.runners.fill()
             for job_id in running:
                 self._start_monitor(job_id)
