@@ -50,14 +50,31 @@ def manager(ray_session: None, tmp_path: Path) -> Iterator[JobManager]:
     manager.shutdown()
 
 
-def test_a_job_runs_on_the_booted_standby_and_the_next_one_boots(manager: JobManager) -> None:
-    idle = standby_names()  # one, booted when the manager started
-    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=2))))
+def test_jobs_one_after_another_run_on_one_recycled_standby(manager: JobManager) -> None:
+    (name,) = standby_names()  # booted when the manager started
+    for epochs in (2, 3):
+        job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=epochs))))
+        assert wait_until_finished(manager, job.job_id) is JobState.SUCCEEDED
+        record = manager.get(job.job_id)
+        assert record.runner == name  # the waiting standby, the same process both times
+        assert record.step == record.total_steps > 0
+        assert manager.weights_path(job.job_id).exists()
+    assert wait_for_standbys(1) == {name}  # back in the pool; none other booted
+
+
+def test_a_standby_lost_with_its_job_is_replaced_and_the_job_goes_on(
+    manager: JobManager,
+) -> None:
+    (name,) = standby_names()
+    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=300))))
+    deadline = time.monotonic() + 60
+    while manager.get(job.job_id).step < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
     assert wait_until_finished(manager, job.job_id) is JobState.SUCCEEDED
     record = manager.get(job.job_id)
-    assert record.runner in idle  # the job got the standby that was waiting
-    assert wait_for_standbys(1) - idle, "no new standby booted"
-    assert record.runner not in standby_names()  # the job's runner went with the job
+    assert record.runner not in ("", name)  # a new standby took over the job
+    assert wait_for_standbys(1) == {record.runner}  # and came back when it ended
 
 
 def test_a_standby_killed_before_its_job_gives_way_to_a_fresh_runner(

@@ -22,7 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from services.errors import FailedPreconditionError
 from services.jobs.records import JobRecord, JobState
 from services.jobs.runner import JobRunner, RunnerUpdate
-from services.jobs.runner_pool import RunnerPool
+from services.jobs.runner_pool import RunnerPool, Standby
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
 from services.jobs.weights import write_weights
@@ -69,6 +69,8 @@ class RunnerMonitor:
         self.pool = pool
         self._lock = threading.Lock()
         self._runner: ray.actor.ActorHandle | None = None
+        self._standby: Standby | None = None  # the pool's runner that `_runner` is
+        self._has_ended = False  # the runner reported its job's terminal state
         self._is_cancel_requested = False
         self._is_stopping = False
         self._thread = threading.Thread(target=self._run, name=f"monitor-{job_id}", daemon=True)
@@ -139,7 +141,7 @@ class RunnerMonitor:
                     if self._is_cancel_requested:
                         self._record_end(JobState.CANCELLED, "cancelled by request")
                         return
-                    ray.kill(self._runner, no_restart=True)
+                    self._release_runner()
                     if losses > MAX_RUNNER_REPLACEMENTS:
                         break
                     log.warning("job %s lost its runner; starting a new one", self.job_id)
@@ -157,9 +159,18 @@ class RunnerMonitor:
             )
         finally:
             if self._runner is not None and not self._is_stopping:
-                ray.kill(self._runner, no_restart=True)
+                self._release_runner()
             if not self._is_stopping:
                 self.on_end(self.job_id)
+
+    def _release_runner(self) -> None:
+        """The runner is done (its job ended, or it was lost): a pool's runner goes back
+        to the pool (recycled if its job ended), any other is killed."""
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            self.pool.give_back(standby, is_reusable=self._has_ended)
+        else:
+            ray.kill(self._runner, no_restart=True)
 
     def _running_runner(self) -> ray.actor.ActorHandle | None:
         """The job's runner if it outlived an earlier API server (it is detached)."""
@@ -181,10 +192,11 @@ class RunnerMonitor:
                     timeout=RPC_TIMEOUT_S,
                 )
                 self.store.update(self.job_id, runner=standby.name)
+                self._standby = standby
                 return standby.actor
             except (RayActorError, GetTimeoutError) as error:  # it died before its job
                 log.info("job %s: standby runner %s lost (%s)", self.job_id, standby.name, error)
-                ray.kill(standby.actor, no_restart=True)
+                self.pool.give_back(standby, is_reusable=False)
         self.store.update(self.job_id, runner="")
         # A dead runner's name is freed shortly after its death: retry until it is.
         deadline = time.monotonic() + RPC_TIMEOUT_S
@@ -247,7 +259,7 @@ class RunnerMonitor:
                 )
                 is_running, placement = True, update.placement
                 if self.pool is not None:
-                    self.pool.fill()  # the job's actors are up: boot the next job's runner
+                    self.pool.fill()  # its actors are up: boot one if none is idle or out
             elif update.placement != placement:  # a worker was replaced
                 self.store.update(self.job_id, placement=update.placement)
                 placement = update.placement
@@ -255,6 +267,7 @@ class RunnerMonitor:
                 self.on_change()
             if update.state.is_terminal:
                 self._finish(runner, update)
+                self._has_ended = True
                 return False
         return False
 

@@ -5,8 +5,10 @@ interpreter, `import ray`, registering with the node) takes 0.5-0.7 s on a small
 A job's workers can only be created once its runner runs, so those two process starts
 came one after the other at every job start and every runner replacement. The API
 process keeps one runner booted and idle (a `StandbyRunner`: no job, no CPUs reserved,
-about 100 MB) and hands it the next job (`assign`); a new standby boots in the
-background meanwhile, while the job's own workers start.
+about 100 MB) and hands it the next job (`assign`). When that job has ended, the same
+process forgets it (`recycle`) and waits for the next one, so jobs one after another
+boot no runner at all; a standby is booted only to replace one that was lost (or while
+every one is out with a running job, once that job's workers have started).
 
 Standbys are detached actors named "standby-runner/<id>"; the name of the one a job got
 is stored with the job, so a restarted API process reattaches to it like to any runner.
@@ -23,21 +25,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from services.cluster import NAMESPACE
+from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
 PREFIX = "standby-runner/"
+RECYCLE_TIMEOUT_S = 10.0
 
 
 class StandbyRunner(JobRunner):
-    """A JobRunner started before its job is known; `assign` gives it one, once."""
+    """A JobRunner started before its job is known: `assign` gives it a job, `recycle`
+    makes it forget that job once it ended, so the process can take the next one."""
 
     def __init__(self) -> None:  # the job's fields come with `assign`
         self._is_assigned = False
+        self._ran = threading.Event()  # `run` returned (its actors released)
+        self._before_job: set[str] = set()
 
     def ready(self) -> bool:
         """Answers once booted; the pool calls it at once, so that the connection to
@@ -48,8 +56,29 @@ class StandbyRunner(JobRunner):
         """Become the runner of `job_id` (JobRunner's arguments); then `run` as usual."""
         if self._is_assigned:
             raise RuntimeError(f"this runner already runs job {self.job_id}")
+        self._before_job = set(vars(self))
         JobRunner.__init__(self, job_id, spec, **options)
         self._is_assigned = True
+        self._ran.clear()
+
+    def run(self) -> JobState:
+        try:
+            return JobRunner.run(self)
+        finally:
+            self._ran.set()
+
+    def recycle(self, timeout_s: float = RECYCLE_TIMEOUT_S) -> bool:
+        """Forget the job once `run` has returned (its actors are released then), and
+        wait for the next; False, with nothing forgotten, if it has not returned within
+        `timeout_s`."""
+        if not self._is_assigned:
+            return True
+        if not self._ran.wait(timeout_s):
+            return False
+        for name in set(vars(self)) - self._before_job:
+            delattr(self, name)  # the job's state, its data and checkpoints with it
+        self._is_assigned = False
+        return True
 
 
 @dataclass(frozen=True)
@@ -72,30 +101,53 @@ def _standby_class() -> Any:
 
 
 class RunnerPool:
-    """Up to `size` booted, idle runners (0: none; jobs then start their own)."""
+    """`size` runners, idle here or out with a job and coming back (0: none; jobs then
+    start their own)."""
 
     def __init__(self, size: int = 1) -> None:
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.size = size
         self._idle: list[Standby] = []
+        self._out = 0  # taken and not given back yet
         self._lock = threading.Lock()
         self._is_closed = False
 
     def take(self) -> Standby | None:
-        """An idle runner (maybe still booting), or None. The caller `fill`s the pool
-        again once its job's workers have started (booting a replacement beside them
-        would slow their start)."""
+        """An idle runner (maybe still booting), or None; `give_back` it when its job
+        ends or it is lost."""
         with self._lock:
-            return self._idle.pop(0) if self._idle else None
+            if not self._idle:
+                return None
+            self._out += 1
+            return self._idle.pop(0)
+
+    def give_back(self, standby: Standby, *, is_reusable: bool) -> bool:
+        """A taken runner is done with its job: recycled into the pool when
+        `is_reusable` (its job ended and it answers), else killed and another booted.
+        Returns whether it was recycled."""
+        recycled = False
+        if is_reusable:
+            try:
+                recycled = ray.get(standby.actor.recycle.remote(), timeout=RECYCLE_TIMEOUT_S + 5)
+            except (RayActorError, RayTaskError, GetTimeoutError) as error:
+                log.info("standby %s not recycled: %s", standby.name, error)
+        with self._lock:
+            self._out -= 1
+            if recycled and not self._is_closed and len(self._idle) < self.size:
+                self._idle.append(standby)
+                return True
+        ray.kill(standby.actor, no_restart=True)
+        self.fill()
+        return False
 
     def fill(self) -> None:
-        """Boot standbys up to `size` (Ray must be initialised)."""
+        """Boot standbys until `size` are idle or out (Ray must be initialised)."""
         with self._lock:
             self._fill()
 
     def _fill(self) -> None:
-        while not self._is_closed and len(self._idle) < self.size:
+        while not self._is_closed and len(self._idle) + self._out < self.size:
             name = PREFIX + uuid.uuid4().hex[:12]
             try:
                 actor = (
