@@ -43,9 +43,11 @@ def wait_for_step(client: Client, job_id: str, step: int, timeout_s: float = 60.
 
 
 def job_actor_names(job_id: str, manager) -> list[str]:
-    """The named actors of a job: its workers and its runner (a standby's name, or one
-    with the job id)."""
+    """The named actors working for a job: its workers and its runner (a standby's name,
+    or one with the job id), unless that runner is back in the pool, idle."""
     runner = runner_actor_name(manager.store.get(job_id))
+    if runner in manager.runners.idle_names():
+        runner = ""
     return [
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)

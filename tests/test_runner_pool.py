@@ -106,12 +106,22 @@ def test_strays_are_removed_and_idle_and_used_standbys_kept(ray_session: None) -
     assert pool.take() is None  # and starts no more
 
 
-def test_a_standby_takes_one_job_only(ray_session: None) -> None:
+def test_a_standby_runs_one_job_at_a_time_and_answers_only_for_it(ray_session: None) -> None:
     spec = spec_from_proto(spec_from_dict(digits_spec(epochs=1)))
     runner = StandbyRunner()
     runner.assign("job-a", spec, max_lead_s=None)
     with pytest.raises(RuntimeError, match="already runs job job-a"):
         runner.assign("job-b", spec)
+    runner.cancel("job-b")  # a late cancel meant for an earlier job: ignored
+    assert not runner._cancelled.is_set()
+    with pytest.raises(LookupError, match="does not run job job-b"):
+        runner.snapshot("job-b")  # never another job's θ
+    assert not runner.recycle(timeout_s=0.01)  # its job has not run yet: kept
+    assert runner.run() is JobState.SUCCEEDED
+    assert runner.recycle()  # forgets job-a ...
+    assert not hasattr(runner, "job_id") and not hasattr(runner, "_cohort")
+    runner.assign("job-b", spec, max_lead_s=None)  # ... and takes the next
+    assert runner.run() is JobState.SUCCEEDED
 
 
 def test_an_empty_pool_gives_nothing_and_bad_sizes_are_refused() -> None:

@@ -89,9 +89,12 @@ class RunnerMonitor:
             runner = self._runner
         if runner is not None:
             try:
-                ray.get(runner.cancel.remote(), timeout=CANCEL_TIMEOUT_S)
+                ray.get(runner.cancel.remote(self.job_id), timeout=CANCEL_TIMEOUT_S)
             except (GetTimeoutError, RayActorError):
-                ray.kill(runner, no_restart=True)
+                with self._lock:
+                    is_ours = self._runner is runner  # not yet given back to the pool
+                if is_ours:
+                    ray.kill(runner, no_restart=True)
         self._thread.join(timeout=CANCEL_TIMEOUT_S + RPC_TIMEOUT_S)
 
     def snapshot(self) -> tuple[int, np.ndarray]:
@@ -100,10 +103,12 @@ class RunnerMonitor:
         if runner is None:
             raise FailedPreconditionError(f"job {self.job_id} has not started yet")
         try:
-            return ray.get(runner.snapshot.remote(), timeout=RPC_TIMEOUT_S)
+            return ray.get(runner.snapshot.remote(self.job_id), timeout=RPC_TIMEOUT_S)
         except (RayActorError, GetTimeoutError):
             raise FailedPreconditionError(f"job {self.job_id} is no longer running") from None
-        except RayTaskError:
+        except RayTaskError as error:
+            if isinstance(error.cause, LookupError):  # its runner took another job since
+                raise FailedPreconditionError(f"job {self.job_id} is no longer running") from None
             raise FailedPreconditionError(
                 f"job {self.job_id} has not finished a step yet"
             ) from None
@@ -137,14 +142,14 @@ class RunnerMonitor:
                 if not self._follow(self._runner, after_step=before):
                     return
                 losses = 1 if self.store.get(self.job_id).step > before else losses + 1
+                self._release_runner()
+                if losses > MAX_RUNNER_REPLACEMENTS:
+                    break
+                log.warning("job %s lost its runner; starting a new one", self.job_id)
                 with self._lock:
                     if self._is_cancel_requested:
                         self._record_end(JobState.CANCELLED, "cancelled by request")
                         return
-                    self._release_runner()
-                    if losses > MAX_RUNNER_REPLACEMENTS:
-                        break
-                    log.warning("job %s lost its runner; starting a new one", self.job_id)
                     self._runner = self._new_runner()
                 self._runner.run.remote()
             self._record_end(
@@ -165,12 +170,15 @@ class RunnerMonitor:
 
     def _release_runner(self) -> None:
         """The runner is done (its job ended, or it was lost): a pool's runner goes back
-        to the pool (recycled if its job ended), any other is killed."""
-        standby, self._standby = self._standby, None
+        to the pool (recycled if its job ended), any other is killed. This monitor does
+        not touch it again."""
+        with self._lock:
+            runner, self._runner = self._runner, None
+            standby, self._standby = self._standby, None
         if standby is not None:
             self.pool.give_back(standby, is_reusable=self._has_ended)
-        else:
-            ray.kill(self._runner, no_restart=True)
+        elif runner is not None:
+            ray.kill(runner, no_restart=True)
 
     def _running_runner(self) -> ray.actor.ActorHandle | None:
         """The job's runner if it outlived an earlier API server (it is detached)."""
@@ -272,10 +280,15 @@ class RunnerMonitor:
         return False
 
     def _finish(self, runner: ray.actor.ActorHandle, update: RunnerUpdate) -> None:
+        """The runner reported the job's end: its weights are written, the runner goes
+        (back to the pool, so that the next job finds it there), then the end is
+        recorded."""
         if update.state is JobState.SUCCEEDED:
             theta = ray.get(runner.final_theta.remote(), timeout=RPC_TIMEOUT_S)
             write_weights(self.weights_path, self.spec, theta)
             self.store.update(self.job_id, weights_path=str(self.weights_path))
+        self._has_ended = True
+        self._release_runner()
         self._record_end(update.state, update.reason)
 
     def _record_end(self, state: JobState, reason: str) -> None:

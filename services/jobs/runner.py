@@ -247,8 +247,11 @@ class JobRunner:
                 restarts=self._cohort.replacements if self._cohort is not None else 0,
             )
 
-    def cancel(self) -> None:
-        """Stops the step loop and its actors; `run` then ends CANCELLED."""
+    def cancel(self, job_id: str | None = None) -> None:
+        """Stops the step loop and its actors; `run` then ends CANCELLED. With `job_id`,
+        only if that is this runner's job (a recycled runner may run another by now)."""
+        if job_id is not None and job_id != getattr(self, "job_id", None):
+            return
         self._cancelled.set()
         self._release_actors()
 
@@ -258,8 +261,11 @@ class JobRunner:
             raise RuntimeError("the job has no final θ")
         return self._theta
 
-    def snapshot(self) -> tuple[int, np.ndarray]:
-        """(step, θ after that step) while the job runs: (P,) float32."""
+    def snapshot(self, job_id: str | None = None) -> tuple[int, np.ndarray]:
+        """(step, θ after that step) while the job runs: (P,) float32. With `job_id`,
+        LookupError unless that is this runner's job."""
+        if job_id is not None and job_id != getattr(self, "job_id", None):
+            raise LookupError(f"this runner does not run job {job_id}")
         latest = self._latest
         if latest is None:
             raise RuntimeError("the job has not finished a step yet")

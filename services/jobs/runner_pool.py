@@ -141,6 +141,10 @@ class RunnerPool:
         self.fill()
         return False
 
+    def idle_names(self) -> set[str]:
+        with self._lock:
+            return {standby.name for standby in self._idle}
+
     def fill(self) -> None:
         """Boot standbys until `size` are idle or out (Ray must be initialised)."""
         with self._lock:
