@@ -84,6 +84,7 @@ MAX_REPLACEMENTS = 1000  # lost actors a job survives before it gives up
 RECOVERY_ATTEMPTS = 5  # one repair, tried this often while actors die under it
 RECOVERY_BACKOFF_S = 0.25  # the pause before the second attempt, doubled after each
 DIVERGENCE_FACTOR = 1e6
+POINTS_PER_WAKE = 64  # while publishing a drained batch: wake `poll` this often
 
 
 def is_diverged(loss: float, gradient_norms: tuple[float, ...], first_loss: float) -> bool:
@@ -167,7 +168,8 @@ class JobRunner:
         self._lead.record(resume_at_most)
         self._last_published = resume_at_most  # a step is published once
         self._changed = threading.Condition()
-        self._is_batching = False  # points published in a batch wake `poll` once, at its end
+        self._is_batching = False  # points published in a batch wake `poll` in groups
+        self._unannounced = 0  # points published since `poll` was last woken
         self._points: list[MetricPoint] = []
         self._state = JobState.QUEUED
         self._reason = ""
@@ -597,19 +599,24 @@ class JobRunner:
                 return
             self._last_published = point.step
             self._points.append(point)
-            if not self._is_batching:
+            self._unannounced += 1
+            if not self._is_batching or self._unannounced >= POINTS_PER_WAKE:
+                self._unannounced = 0
                 self._changed.notify_all()
 
     @contextlib.contextmanager
     def _batch(self) -> Iterator[None]:
-        """Points published inside reach `poll` as one batch: a drained batch of steps
-        is one poll answer, not one per step."""
+        """Points published inside wake `poll` every POINTS_PER_WAKE points and at the
+        end, not at every point: a drained batch of steps is a few poll answers, and the
+        store still acknowledges it in pieces (so the runner's idea of the recorded step,
+        which decides the checkpoints it keeps, stays close to the store's)."""
         self._is_batching = True
         try:
             yield
         finally:
             with self._changed:
                 self._is_batching = False
+                self._unannounced = 0
                 self._changed.notify_all()
 
     def _finish(self, state: JobState, reason: str) -> None:
