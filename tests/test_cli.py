@@ -177,3 +177,10 @@ def test_gradcheck_prints_each_layer_and_passes(served: str, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert "layer 1: worst relative error" in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("passed: worst")
+
+
+@pytest.mark.parametrize("count", ["-1", "9"])
+def test_serve_refuses_a_standby_runner_count_out_of_range(count: str) -> None:
+    result = bptrain("serve", "--port", "0", "--standby-runners", count, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: standby_runners must be in [0, 8], got {count}"
