@@ -176,7 +176,7 @@ class JobStore:
             try:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO metrics (job_id, step, point) VALUES (?, ?, ?)",
-                    [(job_id, p.step, json.dumps(dataclasses.asdict(p))) for p in points],
+                    [(job_id, p.step, _point_json(p)) for p in points],
                 )
             except BaseException:
                 # Left open, the transaction would swallow every later write on this connection.
@@ -215,6 +215,15 @@ class JobStore:
             runner=row["runner"],
             latest=latest_point,
         )
+
+
+_POINT_FIELDS = tuple(f.name for f in dataclasses.fields(MetricPoint))
+
+
+def _point_json(point: MetricPoint) -> str:
+    """A point as stored: its fields as one JSON object (a flat dict: `dataclasses.asdict`
+    deep-copies and took most of a point's 37 µs here)."""
+    return json.dumps({name: getattr(point, name) for name in _POINT_FIELDS})
 
 
 def _point(text: str) -> MetricPoint:
