@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -28,6 +30,13 @@ class RayConfig:
             raise ValueError(f"num_cpus must be >= 1, got {self.num_cpus}")
         if self.address is not None and self.num_cpus is not None:
             raise ValueError("num_cpus applies only to the embedded Ray (no address)")
+
+
+@functools.cache
+def remote_class(kind: type) -> Any:
+    """`ray.remote(kind)`, made once per process: Ray exports a class (pickling it and
+    hashing its code) each time one is made remote."""
+    return ray.remote(kind)
 
 
 def connect(config: RayConfig) -> None:

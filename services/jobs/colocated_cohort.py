@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayTaskError
 
+from services.cluster import remote_class
 from services.jobs.checkpoints import CheckpointStore, split_shards
 from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
 from services.jobs.spec import JobSpec
@@ -29,17 +29,6 @@ from worker.layout import ParamLayout
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 60.0
-
-
-_REMOTE: dict[type, Any] = {}
-
-
-def _remote(kind: type) -> Any:
-    """`ray.remote(kind)`, made once per process (Ray exports a class, hashing its code,
-    each time it is made remote)."""
-    if kind not in _REMOTE:
-        _REMOTE[kind] = ray.remote(kind)
-    return _REMOTE[kind]
 
 
 def is_colocated(spec: JobSpec) -> bool:
@@ -146,7 +135,7 @@ class ColocatedCohort:
                 "staleness_aware_lr": spec.staleness_aware_lr,
             }
         return (
-            _remote(kind)
+            remote_class(kind)
             .options(
                 name=f"{self.job_id}/worker-{i}.{self._generation}",
                 num_cpus=self.worker_cpus,

@@ -127,12 +127,13 @@ class JobManager:
         from the job's last checkpoint; running jobs take their slots even beyond the
         limit (they hold their actors already). Queued jobs queue again, in order."""
         with self._lock:
-            running = self.store.ids_in_states((JobState.RUNNING,))
             unfinished = self.store.ids_in_states((JobState.QUEUED, JobState.RUNNING))
-            self.runners.remove_strays({self.store.get(job_id).runner for job_id in unfinished})
+            records = [self.store.get(job_id) for job_id in unfinished]
+            self.runners.remove_strays({record.runner for record in records})
             self.runners.fill()
-            for job_id in running:
-                self._start_monitor(job_id)
+            for record in records:
+                if record.state is JobState.RUNNING:
+                    self._start_monitor(record.job_id)
             self._start_waiting()
 
     def submit(self, spec: JobSpec, *, submission_id: str = "") -> JobRecord:

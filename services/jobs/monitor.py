@@ -13,12 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from services.cluster import remote_class
 from services.errors import FailedPreconditionError
 from services.jobs.records import JobRecord, JobState
 from services.jobs.runner import JobRunner, RunnerUpdate
@@ -218,7 +218,7 @@ class RunnerMonitor:
 
     def _create_runner(self) -> ray.actor.ActorHandle:
         return (
-            _runner_class()
+            remote_class(JobRunner)
             .options(name=self.runner_name, num_cpus=0, max_concurrency=4, lifetime="detached")
             .remote(self.job_id, self.spec, **self._runner_options())
         )
@@ -275,7 +275,6 @@ class RunnerMonitor:
                 self.on_change()
             if update.state.is_terminal:
                 self._finish(runner, update)
-                self._has_ended = True
                 return False
         return False
 
@@ -301,15 +300,3 @@ def runner_actor_name(record: JobRecord) -> str:
     """The Ray actor name of a job's runner: a standby's, stored with the job, or the one
     a runner started for the job gets."""
     return record.runner or f"{record.job_id}/runner"
-
-
-_remote_runner: Any = None
-
-
-def _runner_class() -> Any:
-    """`ray.remote(JobRunner)`, made once per process (Ray exports a class, hashing its
-    code, each time it is made remote)."""
-    global _remote_runner
-    if _remote_runner is None:
-        _remote_runner = ray.remote(JobRunner)
-    return _remote_runner

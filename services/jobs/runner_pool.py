@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from services.cluster import NAMESPACE
+from services.cluster import NAMESPACE, remote_class
 from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.spec import JobSpec
@@ -85,19 +85,6 @@ class StandbyRunner(JobRunner):
 class Standby:
     name: str
     actor: ray.actor.ActorHandle
-    ready: ray.ObjectRef  # `ready()`, called when it was started
-
-
-_remote_class: Any = None
-
-
-def _standby_class() -> Any:
-    """`ray.remote(StandbyRunner)`, made once per process (Ray exports a class, hashing
-    its code, each time it is made remote)."""
-    global _remote_class
-    if _remote_class is None:
-        _remote_class = ray.remote(StandbyRunner)
-    return _remote_class
 
 
 class RunnerPool:
@@ -155,14 +142,15 @@ class RunnerPool:
             name = PREFIX + uuid.uuid4().hex[:12]
             try:
                 actor = (
-                    _standby_class()
+                    remote_class(StandbyRunner)
                     .options(name=name, num_cpus=0, max_concurrency=4, lifetime="detached")
                     .remote()
                 )
             except Exception as error:  # Ray gone: jobs start their own runners
                 log.warning("no standby runner (%s)", error)
                 return
-            self._idle.append(Standby(name, actor, actor.ready.remote()))
+            actor.ready.remote()  # connects to it while it boots
+            self._idle.append(Standby(name, actor))
 
     def remove_strays(self, in_use: set[str]) -> list[str]:
         """Kill every standby runner in Ray's namespace that is neither idle here nor in
