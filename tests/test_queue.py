@@ -16,6 +16,7 @@ from services.api.convert import spec_from_proto
 from services.api.server import ServerConfig, create_server
 from services.jobs.manager import JobManager, JobsConfig
 from services.jobs.records import JobState
+from services.tenancy import LOCAL
 from tests.conftest import digits_spec
 
 pytestmark = pytest.mark.slow
@@ -100,25 +101,25 @@ def test_running_and_queued_jobs_survive_a_server_restart(
     config = JobsConfig(storage=tmp_path, max_running_jobs=1)
     manager = JobManager(config)
     spec = spec_from_proto(spec_from_dict(digits_spec(epochs=5000)))
-    running = manager.submit(spec)
-    waiting = manager.submit(spec)
+    running = manager.submit(spec, principal=LOCAL)
+    waiting = manager.submit(spec, principal=LOCAL)
     deadline = time.monotonic() + 60
-    while manager.get(running.job_id).state is not JobState.RUNNING:
+    while manager.get(running.job_id, principal=LOCAL).state is not JobState.RUNNING:
         assert time.monotonic() < deadline, "the first job never started"
         time.sleep(0.1)
-    step_before = manager.get(running.job_id).step
+    step_before = manager.get(running.job_id, principal=LOCAL).step
     manager.shutdown()
     restarted = JobManager(config)  # reattaches to the detached runner, which kept training
     try:
         deadline = time.monotonic() + 60
-        while restarted.get(running.job_id).step <= step_before + 5:
+        while restarted.get(running.job_id, principal=LOCAL).step <= step_before + 5:
             assert time.monotonic() < deadline, "the reattached job made no progress"
             time.sleep(0.1)
-        assert restarted.get(running.job_id).state is JobState.RUNNING
+        assert restarted.get(running.job_id, principal=LOCAL).state is JobState.RUNNING
         steps = [p.step for p in restarted.store.metrics_after(running.job_id, 0, limit=10**6)]
         assert steps == list(range(1, len(steps) + 1))  # no gap across the restart
-        assert restarted.get(waiting.job_id).state is JobState.QUEUED
+        assert restarted.get(waiting.job_id, principal=LOCAL).state is JobState.QUEUED
     finally:
-        restarted.cancel(running.job_id)
-        restarted.cancel(waiting.job_id)
+        restarted.cancel(running.job_id, principal=LOCAL)
+        restarted.cancel(waiting.job_id, principal=LOCAL)
         restarted.shutdown()

@@ -16,6 +16,7 @@ from services.cluster import NAMESPACE
 from services.jobs.manager import JobManager, JobsConfig
 from services.jobs.records import JobState
 from services.jobs.runner_pool import PREFIX, RunnerPool, StandbyRunner
+from services.tenancy import LOCAL
 from tests.conftest import digits_spec
 
 
@@ -35,7 +36,7 @@ def wait_for_standbys(count: int, timeout_s: float = 20) -> set[str]:
 def wait_until_finished(manager: JobManager, job_id: str, timeout_s: float = 120) -> JobState:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        state = manager.get(job_id).state
+        state = manager.get(job_id, principal=LOCAL).state
         if state.is_terminal:
             return state
         time.sleep(0.05)
@@ -53,9 +54,11 @@ def manager(ray_session: None, tmp_path: Path) -> Iterator[JobManager]:
 def test_jobs_one_after_another_run_on_one_recycled_standby(manager: JobManager) -> None:
     (name,) = standby_names()  # booted when the manager started
     for epochs in (2, 3):
-        job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=epochs))))
+        job = manager.submit(
+            spec_from_proto(spec_from_dict(digits_spec(epochs=epochs))), principal=LOCAL
+        )
         assert wait_until_finished(manager, job.job_id) is JobState.SUCCEEDED
-        record = manager.get(job.job_id)
+        record = manager.get(job.job_id, principal=LOCAL)
         assert record.runner == name  # the waiting standby, the same process both times
         assert record.step == record.total_steps > 0
         assert manager.weights_path(job.job_id).exists()
@@ -66,13 +69,13 @@ def test_a_standby_lost_with_its_job_is_replaced_and_the_job_goes_on(
     manager: JobManager,
 ) -> None:
     (name,) = standby_names()
-    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=300))))
+    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=300))), principal=LOCAL)
     deadline = time.monotonic() + 60
-    while manager.get(job.job_id).step < 20 and time.monotonic() < deadline:
+    while manager.get(job.job_id, principal=LOCAL).step < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
     assert wait_until_finished(manager, job.job_id) is JobState.SUCCEEDED
-    record = manager.get(job.job_id)
+    record = manager.get(job.job_id, principal=LOCAL)
     assert record.runner not in ("", name)  # a new standby took over the job
     assert wait_for_standbys(1) == {record.runner}  # and came back when it ended
 
@@ -82,9 +85,9 @@ def test_a_standby_killed_before_its_job_gives_way_to_a_fresh_runner(
 ) -> None:
     (name,) = standby_names()
     ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=2))))
+    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=2))), principal=LOCAL)
     assert wait_until_finished(manager, job.job_id) is JobState.SUCCEEDED
-    assert manager.get(job.job_id).runner == ""  # ran on "{job_id}/runner"
+    assert manager.get(job.job_id, principal=LOCAL).runner == ""  # ran on "{job_id}/runner"
 
 
 def test_strays_are_removed_and_idle_and_used_standbys_kept(ray_session: None) -> None:

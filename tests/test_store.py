@@ -349,5 +349,5 @@ def test_a_store_file_from_the_first_release_gains_the_new_columns(tmp_path) -> 
     )
     old.close()
     store = JobStore(path)
-    assert store.find_submission("anything") is None
+    assert store.find_submission("anything", owner="local") is None
     store.close()

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from services.jobs.spec import JobSpec
+from services.tenancy import LOCAL
 
 
 class JobState(str, enum.Enum):
@@ -48,6 +49,7 @@ class JobRecord:
 
     job_id: str
     spec: JobSpec
+    owner: str = LOCAL.name  # the principal that submitted it
     state: JobState = JobState.QUEUED
     reason: str = ""
     created_at: float

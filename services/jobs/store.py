@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     weights_path TEXT NOT NULL DEFAULT '',
     placement_json TEXT NOT NULL DEFAULT '[]',
     submission_id TEXT,
-    runner       TEXT NOT NULL DEFAULT ''
+    runner       TEXT NOT NULL DEFAULT '',
+    owner        TEXT NOT NULL DEFAULT 'local'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -53,7 +54,23 @@ _ADDED_COLUMNS = (
     ("jobs", "placement_json", "TEXT NOT NULL DEFAULT '[]'"),
     ("jobs", "submission_id", "TEXT"),
     ("jobs", "runner", "TEXT NOT NULL DEFAULT ''"),
+    # Jobs stored before owners belong to "local" (services/tenancy.py's LOCAL): the single
+    # user of a server without tokens; with tokens (where "local" is reserved) admins see them.
+    ("jobs", "owner", "TEXT NOT NULL DEFAULT 'local'"),
 )
+# Indexes on added columns, made once those columns exist. A submission id is unique
+# per owner; the index that made it unique server-wide goes.
+_ADDED_INDEXES = (
+    "DROP INDEX IF EXISTS jobs_by_submission",
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_owner_submission "
+    "ON jobs (owner, submission_id) WHERE submission_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq)",
+)
+
+
+def unknown_job(job_id: str) -> NotFoundError:
+    """The one answer for a job id that does not exist or that the caller may not see."""
+    return NotFoundError(f"unknown job {quoted(job_id)}")
 
 
 class JobStore:
@@ -74,10 +91,8 @@ class JobStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
-            self._db.execute(
-                "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_submission ON jobs (submission_id) "
-                "WHERE submission_id IS NOT NULL"
-            )
+            for statement in _ADDED_INDEXES:
+                self._db.execute(statement)
 
     def _add_missing_columns(self) -> None:
         for table, column, declaration in _ADDED_COLUMNS:
@@ -92,10 +107,11 @@ class JobStore:
     def create(self, record: JobRecord) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (job_id, state, reason, spec_json, created_at, submission_id) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, owner, state, reason, spec_json, created_at, "
+                "submission_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.job_id,
+                    record.owner,
                     record.state.value,
                     record.reason,
                     json.dumps(record.spec.to_dict()),
@@ -119,25 +135,34 @@ class JobStore:
                 f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*values, job_id)
             )
         if cursor.rowcount == 0:
-            raise NotFoundError(f"unknown job {quoted(job_id)}")
+            raise unknown_job(job_id)
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
-                raise NotFoundError(f"unknown job {quoted(job_id)}")
+                raise unknown_job(job_id)
             return self._record(row)
 
     def list(
-        self, *, state: JobState | None = None, limit: int = 50, page_token: str = ""
+        self,
+        *,
+        owner: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        page_token: str = "",
     ) -> tuple[list[JobRecord], str]:
-        """Jobs newest first; returns (page, token of the next page or "")."""
+        """Jobs newest first, of one `owner` or (None) everyone's; returns (page, token
+        of the next page or "")."""
         # A token is a row's sequence number: decimal digits that fit SQLite's int64.
         is_token = page_token.isascii() and page_token.isdigit() and int(page_token) < 2**63
         if page_token and not is_token:
             raise InvalidSpecError("page_token", "is not a token this server gave")
         before = int(page_token) if page_token else None
         clauses, args = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
         if state is not None:
             clauses.append("state = ?")
             args.append(state.value)
@@ -153,13 +178,23 @@ class JobStore:
         next_token = str(rows[limit - 1]["seq"]) if len(rows) > limit else ""
         return records, next_token
 
-    def find_submission(self, submission_id: str) -> JobRecord | None:
-        """The job a client created with this idempotency key, if any."""
+    def find_submission(self, submission_id: str, *, owner: str) -> JobRecord | None:
+        """The job `owner` created with this idempotency key, if any."""
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM jobs WHERE submission_id = ?", (submission_id,)
+                "SELECT * FROM jobs WHERE owner = ? AND submission_id = ?", (owner, submission_id)
             ).fetchone()
             return self._record(row) if row is not None else None
+
+    def owners_in_states(self, states: tuple[JobState, ...]) -> dict[str, str]:
+        """{job id: owner} of the jobs in `states`, oldest first."""
+        marks = ", ".join("?" for _ in states)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT job_id, owner FROM jobs WHERE state IN ({marks}) ORDER BY seq",
+                [s.value for s in states],
+            ).fetchall()
+        return {row["job_id"]: row["owner"] for row in rows}
 
     def ids_in_states(self, states: tuple[JobState, ...]) -> list[str]:
         marks = ", ".join("?" for _ in states)
@@ -201,6 +236,7 @@ class JobStore:
         latest_point = _point(latest["point"]) if latest else None
         return JobRecord(
             job_id=row["job_id"],
+            owner=row["owner"],
             spec=JobSpec.from_dict(json.loads(row["spec_json"])),
             state=JobState(row["state"]),
             reason=row["reason"],
