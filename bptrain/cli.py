@@ -110,7 +110,24 @@ def main(log_level: str) -> None:
     "--tokens-file",
     default=None,
     type=click.Path(path_type=Path),
-    help="Bearer tokens, one per line (else $BPTRAIN_TOKENS, comma-separated; none: no auth).",
+    help="Tokens, one NAME:ROLE:TOKEN per line, ROLE user or admin, or a bare TOKEN for the "
+    "admin 'admin' (else $BPTRAIN_TOKENS, comma-separated; none: no auth, one local user).",
+)
+@click.option(
+    "--quota-running-jobs", default=None, type=int, help="Per principal: its jobs running at once."
+)
+@click.option(
+    "--quota-queued-jobs", default=None, type=int, help="Per principal: its jobs waiting at most."
+)
+@click.option(
+    "--quota-dataset-bytes", default=None, type=int, help="Per principal: its uploaded bytes."
+)
+@click.option(
+    "--max-streams",
+    default=2048,
+    show_default=True,
+    type=int,
+    help="Streams (followers, downloads, uploads) open at once; the next is refused.",
 )
 @click.option(
     "--metrics-port",
@@ -141,6 +158,10 @@ def serve(
     max_dataset_bytes: int,
     port_file: Path | None,
     tokens_file: Path | None,
+    quota_running_jobs: int | None,
+    quota_queued_jobs: int | None,
+    quota_dataset_bytes: int | None,
+    max_streams: int,
     metrics_port: int,
     metrics_host: str | None,
     tls_cert: Path | None,
@@ -148,17 +169,17 @@ def serve(
     tls_client_ca: Path | None,
 ) -> None:
     """Run the API server (and an embedded Ray unless --ray-address is given)."""
-    from services.api.auth import parse_tokens
     from services.api.server import ServerConfig, TlsConfig
     from services.cluster import RayConfig
     from services.errors import UnavailableError
     from services.jobs.manager import JobsConfig
     from services.metrics import MetricsConfig
     from services.serve import serve as run_server
+    from services.tenancy import Quotas, parse_principals
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
-        tokens = parse_tokens(
+        principals = parse_principals(
             tokens_file.read_text() if tokens_file else os.environ.get("BPTRAIN_TOKENS", "")
         )
         if (tls_cert is None) != (tls_key is None):
@@ -167,7 +188,9 @@ def serve(
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         tls = TlsConfig(cert=tls_cert, key=tls_key, client_ca=tls_client_ca) if tls_cert else None
         configs = (
-            ServerConfig(host=host, port=port, tokens=tokens, tls=tls),
+            ServerConfig(
+                host=host, port=port, principals=principals, max_streams=max_streams, tls=tls
+            ),
             JobsConfig(
                 storage=storage,
                 worker_cpus=worker_cpus,
@@ -175,6 +198,11 @@ def serve(
                 max_queued_jobs=max_queued_jobs,
                 standby_runners=standby_runners,
                 max_dataset_bytes=max_dataset_bytes,
+                quotas=Quotas(
+                    running_jobs=quota_running_jobs,
+                    queued_jobs=quota_queued_jobs,
+                    dataset_bytes=quota_dataset_bytes,
+                ),
             ),
             RayConfig(address=ray_address, num_cpus=num_cpus),
         )

@@ -27,22 +27,31 @@ def manager(ray_session: None, tmp_path) -> JobManager:
     manager.shutdown()
 
 
-def test_streams_whose_clients_left_free_their_threads(manager: JobManager) -> None:
-    running = create_server(ServerConfig(port=0, threads=4, max_streams=3), manager)
+def test_streams_whose_clients_left_free_their_slots(manager: JobManager) -> None:
+    running = create_server(ServerConfig(port=0, max_streams=3), manager)
     target = f"127.0.0.1:{running.port}"
     try:
         with Client(target) as client:
             job = client.submit(digits_spec(epochs=5000))
             channel = grpc.insecure_channel(target)
             stub = training_pb2_grpc.TrainingServiceStub(channel)
-            calls = [
-                stub.StreamMetrics(pb.StreamMetricsRequest(job_id=job.job_id)) for _ in range(3)
-            ]
+            request = pb.StreamMetricsRequest(job_id=job.job_id)
+            calls = [stub.StreamMetrics(request) for _ in range(3)]
             for call in calls:
-                next(call)  # each stream now holds one of the 3 server threads
+                next(call)  # each stream now holds one of the 3 slots
                 call.cancel()
-            # Were the handlers still running, every thread would be taken and this would wait.
-            assert client.get(job.job_id).job_id == job.job_id
+            deadline = time.monotonic() + 10
+            while True:  # the slots come back once the server sees the cancellations
+                try:
+                    again = [stub.StreamMetrics(request) for _ in range(3)]
+                    for call in again:
+                        next(call)
+                        call.cancel()
+                    break
+                except grpc.RpcError as error:
+                    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() < deadline, "stream slots were never released"
+                    time.sleep(0.1)
             client.cancel(job.job_id)
             channel.close()
     finally:
@@ -50,7 +59,7 @@ def test_streams_whose_clients_left_free_their_threads(manager: JobManager) -> N
 
 
 def test_rpcs_beyond_the_concurrency_limit_are_resource_exhausted(manager: JobManager) -> None:
-    running = create_server(ServerConfig(port=0, max_concurrent_rpcs=2), manager)
+    running = create_server(ServerConfig(port=0, max_concurrent_rpcs=2, max_streams=2), manager)
     target = f"127.0.0.1:{running.port}"
     try:
         with Client(target) as client:

@@ -3,11 +3,12 @@ the RPC interceptor over a real gRPC server, and the /metrics endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from concurrent import futures
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.api.errors import ErrorMappingInterceptor
+from services.api.rpc_metrics import RpcMetricsInterceptor
 from services.errors import InvalidSpecError, NotFoundError
 from services.jobs.records import JobRecord, JobState, MetricPoint
 from services.jobs.spec import DatasetSpec, JobSpec, LayerSpec
@@ -23,7 +25,6 @@ from services.jobs.store import JobStore
 from services.metrics import (
     MetricsConfig,
     MetricsExporter,
-    RpcMetricsInterceptor,
     ServiceMetrics,
     build_registry,
 )
@@ -169,45 +170,44 @@ def test_a_store_not_yet_created_counts_zero_jobs(tmp_path: Path) -> None:
 SERVICE = "test.Probe"
 
 
-def _ok(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def _ok(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return request
 
 
-def _not_found(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def _not_found(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise NotFoundError("unknown thing")
 
 
-def _bug(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def _bug(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise RuntimeError("a bug")
 
 
-def _abort(request: bytes, context: grpc.ServicerContext) -> bytes:
-    context.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
+async def _abort(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
 
 
-def _three(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-    yield from (b"1", b"2", b"3")
+async def _three(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    for answer in (b"1", b"2", b"3"):
+        yield answer
 
 
-def _fails_midway(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+async def _fails_midway(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
     yield b"1"
     raise InvalidSpecError("after_step", "must be >= 0")
 
 
-def _endless(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-    while context.is_active():
+async def _endless(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    while True:
         yield b"tick"
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
 
 
-def _sum(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-    return str(sum(len(r) for r in requests)).encode()
+async def _sum(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+    return str(sum([len(r) async for r in requests])).encode()
 
 
-@pytest.fixture
-def probe_server(metrics: ServiceMetrics) -> Iterator[grpc.Channel]:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
+async def _start_probe(metrics: ServiceMetrics) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(
         interceptors=[RpcMetricsInterceptor(metrics), ErrorMappingInterceptor()],
     )
     handlers = {
@@ -222,21 +222,34 @@ def probe_server(metrics: ServiceMetrics) -> Iterator[grpc.Channel]:
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    await server.start()
+    return server, port
+
+
+@pytest.fixture
+def probe_server(metrics: ServiceMetrics) -> Iterator[grpc.Channel]:
+    """The interceptors over an asyncio server of probe handlers, as the API serves."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server, port = asyncio.run_coroutine_threadsafe(_start_probe(metrics), loop).result()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield channel
     channel.close()
-    server.stop(0).wait()
+    asyncio.run_coroutine_threadsafe(server.stop(0), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
 
 
 def handled(metrics: ServiceMetrics, method: str, code: str) -> float:
     return value(metrics, "bptrain_rpc_handled_total", method=f"{SERVICE}/{method}", code=code) or 0
 
 
-def wait_for_handled(metrics: ServiceMetrics, method: str, code: str) -> float:
-    # A stream's status is recorded on the server after the client has seen its end.
+def wait_for_handled(metrics: ServiceMetrics, method: str, code: str, least: int = 1) -> float:
+    # A call's status is recorded as its handler unwinds, just after the client has it.
     deadline = time.monotonic() + 10
-    while handled(metrics, method, code) == 0 and time.monotonic() < deadline:
+    while handled(metrics, method, code) < least and time.monotonic() < deadline:
         time.sleep(0.01)
     return handled(metrics, method, code)
 
@@ -259,7 +272,7 @@ def test_unary_rpcs_are_counted_with_their_final_code(
             call(b"x", timeout=10)
         except grpc.RpcError as error:
             assert error.code().name == code
-    assert handled(metrics, method, code) == 2
+    assert wait_for_handled(metrics, method, code, least=2) == 2
     labels = {"method": f"{SERVICE}/{method}"}
     assert metrics.registry.get_sample_value("bptrain_rpc_duration_seconds_count", labels) == 2
 
@@ -298,7 +311,7 @@ def test_a_stream_the_client_cancels_is_counted_as_cancelled(
 def test_a_client_stream_is_counted(probe_server: grpc.Channel, metrics: ServiceMetrics) -> None:
     answer = probe_server.stream_unary(f"/{SERVICE}/Sum")(iter([b"ab", b"cde"]), timeout=10)
     assert answer == b"5"
-    assert handled(metrics, "Sum", "OK") == 1
+    assert wait_for_handled(metrics, "Sum", "OK") == 1
 
 
 def test_unknown_methods_add_no_series(probe_server: grpc.Channel, metrics: ServiceMetrics) -> None:

@@ -210,7 +210,7 @@ class MetricPoint(_message.Message):
     def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., learning_rate: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., gradient_norms: _Optional[_Iterable[float]] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., bytes_pushed: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers", "queue_position", "queue_reason", "submission_id")
+    __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers", "queue_position", "queue_reason", "submission_id", "owner")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,7 @@ class Job(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_REASON_FIELD_NUMBER: _ClassVar[int]
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -241,7 +242,8 @@ class Job(_message.Message):
     queue_position: int
     queue_reason: str
     submission_id: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerPlacement, _Mapping]]] = ..., queue_position: _Optional[int] = ..., queue_reason: _Optional[str] = ..., submission_id: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerPlacement, _Mapping]]] = ..., queue_position: _Optional[int] = ..., queue_reason: _Optional[str] = ..., submission_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class WorkerPlacement(_message.Message):
     __slots__ = ("index", "node_id", "hostname", "pid")
@@ -358,7 +360,7 @@ class DatasetHeader(_message.Message):
     def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("dataset_id", "name", "task", "rows", "features", "outputs", "size_bytes", "created_at")
+    __slots__ = ("dataset_id", "name", "task", "rows", "features", "outputs", "size_bytes", "created_at", "owner")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +369,7 @@ class Dataset(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     name: str
     task: str
@@ -375,7 +378,8 @@ class Dataset(_message.Message):
     outputs: int
     size_bytes: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, dataset_id: _Optional[str] = ..., name: _Optional[str] = ..., task: _Optional[str] = ..., rows: _Optional[int] = ..., features: _Optional[int] = ..., outputs: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, dataset_id: _Optional[str] = ..., name: _Optional[str] = ..., task: _Optional[str] = ..., rows: _Optional[int] = ..., features: _Optional[int] = ..., outputs: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()

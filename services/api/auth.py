@@ -1,30 +1,32 @@
 """Bearer-token authentication for every RPC, unary and streaming, except health probes.
 
-Clients send ``authorization: Bearer <token>`` metadata. Tokens are compared in
-constant time against every configured token, so timing does not reveal a prefix.
+Clients send ``authorization: Bearer <token>`` metadata. The token names the calling
+principal (services/tenancy.py); the handler reads it with `caller()`. Tokens are
+compared in constant time against every configured token, so timing reveals neither a
+prefix nor which token matched. Without tokens the server has one user, `LOCAL`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import grpc
 
-from services.api.handlers import replaced
+from services.api.handlers import enclosed
+from services.tenancy import LOCAL, MAX_TOKEN_CHARS, Principal
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no token
-MAX_TOKEN_CHARS = 256
 UNAUTHENTICATED_MESSAGE = "a valid bearer token is required (metadata 'authorization: Bearer …')"
 
+_caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("caller", default=LOCAL)
 
-def parse_tokens(text: str) -> frozenset[str]:
-    """Tokens from a comma- or newline-separated list (as in $BPTRAIN_TOKENS or a file)."""
-    tokens = frozenset(t.strip() for t in text.replace("\n", ",").split(",") if t.strip())
-    for token in tokens:
-        if not 16 <= len(token) <= MAX_TOKEN_CHARS:
-            raise ValueError(f"every token must be 16 to {MAX_TOKEN_CHARS} characters long")
-    return tokens
+
+def caller() -> Principal:
+    """The principal of the call being handled (LOCAL on a server without tokens)."""
+    return _caller.get()
 
 
 def _presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -34,33 +36,46 @@ def _presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return ""
 
 
-def _deny(kind: str, behavior: Callable) -> Callable:
-    def deny(request: object, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+@contextlib.asynccontextmanager
+async def _denied(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+    yield  # never reached: abort raises
 
-    return deny
+
+@contextlib.asynccontextmanager
+async def _as(principal: Principal) -> AsyncIterator[None]:
+    token = _caller.set(principal)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
-    """Lets a call through only with one of `tokens`; health stays open for probes."""
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Lets a call through only with one of the tokens, as the principal it names;
+    health stays open for probes."""
 
-    def __init__(self, tokens: frozenset[str]) -> None:
-        if not tokens:
+    def __init__(self, principals: Mapping[str, Principal]) -> None:
+        if not principals:
             raise ValueError("TokenAuthInterceptor needs at least one token")
-        self._tokens = tuple(token.encode() for token in tokens)
+        self._principals = tuple((token.encode(), p) for token, p in principals.items())
 
-    def is_allowed(self, presented: str) -> bool:
-        if len(presented) > MAX_TOKEN_CHARS:  # no configured token is this long
-            return False
+    def principal_of(self, presented: str) -> Principal | None:
+        """The principal `presented` names, None for no valid token."""
+        if not presented or len(presented) > MAX_TOKEN_CHARS:  # no configured token is this long
+            return None
         candidate = presented.encode()
-        # Compare with every token (no early exit), each compare in constant time.
-        matches = [hmac.compare_digest(candidate, token) for token in self._tokens]
-        return bool(presented) and any(matches)
+        found = None
+        for token, principal in self._principals:  # every compare, each in constant time
+            if hmac.compare_digest(candidate, token):
+                found = principal
+        return found
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
-        if self.is_allowed(_presented_token(handler_call_details.invocation_metadata)):
-            return handler
-        return replaced(handler, _deny)  # a handler of the same kind that answers UNAUTHENTICATED
+        principal = self.principal_of(_presented_token(handler_call_details.invocation_metadata))
+        if principal is None:
+            return enclosed(handler, _denied)  # a handler of the same kind: UNAUTHENTICATED
+        return enclosed(handler, lambda context: _as(principal))

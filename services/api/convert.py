@@ -234,6 +234,7 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         queue_position=record.queue_position,
         queue_reason=record.queue_reason,
         submission_id=record.submission_id,
+        owner=record.owner,
     )
     message.created_at.FromNanoseconds(int(record.created_at * 1e9))
     if record.started_at is not None:
@@ -265,6 +266,7 @@ def dataset_to_proto(info: DatasetInfo) -> pb.Dataset:
         features=info.features,
         outputs=info.outputs,
         size_bytes=info.size_bytes,
+        owner=info.owner,
     )
     message.created_at.FromNanoseconds(int(info.created_at * 1e9))
     return message

@@ -9,16 +9,16 @@ that is not protobuf, or a string or list over its bound, is INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
 from services.api.edge import Malformed, bounded_message, check_bounds, tolerant
-from services.api.handlers import replaced
+from services.api.handlers import enclosed
 from services.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -51,18 +51,6 @@ def status_for(error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-def _abort(error: Exception, context: grpc.ServicerContext, method: str) -> None:
-    code, message = status_for(error)
-    if code is grpc.StatusCode.INTERNAL:
-        log.error("%s failed", method, exc_info=error)
-    context.abort(code, message)
-
-
-def _already_aborted(context: grpc.ServicerContext) -> bool:
-    code = context.code()
-    return code is not None and code is not grpc.StatusCode.OK
-
-
 def _at_the_edge(request: Any) -> Any:
     """`request` once it passed the edge; raises InvalidSpecError otherwise."""
     if isinstance(request, Malformed):
@@ -72,49 +60,35 @@ def _at_the_edge(request: Any) -> Any:
     return request
 
 
-def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
-    for request in requests:
-        yield _at_the_edge(request)
+def _already_aborted(context: grpc.aio.ServicerContext) -> bool:
+    code = context.code()
+    return code is not None and code is not grpc.StatusCode.OK
 
 
-def _map_unary(behavior: Callable, method: str, edge: Callable) -> Callable:
-    @functools.wraps(behavior)
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behavior(edge(request), context)
-        except Exception as error:
-            if _already_aborted(context):
-                raise
-            _abort(error, context, method)
-
-    return wrapper
-
-
-def _map_stream(behavior: Callable, method: str, edge: Callable) -> Callable:
-    @functools.wraps(behavior)
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            yield from behavior(edge(request), context)
-        except Exception as error:
-            if _already_aborted(context):
-                raise
-            _abort(error, context, method)
-
-    return wrapper
+@contextlib.asynccontextmanager
+async def _mapped(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except Exception as error:  # (a client that left raises CancelledError: not mapped)
+        if isinstance(error, grpc.aio.AbortError) or _already_aborted(context):
+            raise
+        code, message = status_for(error)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("%s failed", method, exc_info=error)
+        await context.abort(code, message)
 
 
-class ErrorMappingInterceptor(grpc.ServerInterceptor):
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions from every handler of every service to status codes."""
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-
-        def wrap(kind: str, behavior: Callable) -> Callable:
-            edge = _checked_stream if kind.startswith("stream_") else _at_the_edge
-            mapped = _map_stream if kind.endswith("_stream") else _map_unary
-            return mapped(behavior, method, edge)
-
-        return replaced(handler, wrap, tolerant(handler.request_deserializer))
+        return enclosed(
+            handler,
+            lambda context: _mapped(context, method),
+            check=_at_the_edge,
+            request_deserializer=tolerant(handler.request_deserializer),
+        )

@@ -1,9 +1,12 @@
-"""The gRPC server: TrainingService, health and reflection, behind the error interceptor."""
+"""The gRPC server (asyncio): TrainingService, health and reflection, behind the interceptors."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -13,14 +16,15 @@ from grpc_reflection.v1alpha import reflection
 from bptrain.v1 import training_pb2, training_pb2_grpc
 from services.api.auth import TokenAuthInterceptor
 from services.api.errors import ErrorMappingInterceptor
+from services.api.followers import Followers
+from services.api.rpc_metrics import RpcMetricsInterceptor
 from services.api.servicer import TrainingServicer
 from services.api.streams import StreamLimitInterceptor
 from services.jobs.manager import JobManager
-from services.metrics import RpcMetricsInterceptor
+from services.tenancy import Principal
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-UNARY_THREADS = 8  # kept from streams by default: unary RPCs and health checks
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,59 +55,86 @@ class TlsConfig:
 class ServerConfig:
     """Where and how the API listens. Port 0 picks a free port (create_server returns it).
 
-    With `tokens`, every RPC but health needs ``authorization: Bearer <token>``.
-    At most `max_streams` streaming RPCs run at once (the next is RESOURCE_EXHAUSTED), so
-    `threads` − `max_streams` threads are always left for unary RPCs and health checks;
-    None: all threads but 8 (and at least 1).
+    The server is asyncio: a stream (a follower of a job, above all) is a suspended
+    coroutine, not a thread. `threads` run the blocking domain calls (SQLite, Ray,
+    files, spec validation). At most `max_streams` streaming RPCs are open at once (the
+    next is RESOURCE_EXHAUSTED at once) and at most `max_concurrent_rpcs` RPCs of any
+    kind; the difference (2048 by default) is what unary RPCs and health checks always
+    have beside the streams.
+    With `principals`, every RPC but health needs ``authorization: Bearer <token>``, and
+    the token's principal owns what the call makes (services/tenancy.py).
     """
 
     host: str = "127.0.0.1"
     port: int = 50051
-    threads: int = 32
-    max_concurrent_rpcs: int = 256
-    max_streams: int | None = None
-    tokens: frozenset[str] = frozenset()
+    threads: int = 16
+    max_concurrent_rpcs: int = 4096
+    max_streams: int = 2048
+    principals: Mapping[str, Principal] = field(default_factory=dict)  # token -> principal
     tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.threads < 2:
-            raise ValueError(f"threads must be >= 2, got {self.threads}")
-        if self.max_concurrent_rpcs < 1:
-            raise ValueError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
-        if self.max_streams is not None and not 1 <= self.max_streams < self.threads:
+        if not 1 <= self.threads <= 1024:
+            raise ValueError(f"threads must be in [1, 1024], got {self.threads}")
+        if self.max_concurrent_rpcs < 2:
+            raise ValueError(f"max_concurrent_rpcs must be >= 2, got {self.max_concurrent_rpcs}")
+        if not 1 <= self.max_streams <= self.max_concurrent_rpcs:
             raise ValueError(
-                f"max_streams must be in [1, threads - 1 = {self.threads - 1}], "
+                f"max_streams must be in [1, max_concurrent_rpcs = {self.max_concurrent_rpcs}], "
                 f"got {self.max_streams}"
             )
-
-    @property
-    def stream_limit(self) -> int:
-        if self.max_streams is not None:
-            return self.max_streams
-        return max(1, self.threads - UNARY_THREADS)
 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    """A started server on its own event loop thread; `stop` from any other thread."""
+
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
+    followers: Followers
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
 
     def stop(self, grace_s: float = 5.0) -> None:
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace_s).wait()
+        """Health turns NOT_SERVING, then calls in flight get `grace_s` to finish."""
+        if not self.thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._stop(grace_s), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+    async def _stop(self, grace_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
 
 
 def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
-    """Build and start the server; returns it with the port it bound."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
+    """Build and start the server on a new event loop thread; returns it with its port."""
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(
+        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="api")
+    )
+    thread = threading.Thread(target=loop.run_forever, name="grpc-aio", daemon=True)
+    thread.start()
+    try:
+        return asyncio.run_coroutine_threadsafe(_start(config, manager), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        raise
+
+
+async def _start(config: ServerConfig, manager: JobManager) -> RunningServer:
+    server = grpc.aio.server(
         interceptors=[
             RpcMetricsInterceptor(manager.metrics),  # outermost: sees every final status code
-            *([TokenAuthInterceptor(config.tokens)] if config.tokens else []),
-            StreamLimitInterceptor(config.stream_limit),
+            *([TokenAuthInterceptor(config.principals)] if config.principals else []),
+            StreamLimitInterceptor(config.max_streams),
             ErrorMappingInterceptor(),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -112,8 +143,14 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(manager), server)
-    health_servicer = health.HealthServicer()
+    loop = asyncio.get_running_loop()
+    followers = Followers(manager.store)
+    followers.bind(loop)
+    manager.add_listener(followers.changed)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(
+        TrainingServicer(manager, followers), server
+    )
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -128,7 +165,14 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
         port = 0
     if port == 0:
         raise OSError(f"could not listen on {address} (is the port in use?)")
-    server.start()
+    await server.start()
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(
+        server=server,
+        port=port,
+        health=health_servicer,
+        followers=followers,
+        loop=loop,
+        thread=threading.current_thread(),
+    )

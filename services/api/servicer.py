@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+from collections.abc import AsyncIterator
 
 import grpc
 
 from bptrain.v1 import training_pb2 as pb
 from bptrain.v1 import training_pb2_grpc
 from services.api import convert
+from services.api.auth import caller
+from services.api.followers import Followers
 from services.errors import InvalidSpecError
 from services.jobs.gradients import check_gradients
 from services.jobs.manager import JobManager
-from services.jobs.records import JobRecord
 from services.jobs.weights import read_chunks
+from services.tenancy import Principal
+
+Context = grpc.aio.ServicerContext
 
 _WEIGHTS_FORMATS = {
     pb.WEIGHTS_FORMAT_UNSPECIFIED: "npz",
@@ -30,23 +37,34 @@ def _job_id(job_id: str) -> str:
 
 
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
-    def __init__(self, manager: JobManager) -> None:
-        self.manager = manager
+    """Every handler is a coroutine on the server's event loop; a domain call that blocks
+    (SQLite, Ray, files, validation) runs in a worker thread (`asyncio.to_thread`), and
+    a stream waits without one."""
 
-    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        spec = convert.spec_from_proto(request.spec, self.manager.datasets.get)
+    def __init__(self, manager: JobManager, followers: Followers) -> None:
+        self.manager = manager
+        self.followers = followers
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.Job:
+        return await asyncio.to_thread(self._submit, request, caller())
+
+    def _submit(self, request: pb.SubmitJobRequest, principal: Principal) -> pb.Job:
+        spec = convert.spec_from_proto(request.spec, self.manager.dataset_lookup(principal))
         if request.validate_only:
             return pb.Job(name=spec.name, spec=convert.spec_to_proto(spec))
-        record = self.manager.submit(spec, submission_id=request.submission_id)
+        record = self.manager.submit(spec, principal=principal, submission_id=request.submission_id)
         return convert.job_to_proto(record)
 
-    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return convert.job_to_proto(self.manager.get(_job_id(request.job_id)))
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        record = await asyncio.to_thread(
+            self.manager.get, _job_id(request.job_id), principal=caller()
+        )
+        return convert.job_to_proto(record)
 
-    def ListJobs(
-        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
-    ) -> pb.ListJobsResponse:
-        records, next_token = self.manager.list(
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        records, next_token = await asyncio.to_thread(
+            self.manager.list,
+            principal=caller(),
             state=convert.state_from_proto(request.state),
             page_size=request.page_size,
             page_token=request.page_token,
@@ -55,77 +73,100 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             jobs=[convert.job_to_proto(r) for r in records], next_page_token=next_token
         )
 
-    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return convert.job_to_proto(self.manager.cancel(_job_id(request.job_id)))
-
-    def StreamMetrics(self, request: pb.StreamMetricsRequest, context: grpc.ServicerContext):
-        events = self.manager.follow(
-            _job_id(request.job_id), request.after_step, is_active=context.is_active
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
+        record = await asyncio.to_thread(
+            self.manager.cancel, _job_id(request.job_id), principal=caller()
         )
-        for event in events:
-            if isinstance(event, JobRecord):
-                yield pb.StreamMetricsResponse(final=convert.job_to_proto(event))
-            else:
-                yield pb.StreamMetricsResponse(point=convert.point_to_proto(event))
+        return convert.job_to_proto(record)
 
-    def GetWeights(self, request: pb.GetWeightsRequest, context: grpc.ServicerContext):
+    async def StreamMetrics(
+        self, request: pb.StreamMetricsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamMetricsResponse]:
+        events = self.followers.follow(
+            _job_id(request.job_id),
+            request.after_step,
+            check_access=functools.partial(self.manager.get, principal=caller()),
+        )
+        async for event in events:
+            yield event
+
+    async def GetWeights(
+        self, request: pb.GetWeightsRequest, context: Context
+    ) -> AsyncIterator[pb.WeightsChunk]:
         fmt = _WEIGHTS_FORMATS.get(request.format)
         if fmt is None:
             raise InvalidSpecError(
                 "format", f"must be NPZ, SAFETENSORS or ONNX, got {request.format}"
             )
-        path = self.manager.weights_file(_job_id(request.job_id), fmt, latest=request.latest)
+        path = await asyncio.to_thread(
+            self.manager.weights_file,
+            _job_id(request.job_id),
+            fmt,
+            principal=caller(),
+            latest=request.latest,
+        )
         digest = hashlib.sha256()
         total = 0
-        for chunk in read_chunks(path):
-            digest.update(chunk)
-            total += len(chunk)
-            yield pb.WeightsChunk(data=chunk)
+        chunks = read_chunks(path)
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                digest.update(chunk)
+                total += len(chunk)
+                yield pb.WeightsChunk(data=chunk)
+        finally:
+            chunks.close()
         trailer = pb.WeightsTrailer(
             sha256=digest.hexdigest(), total_bytes=total, format=request.format or pb.NPZ
         )
         yield pb.WeightsChunk(trailer=trailer)
 
-    def UploadDataset(self, request_iterator, context: grpc.ServicerContext) -> pb.Dataset:
-        first = next(request_iterator, None)
+    async def UploadDataset(
+        self, request_iterator: AsyncIterator[pb.UploadDatasetRequest], context: Context
+    ) -> pb.Dataset:
+        first = await anext(request_iterator, None)
         if first is None or not first.HasField("header"):
             raise InvalidSpecError("header", "must be the first message of an upload")
         if first.header.format not in (pb.DATASET_FORMAT_UNSPECIFIED, pb.DATASET_NPZ):
             raise InvalidSpecError(
                 "header.format", f"must be DATASET_NPZ, got {first.header.format}"
             )
-        upload = self.manager.datasets.begin(first.header.name)
+        upload = await asyncio.to_thread(
+            self.manager.datasets.begin, first.header.name, principal=caller()
+        )
         try:
-            for message in request_iterator:
+            async for message in request_iterator:
                 if message.HasField("chunk"):
-                    upload.write(message.chunk)
+                    await asyncio.to_thread(upload.write, message.chunk)
                 elif message.HasField("sha256"):
-                    return convert.dataset_to_proto(upload.finish(message.sha256))
+                    info = await asyncio.to_thread(upload.finish, message.sha256)
+                    return convert.dataset_to_proto(info)
                 else:
                     raise InvalidSpecError("header", "may only be sent once, first")
             raise InvalidSpecError(
                 "sha256", "never arrived: the upload ended early (truncated stream)"
             )
         finally:
-            upload.discard()
+            await asyncio.to_thread(upload.discard)
 
-    def ListDatasets(
-        self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: Context
     ) -> pb.ListDatasetsResponse:
-        infos = self.manager.datasets.list()
+        infos = await asyncio.to_thread(self.manager.datasets.list, principal=caller())
         return pb.ListDatasetsResponse(datasets=[convert.dataset_to_proto(i) for i in infos])
 
-    def DeleteDataset(
-        self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext
-    ) -> pb.Dataset:
+    async def DeleteDataset(self, request: pb.DeleteDatasetRequest, context: Context) -> pb.Dataset:
         if not request.dataset_id:
             raise InvalidSpecError("dataset_id", "is required")
-        return convert.dataset_to_proto(self.manager.delete_dataset(request.dataset_id))
+        info = await asyncio.to_thread(
+            self.manager.delete_dataset, request.dataset_id, principal=caller()
+        )
+        return convert.dataset_to_proto(info)
 
-    def CheckGradients(
-        self, request: pb.JobSpec, context: grpc.ServicerContext
-    ) -> pb.GradientCheckReport:
-        spec = convert.spec_from_proto(request, self.manager.datasets.get)
+    async def CheckGradients(self, request: pb.JobSpec, context: Context) -> pb.GradientCheckReport:
+        return await asyncio.to_thread(self._check_gradients, request, caller())
+
+    def _check_gradients(self, request: pb.JobSpec, principal: Principal) -> pb.GradientCheckReport:
+        spec = convert.spec_from_proto(request, self.manager.dataset_lookup(principal))
         report = check_gradients(spec)
         return pb.GradientCheckReport(
             layer_errors=report.layer_errors,

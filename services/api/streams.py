@@ -1,61 +1,45 @@
-"""A bound on open streams, so that streams never take every server thread.
+"""A bound on open streams: beyond it a new stream is refused at once.
 
-A streaming RPC (StreamMetrics, GetWeights, UploadDataset, health Watch, reflection)
-holds one of the server's threads for its whole life. `StreamLimitInterceptor` lets at
-most `limit` of them run at once and refuses the next one at once with
-RESOURCE_EXHAUSTED, so the remaining threads always serve unary RPCs and health checks
-(a refused stream never waits in the queue behind the others).
+Streams cost no thread (the server is asyncio: a follower waiting for the next point is
+a suspended coroutine), but each holds memory and a share of every broadcast, so
+`StreamLimitInterceptor` lets at most `limit` streaming RPCs (StreamMetrics, GetWeights,
+UploadDataset, health Watch, reflection) run at once and refuses the next one at once
+with RESOURCE_EXHAUSTED; it never waits in a queue. Unary RPCs are not counted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 
-from services.api.handlers import kind_of, replaced
+from services.api.handlers import enclosed, kind_of
 
 
-class StreamLimitInterceptor(grpc.ServerInterceptor):
+class StreamLimitInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError(f"the stream limit must be >= 1, got {limit}")
         self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+        self.open = 0  # changed on the server's event loop only
 
-    @contextlib.contextmanager
-    def _slot(self, context: grpc.ServicerContext) -> Iterator[None]:
-        """One of the stream slots for the body of a call; RESOURCE_EXHAUSTED when none is free."""
-        if not self._slots.acquire(blocking=False):
-            context.abort(
+    @contextlib.asynccontextmanager
+    async def _slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """One of the stream slots for the whole call; RESOURCE_EXHAUSTED when none is free."""
+        if self.open >= self.limit:
+            await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server has {self.limit} streams open, its limit; try again later",
             )
+        self.open += 1
         try:
             yield
         finally:
-            self._slots.release()
+            self.open -= 1
 
-    def _limited(self, kind: str, behavior: Callable) -> Callable:
-        if kind == "stream_unary":
-
-            def answer(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                with self._slot(context):
-                    return behavior(requests, context)
-
-            return answer
-
-        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            with self._slot(context):
-                yield from behavior(request, context)
-
-        return stream
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or kind_of(handler) == "unary_unary":
             return handler
-        return replaced(handler, self._limited)
+        return enclosed(handler, self._slot)

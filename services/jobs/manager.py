@@ -1,4 +1,4 @@
-"""JobManager: the jobs service the API calls: submit, look up, list, cancel, follow, weights.
+"""JobManager: the jobs service the API calls: submit, look up, list, cancel, weights, datasets.
 
 Every call a client reaches names the calling principal (services/tenancy.py): a user
 sees and controls only its own jobs and datasets, and another's id answers exactly as
@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from services.errors import (
 from services.jobs.checkpoints import CheckpointStore
 from services.jobs.export import exported
 from services.jobs.monitor import RunnerMonitor
-from services.jobs.records import JobRecord, JobState, MetricPoint
+from services.jobs.records import JobRecord, JobState
 from services.jobs.runner_pool import RunnerPool
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore, unknown_job
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
-FOLLOW_WAIT_S = 1.0
 
 
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -118,8 +117,7 @@ class JobManager:
         self._waiting: list[str] = []  # QUEUED job ids not yet started, oldest first
         self._owners: dict[str, str] = {}  # job id -> owner, of waiting and started jobs
         self._lock = threading.Lock()
-        self._changed = threading.Condition()
-        self._version = 0
+        self._listeners: list[Callable[[], None]] = []
         self.ray_address = ray_address
         self._is_ray_ready = ray_address is None
         self._owners = self.store.owners_in_states((JobState.QUEUED,))
@@ -334,36 +332,11 @@ class JobManager:
         if not self._is_ray_ready:
             raise UnavailableError(f"Ray at {self.ray_address} does not answer; try again later")
 
-    def follow(
-        self,
-        job_id: str,
-        after_step: int,
-        is_active: Callable[[], bool],
-        *,
-        principal: Principal,
-    ) -> Iterator[MetricPoint | JobRecord]:
-        """Stored points with step > after_step, then live ones; ends with the finished job.
-
-        Stops early (without the final record) when `is_active()` turns false.
-        """
-        if after_step < 0:
-            raise InvalidSpecError("after_step", f"must be >= 0, got {after_step}")
-        self._visible_job(job_id, principal)  # NotFoundError before the first message
-        cursor = after_step
-        while is_active():
-            with self._changed:
-                seen = self._version
-            record = self.store.get(job_id)  # state first: its points are stored before it ends
-            points = self.store.metrics_after(job_id, cursor)
-            for point in points:
-                yield point
-                cursor = point.step
-            if points:
-                continue
-            if record.is_finished:
-                yield record
-                return
-            self._wait_for_change(seen)
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` is called after every change of the store that a follower may
+        want (points stored, a state changed), from whichever thread made it; it must
+        return at once (the API's followers hand it to their event loop)."""
+        self._listeners.append(listener)
 
     def weights_file(
         self, job_id: str, fmt: str = "npz", *, principal: Principal, latest: bool = False
@@ -444,11 +417,6 @@ class JobManager:
         self.store.close()
         self.datasets.close()
 
-    def _wait_for_change(self, seen: int) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: self._version != seen, timeout=FOLLOW_WAIT_S)
-
     def _notify(self) -> None:
-        with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+        for listener in self._listeners:
+            listener()

@@ -6,14 +6,12 @@ metric point the runners report; no Ray actor runs an HTTP server of its own.
 
 from services.metrics.exporter import DEFAULT_METRICS_PORT, MetricsConfig, MetricsExporter
 from services.metrics.registry import build_registry
-from services.metrics.rpc import RpcMetricsInterceptor
 from services.metrics.service import ServiceMetrics
 
 __all__ = [
     "DEFAULT_METRICS_PORT",
     "MetricsConfig",
     "MetricsExporter",
-    "RpcMetricsInterceptor",
     "ServiceMetrics",
     "build_registry",
 ]

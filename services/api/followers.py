@@ -1,0 +1,202 @@
+"""StreamMetrics' fan-out: every follower of a job reads one shared, in-memory tail.
+
+A follower costs no thread and no query of its own once it has caught up: per followed
+job, one `_Tail` holds the newest stored points (converted to responses once), and one
+refresh (a store read in a worker thread) per change of the store extends it and wakes
+every follower waiting on it. A follower behind the tail (a resume from an old
+`after_step`, or one slower than the tail is long) reads the store directly, page by
+page, until it reaches the tail.
+
+Invariant of a tail: every stored point with covered_after < step <= last_step is in
+`steps`/`responses`, in step order; `final` is set once the job has ended and no point
+after last_step is stored. Everything here runs on the server's event loop; `changed`
+is the one entry that other threads may call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from bptrain.v1 import training_pb2 as pb
+from services.api import convert
+from services.errors import InvalidSpecError
+from services.jobs.records import JobRecord, MetricPoint
+from services.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+TAIL_POINTS = 4096  # newest points kept per followed job
+PAGE_POINTS = 1000  # points one store read returns at most
+
+
+@dataclass(eq=False)
+class _Tail:
+    covered_after: int = 0
+    last_step: int = 0
+    steps: list[int] = field(default_factory=list)
+    responses: list[pb.StreamMetricsResponse] = field(default_factory=list)
+    final: pb.StreamMetricsResponse | None = None
+    followers: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
+    is_refreshing: bool = False
+    is_dirty: bool = False
+    refresher: asyncio.Task | None = None
+
+    def extend(self, points: list[MetricPoint], limit: int) -> None:
+        for point in points:
+            self.steps.append(point.step)
+            self.responses.append(pb.StreamMetricsResponse(point=convert.point_to_proto(point)))
+        if points:
+            self.last_step = points[-1].step
+        if len(self.steps) > limit:  # the oldest leave; followers behind them read the store
+            cut = len(self.steps) - limit
+            self.covered_after = self.steps[cut - 1]
+            del self.steps[:cut], self.responses[:cut]
+
+    def wake(self) -> None:
+        self.moved.set()
+        self.moved = asyncio.Event()
+
+
+class Followers:
+    """The followers of every job, served from one tail per followed job."""
+
+    def __init__(self, store: JobStore, *, tail_points: int = TAIL_POINTS) -> None:
+        self.store = store
+        self.tail_points = tail_points
+        self._tails: dict[str, _Tail] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the followers run on (the server's)."""
+        self._loop = loop
+
+    def changed(self) -> None:
+        """The store changed (points, a state): refresh every tail. Any thread may call."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._refresh_all)
+
+    @property
+    def followed_jobs(self) -> int:
+        return len(self._tails)
+
+    async def follow(
+        self, job_id: str, after_step: int, check_access: Callable[[str], object]
+    ) -> AsyncIterator[pb.StreamMetricsResponse]:
+        """Points with step > after_step, stored then live; then the finished job.
+
+        `check_access(job_id)` raises (NotFoundError) before the first message when the
+        caller may not see the job; it runs in a worker thread."""
+        if after_step < 0:
+            raise InvalidSpecError("after_step", f"must be >= 0, got {after_step}")
+        await asyncio.to_thread(check_access, job_id)
+        tail = await self._acquire(job_id)
+        try:
+            cursor = after_step
+            while True:
+                moved = tail.moved
+                if cursor < tail.covered_after:  # behind the tail: page through the store
+                    points = await asyncio.to_thread(
+                        self.store.metrics_after, job_id, cursor, PAGE_POINTS
+                    )
+                    for point in points:
+                        yield pb.StreamMetricsResponse(point=convert.point_to_proto(point))
+                    cursor = points[-1].step if points else tail.covered_after
+                    continue
+                start = bisect.bisect_right(tail.steps, cursor)
+                if start < len(tail.steps):
+                    last = tail.steps[-1]
+                    for response in tail.responses[start:]:
+                        yield response
+                    cursor = last
+                    continue
+                if tail.final is not None:
+                    yield tail.final
+                    return
+                await moved.wait()
+        finally:
+            self._release(job_id, tail)
+
+    async def _acquire(self, job_id: str) -> _Tail:
+        tail = self._tails.get(job_id)
+        if tail is None:
+            tail = self._tails[job_id] = _Tail()
+            tail.followers += 1
+            try:
+                record = await asyncio.to_thread(self.store.get, job_id)
+            except BaseException:
+                self._release(job_id, tail)
+                raise
+            tail.covered_after = tail.last_step = record.step
+            if record.is_finished:
+                tail.final = _final(record)
+            tail.ready.set()
+            self._refresh(job_id, tail)  # a change while it was read must not be missed
+            return tail
+        tail.followers += 1
+        try:
+            await tail.ready.wait()
+        except BaseException:
+            self._release(job_id, tail)
+            raise
+        return tail
+
+    def _release(self, job_id: str, tail: _Tail) -> None:
+        tail.followers -= 1
+        if tail.followers == 0 and self._tails.get(job_id) is tail:
+            del self._tails[job_id]
+
+    def _refresh_all(self) -> None:
+        for job_id, tail in list(self._tails.items()):
+            if tail.ready.is_set():
+                self._refresh(job_id, tail)
+
+    def _refresh(self, job_id: str, tail: _Tail) -> None:
+        if tail.final is not None:
+            return
+        if tail.is_refreshing:
+            tail.is_dirty = True  # read again when the running read ends
+            return
+        tail.is_refreshing = True
+        # The loop keeps only a weak reference to a task: the tail holds it while it runs.
+        tail.refresher = asyncio.get_running_loop().create_task(self._read_into(job_id, tail))
+
+    async def _read_into(self, job_id: str, tail: _Tail) -> None:
+        try:
+            while True:
+                tail.is_dirty = False
+                record, points, is_complete = await asyncio.to_thread(
+                    self._read, job_id, tail.last_step
+                )
+                tail.extend(points, self.tail_points)
+                if is_complete and record.is_finished:
+                    tail.final = _final(record)
+                tail.wake()
+                if tail.final is not None or (is_complete and not tail.is_dirty):
+                    return
+        except Exception:  # (the store closing under a shutdown): the next change reads again
+            log.exception("reading job %s for its followers failed", job_id)
+        finally:
+            tail.is_refreshing = False
+
+    def _read(self, job_id: str, after: int) -> tuple[JobRecord, list[MetricPoint], bool]:
+        """The job, then its points after `after` (complete: no more stored after them)."""
+        record = self.store.get(job_id)  # state first: a job's points are stored before it ends
+        points: list[MetricPoint] = []
+        while len(points) < self.tail_points:
+            page = self.store.metrics_after(job_id, after, PAGE_POINTS)
+            points += page
+            if len(page) < PAGE_POINTS:
+                return record, points, True
+            after = page[-1].step
+        return record, points, False
+
+
+def _final(record: JobRecord) -> pb.StreamMetricsResponse:
+    return pb.StreamMetricsResponse(final=convert.job_to_proto(record))

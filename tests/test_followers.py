@@ -1,0 +1,159 @@
+"""services.api.followers without Ray or gRPC: followers of a job over a real SQLite store,
+written to as the monitor writes (points, then `changed()`), on a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bptrain.v1 import training_pb2 as pb
+from services.api.followers import Followers
+from services.errors import InvalidSpecError, NotFoundError
+from services.jobs.records import JobState
+from services.jobs.store import JobStore
+from tests.test_store import make_point, make_record
+
+TIMEOUT_S = 10
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    store = JobStore(tmp_path / "jobs.db")
+    store.create(make_record("job-1", state=JobState.RUNNING))
+    yield store
+    store.close()
+
+
+def write(store: JobStore, followers: Followers, steps: range) -> None:
+    store.add_metrics("job-1", [make_point(step) for step in steps])
+    followers.changed()
+
+
+def finish(store: JobStore, followers: Followers) -> None:
+    store.update("job-1", state=JobState.SUCCEEDED)
+    followers.changed()
+
+
+def allowed(job_id: str) -> None:
+    pass
+
+
+async def collect(
+    followers: Followers, after_step: int = 0, job_id: str = "job-1", check=allowed
+) -> tuple[list[int], pb.Job | None]:
+    steps, final = [], None
+    async for answer in followers.follow(job_id, after_step, check_access=check):
+        if answer.HasField("final"):
+            final = answer.final
+        else:
+            steps.append(answer.point.step)
+    return steps, final
+
+
+async def started(followers: Followers, count: int, **kwargs) -> list[asyncio.Task]:
+    followers.bind(asyncio.get_running_loop())
+    tasks = [asyncio.create_task(collect(followers, **kwargs)) for _ in range(count)]
+    while followers.followed_jobs == 0:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # every follower has read the store and reached its wait
+    return tasks
+
+
+def test_many_followers_get_every_step_once_then_the_final_job(store: JobStore) -> None:
+    async def scenario() -> list[tuple[list[int], pb.Job | None]]:
+        followers = Followers(store)
+        write(store, followers, range(1, 4))  # stored before anyone follows
+        tasks = await started(followers, 50)
+        for first in range(4, 100, 7):  # live batches, as the monitor writes them
+            write(store, followers, range(first, min(first + 7, 100)))
+            await asyncio.sleep(0.01)
+        finish(store, followers)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT_S)
+        assert followers.followed_jobs == 0  # the tail goes with its last follower
+        return results
+
+    for steps, final in asyncio.run(scenario()):
+        assert steps == list(range(1, 100))
+        assert final is not None and final.state == pb.SUCCEEDED
+
+
+def test_a_follower_resumes_after_its_step_and_one_behind_the_tail_reads_the_store(
+    store: JobStore,
+) -> None:
+    async def scenario() -> tuple:
+        followers = Followers(store, tail_points=10)  # most points are behind the tail
+        write(store, followers, range(1, 51))
+        tasks = await started(followers, 1)
+        write(store, followers, range(51, 81))  # the tail keeps only the newest 10
+        late = asyncio.create_task(collect(followers, after_step=5))
+        resumed = asyncio.create_task(collect(followers, after_step=77))
+        await asyncio.sleep(0.1)
+        finish(store, followers)
+        return await asyncio.wait_for(asyncio.gather(tasks[0], late, resumed), TIMEOUT_S)
+
+    (live, final), (late, _), (resumed, _) = asyncio.run(scenario())
+    assert live == list(range(1, 81)) and final is not None
+    assert late == list(range(6, 81))
+    assert resumed == [78, 79, 80]
+
+
+def test_a_finished_job_replays_its_points_and_ends(store: JobStore) -> None:
+    async def scenario() -> tuple:
+        followers = Followers(store)
+        followers.bind(asyncio.get_running_loop())
+        write(store, followers, range(1, 21))
+        finish(store, followers)
+        return await asyncio.wait_for(collect(followers, after_step=15), TIMEOUT_S)
+
+    steps, final = asyncio.run(scenario())
+    assert steps == [16, 17, 18, 19, 20]
+    assert final is not None and final.step == 20
+
+
+def test_a_rewritten_step_is_not_sent_twice(store: JobStore) -> None:
+    async def scenario() -> tuple:
+        followers = Followers(store)
+        tasks = await started(followers, 3)
+        write(store, followers, range(1, 11))
+        await asyncio.sleep(0.05)
+        write(store, followers, range(8, 16))  # a retried step range rewrites 8..10
+        await asyncio.sleep(0.05)
+        finish(store, followers)
+        return await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT_S)
+
+    for steps, _ in asyncio.run(scenario()):
+        assert steps == list(range(1, 16))
+
+
+def test_bad_after_step_and_hidden_jobs_fail_before_any_message(store: JobStore) -> None:
+    def hidden(job_id: str) -> None:
+        raise NotFoundError(f"unknown job {job_id!r}")
+
+    async def scenario() -> None:
+        followers = Followers(store)
+        followers.bind(asyncio.get_running_loop())
+        with pytest.raises(InvalidSpecError, match="after_step"):
+            await collect(followers, after_step=-1)
+        with pytest.raises(NotFoundError):
+            await collect(followers, check=hidden)
+        with pytest.raises(NotFoundError):
+            await collect(followers, job_id="job-missing")
+        assert followers.followed_jobs == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_follower_that_leaves_releases_the_tail(store: JobStore) -> None:
+    async def scenario() -> None:
+        followers = Followers(store)
+        tasks = await started(followers, 2)
+        assert followers.followed_jobs == 1
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert followers.followed_jobs == 0
+
+    asyncio.run(scenario())
