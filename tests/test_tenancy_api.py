@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,11 @@ def test_another_principals_job_is_not_found_on_every_rpc_as_an_unknown_id(serve
         assert job.owner == "alice"
         for job_id in (job.job_id, UNKNOWN_JOB):
             answers = [
-                failure(lambda: bob.get(job_id)),
-                failure(lambda: bob.cancel(job_id)),
-                failure(lambda: next(bob.events(job_id, reconnect_for_s=0))),
-                failure(lambda: bob.weights(job_id)),
-                failure(lambda: bob.weights(job_id, latest=True)),
+                failure(partial(bob.get, job_id)),
+                failure(partial(bob.cancel, job_id)),
+                failure(partial(next, bob.events(job_id, reconnect_for_s=0))),
+                failure(partial(bob.weights, job_id)),
+                failure(partial(bob.weights, job_id, latest=True)),
             ]
             for code, message in answers:
                 assert code == "NOT_FOUND"
@@ -88,7 +89,7 @@ def test_an_admin_sees_lists_follows_and_cancels_everyones_jobs(served) -> None:
         assert root.cancel(job.job_id).state == pb.CANCELLED
         events = list(root.events(job.job_id))
         assert [e.final.state for e in events] == [pb.CANCELLED]
-        code, message = failure(lambda: root.weights(job.job_id))
+        code, _ = failure(lambda: root.weights(job.job_id))
         assert code == "FAILED_PRECONDITION"  # found: it has no weights
         mine = root.submit(digits_spec()).job
         code, _ = failure(lambda: alice.get(mine.job_id))
