@@ -82,3 +82,8 @@ bench-distributed-quick: $(STAMP)
 
 bench-latency: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/latency.py
+
+# bench-load: 1000 StreamMetrics followers of a running job + 50 clients on a real server.
+.PHONY: bench-load
+bench-load: $(STAMP)
+	$(PY) bench/load.py

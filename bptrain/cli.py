@@ -123,6 +123,13 @@ def main(log_level: str) -> None:
     "--quota-dataset-bytes", default=None, type=int, help="Per principal: its uploaded bytes."
 )
 @click.option(
+    "--threads",
+    default=16,
+    show_default=True,
+    type=int,
+    help="Threads for the API's blocking work (SQLite, Ray, files); streams take none.",
+)
+@click.option(
     "--max-streams",
     default=2048,
     show_default=True,
@@ -161,6 +168,7 @@ def serve(
     quota_running_jobs: int | None,
     quota_queued_jobs: int | None,
     quota_dataset_bytes: int | None,
+    threads: int,
     max_streams: int,
     metrics_port: int,
     metrics_host: str | None,
@@ -189,7 +197,12 @@ def serve(
         tls = TlsConfig(cert=tls_cert, key=tls_key, client_ca=tls_client_ca) if tls_cert else None
         configs = (
             ServerConfig(
-                host=host, port=port, principals=principals, max_streams=max_streams, tls=tls
+                host=host,
+                port=port,
+                principals=principals,
+                threads=threads,
+                max_streams=max_streams,
+                tls=tls,
             ),
             JobsConfig(
                 storage=storage,

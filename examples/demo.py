@@ -44,15 +44,18 @@ def forward(weights_path: Path, X: np.ndarray) -> np.ndarray:
     return a
 
 
-def start_server(storage: Path = STORAGE) -> tuple[subprocess.Popen, int]:
-    """`bptrain serve` on a free port over an empty `storage`; (process, port)."""
+def start_server(
+    storage: Path = STORAGE, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, int]:
+    """`bptrain serve` (with `extra` arguments) on a free port over an empty `storage`;
+    (process, port)."""
     shutil.rmtree(storage, ignore_errors=True)  # each demo starts from an empty store
     storage.mkdir(parents=True, exist_ok=True)
     port_file = storage / "port"
     log = open(storage / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
     command = [sys.executable, "-m", "bptrain.cli", "--log-level", "INFO", "serve"]
     command += ["--port", "0", "--metrics-port", "0", "--port-file", str(port_file)]
-    command += ["--storage", str(storage)]
+    command += ["--storage", str(storage), *extra]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not port_file.exists() or not port_file.read_text().strip():

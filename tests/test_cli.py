@@ -184,3 +184,29 @@ def test_serve_refuses_a_standby_runner_count_out_of_range(count: str) -> None:
     result = bptrain("serve", "--port", "0", "--standby-runners", count, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: standby_runners must be in [0, 8], got {count}"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-streams", "0", "max_streams must be in [1, max_concurrent_rpcs = 4096], got 0"),
+        ("--threads", "0", "threads must be in [1, 1024], got 0"),
+        ("--quota-queued-jobs", "0", "quota queued_jobs must be >= 1 or unset, got 0"),
+        ("--quota-dataset-bytes", "-5", "quota dataset_bytes must be >= 0 or unset, got -5"),
+    ],
+)
+def test_serve_refuses_bad_stream_thread_and_quota_settings_in_one_line(
+    option: str, value: str, message: str
+) -> None:
+    result = bptrain("serve", "--port", "0", option, value, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {message}"
+
+
+def test_serve_refuses_a_tokens_file_with_a_bad_entry_without_quoting_it(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:user:alice-token-000000001\nbob:root:bob-secret-0000000002\n")
+    result = bptrain("serve", "--port", "0", "--tokens-file", str(tokens), timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: tokens entry 2: must be NAME:ROLE:TOKEN")
+    assert "bob-secret" not in result.stderr

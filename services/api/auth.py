@@ -59,6 +59,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if not principals:
             raise ValueError("TokenAuthInterceptor needs at least one token")
         self._principals = tuple((token.encode(), p) for token, p in principals.items())
+        # (handler, principal or None for denied) -> its wrapper, made once
+        self._wrapped: dict[tuple, grpc.RpcMethodHandler] = {}
 
     def principal_of(self, presented: str) -> Principal | None:
         """The principal `presented` names, None for no valid token."""
@@ -76,6 +78,11 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
         principal = self.principal_of(_presented_token(handler_call_details.invocation_metadata))
-        if principal is None:
-            return enclosed(handler, _denied)  # a handler of the same kind: UNAUTHENTICATED
-        return enclosed(handler, lambda context: _as(principal))
+        wrapped = self._wrapped.get((handler, principal))
+        if wrapped is None:
+            if principal is None:  # a handler of the same kind that answers UNAUTHENTICATED
+                wrapped = enclosed(handler, _denied)
+            else:
+                wrapped = enclosed(handler, lambda context: _as(principal))
+            self._wrapped[(handler, principal)] = wrapped
+        return wrapped

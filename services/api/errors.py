@@ -81,14 +81,20 @@ async def _mapped(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions from every handler of every service to status codes."""
 
+    def __init__(self) -> None:
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        return enclosed(
-            handler,
-            lambda context: _mapped(context, method),
-            check=_at_the_edge,
-            request_deserializer=tolerant(handler.request_deserializer),
-        )
+        wrapped = self._wrapped.get(handler)  # one wrapper per method, made once
+        if wrapped is None:
+            method = handler_call_details.method
+            wrapped = self._wrapped[handler] = enclosed(
+                handler,
+                lambda context: _mapped(context, method),
+                check=_at_the_edge,
+                request_deserializer=tolerant(handler.request_deserializer),
+            )
+        return wrapped

@@ -35,13 +35,18 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.metrics = metrics
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: gRPC answers UNIMPLEMENTED; not a bounded label
-        method = handler_call_details.method.lstrip("/")
-        return enclosed(handler, lambda context: self._timed(context, method))
+        wrapped = self._wrapped.get(handler)  # one wrapper per method, made once
+        if wrapped is None:
+            method = handler_call_details.method.lstrip("/")
+            wrapped = enclosed(handler, lambda context: self._timed(context, method))
+            self._wrapped[handler] = wrapped
+        return wrapped
 
     @contextlib.asynccontextmanager
     async def _timed(self, context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:

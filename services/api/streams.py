@@ -23,6 +23,7 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):
             raise ValueError(f"the stream limit must be >= 1, got {limit}")
         self.limit = limit
         self.open = 0  # changed on the server's event loop only
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
     @contextlib.asynccontextmanager
     async def _slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -42,4 +43,7 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or kind_of(handler) == "unary_unary":
             return handler
-        return enclosed(handler, self._slot)
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            wrapped = self._wrapped[handler] = enclosed(handler, self._slot)
+        return wrapped
