@@ -33,7 +33,7 @@ test: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m pytest -q -s -m chaos tests/test_chaos.py
 
-# Code (ruff), the Dockerfile (hadolint), docker-compose.yml (the compose-spec JSON schema and
+# Code (ruff; import-linter's layer contracts, pyproject.toml), the Dockerfile (hadolint), docker-compose.yml (the compose-spec JSON schema and
 # dclint) and deploy/prometheus.yml (promtool, which .ci/run installs from Debian's prometheus).
 HADOLINT := $(VENV)/bin/hadolint
 DCLINT := deploy/lint/node_modules/.bin/dclint
@@ -41,6 +41,7 @@ DCLINT := deploy/lint/node_modules/.bin/dclint
 lint: $(STAMP) $(HADOLINT) $(DCLINT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(HADOLINT) Dockerfile
 	$(PY) deploy/lint/validate_compose.py docker-compose.yml
 	$(DCLINT) --config deploy/lint/.dclintrc.json --max-warnings 0 docker-compose.yml

@@ -80,149 +80,21 @@ def main(log_level: str) -> None:
     )
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=50051, show_default=True, type=int, help="0 picks a free port.")
-@click.option("--storage", default=".bptrain", show_default=True, type=click.Path(path_type=Path))
-@click.option(
-    "--ray-address", default=None, help="Ray cluster HOST:PORT; none starts an embedded Ray."
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
 )
-@click.option("--num-cpus", default=None, type=int, help="CPUs of the embedded Ray (default: all).")
-@click.option("--worker-cpus", default=1.0, show_default=True, type=float, help="CPUs per worker.")
-@click.option("--max-running-jobs", default=2, show_default=True, type=int, help="Jobs at once.")
-@click.option(
-    "--max-queued-jobs", default=100, show_default=True, type=int, help="Waiting jobs at most."
-)
-@click.option(
-    "--standby-runners",
-    default=1,
-    show_default=True,
-    type=int,
-    help="Job runners kept booted for the next job (0-8; 0: each job starts its own).",
-)
-@click.option(
-    "--max-dataset-bytes", default=1 << 30, show_default=True, type=int, help="Upload size limit."
-)
-@click.option(
-    "--port-file", default=None, type=click.Path(path_type=Path), help="Write the bound port here."
-)
-@click.option(
-    "--tokens-file",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Tokens, one NAME:ROLE:TOKEN per line, ROLE user or admin, or a bare TOKEN for the "
-    "admin 'admin' (else $BPTRAIN_TOKENS, comma-separated; none: no auth, one local user).",
-)
-@click.option(
-    "--quota-running-jobs", default=None, type=int, help="Per principal: its jobs running at once."
-)
-@click.option(
-    "--quota-queued-jobs", default=None, type=int, help="Per principal: its jobs waiting at most."
-)
-@click.option(
-    "--quota-dataset-bytes", default=None, type=int, help="Per principal: its uploaded bytes."
-)
-@click.option(
-    "--threads",
-    default=16,
-    show_default=True,
-    type=int,
-    help="Threads for the API's blocking work (SQLite, Ray, files); streams take none.",
-)
-@click.option(
-    "--max-streams",
-    default=2048,
-    show_default=True,
-    type=int,
-    help="Streams (followers, downloads, uploads) open at once; the next is refused.",
-)
-@click.option(
-    "--metrics-port",
-    default=9464,
-    show_default=True,
-    type=int,
-    help="Port of the Prometheus /metrics endpoint; 0 picks a free port.",
-)
-@click.option("--metrics-host", default=None, help="Interface of /metrics (default: --host).")
-@click.option("--tls-cert", default=None, type=click.Path(path_type=Path), help="PEM certificate.")
-@click.option("--tls-key", default=None, type=click.Path(path_type=Path), help="PEM private key.")
-@click.option(
-    "--tls-client-ca",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="CA that client certificates must be signed by (mutual TLS).",
-)
-def serve(
-    host: str,
-    port: int,
-    storage: Path,
-    ray_address: str | None,
-    num_cpus: int | None,
-    worker_cpus: float,
-    max_running_jobs: int,
-    max_queued_jobs: int,
-    standby_runners: int,
-    max_dataset_bytes: int,
-    port_file: Path | None,
-    tokens_file: Path | None,
-    quota_running_jobs: int | None,
-    quota_queued_jobs: int | None,
-    quota_dataset_bytes: int | None,
-    threads: int,
-    max_streams: int,
-    metrics_port: int,
-    metrics_host: str | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-) -> None:
-    """Run the API server (and an embedded Ray unless --ray-address is given)."""
-    from services.api.server import ServerConfig, TlsConfig
-    from services.cluster import RayConfig
-    from services.errors import UnavailableError
-    from services.jobs.manager import JobsConfig
-    from services.metrics import MetricsConfig
-    from services.serve import serve as run_server
-    from services.tenancy import Quotas, parse_principals
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def serve(context: click.Context, arguments: tuple[str, ...]) -> None:
+    """Run the API server: `bptrain-server ARGUMENTS` (`bptrain serve --help` lists them).
 
-    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    try:
-        principals = parse_principals(
-            tokens_file.read_text() if tokens_file else os.environ.get("BPTRAIN_TOKENS", "")
-        )
-        if (tls_cert is None) != (tls_key is None):
-            raise ValueError("--tls-cert and --tls-key go together")
-        if tls_client_ca is not None and tls_cert is None:
-            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-        tls = TlsConfig(cert=tls_cert, key=tls_key, client_ca=tls_client_ca) if tls_cert else None
-        configs = (
-            ServerConfig(
-                host=host,
-                port=port,
-                principals=principals,
-                threads=threads,
-                max_streams=max_streams,
-                tls=tls,
-            ),
-            JobsConfig(
-                storage=storage,
-                worker_cpus=worker_cpus,
-                max_running_jobs=max_running_jobs,
-                max_queued_jobs=max_queued_jobs,
-                standby_runners=standby_runners,
-                max_dataset_bytes=max_dataset_bytes,
-                quotas=Quotas(
-                    running_jobs=quota_running_jobs,
-                    queued_jobs=quota_queued_jobs,
-                    dataset_bytes=quota_dataset_bytes,
-                ),
-            ),
-            RayConfig(address=ray_address, num_cpus=num_cpus),
-        )
-        metrics_config = MetricsConfig(host=metrics_host or host, port=metrics_port)
-        run_server(*configs, port_file=port_file, metrics_config=metrics_config)
-    except (ValueError, OSError, UnavailableError) as error:
-        _fail(str(error))
+    The server is not part of the client: this execs `python -m services` in place of
+    this process (same pid), so the client imports no server code."""
+    level = context.parent.params["log_level"] if context.parent else "WARNING"
+    level = level if level.upper() not in ("WARNING", "ERROR", "CRITICAL") else "INFO"
+    command = [sys.executable, "-m", "services", "--log-level", level, *arguments]
+    os.execv(sys.executable, command)
 
 
 reconnect_option = click.option(

@@ -17,11 +17,12 @@ def quoted(value: str) -> str:
     return f"{value[:QUOTE_CHARS]!r}… ({len(value)} characters)"
 
 
-class BptrainError(Exception):
-    """Base of every error a client may be told about."""
+class ServiceError(Exception):
+    """Base of every error a client may be told about (the client side has its own,
+    `bptrain.BptrainError`, for the status it receives)."""
 
 
-class InvalidSpecError(BptrainError, ValueError):
+class InvalidSpecError(ServiceError, ValueError):
     """A field of a request is invalid; the message names the field.
 
     `field` is a dotted path such as ``optimizer.learning_rate``.
@@ -37,25 +38,25 @@ class InvalidSpecError(BptrainError, ValueError):
         return InvalidSpecError(f"{parent}.{self.field}", self.problem)
 
 
-class NotFoundError(BptrainError, LookupError):
+class NotFoundError(ServiceError, LookupError):
     """An unknown job or dataset."""
 
 
-class AlreadyExistsError(BptrainError):
+class AlreadyExistsError(ServiceError):
     """A client-chosen key is already taken by something else."""
 
 
-class FailedPreconditionError(BptrainError):
+class FailedPreconditionError(ServiceError):
     """The request is valid but the resource is not in a state that allows it."""
 
 
-class OutOfRangeError(BptrainError):
+class OutOfRangeError(ServiceError):
     """A cursor points past what is stored."""
 
 
-class ResourceExhaustedError(BptrainError):
+class ResourceExhaustedError(ServiceError):
     """A queue, quota or size limit was reached."""
 
 
-class UnavailableError(BptrainError):
+class UnavailableError(ServiceError):
     """A backend the request needs (Ray) cannot be reached."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,30 @@ def test_generated_code_imports_without_path_patching() -> None:
 
     assert training_pb2_grpc.TrainingServiceStub is not None
     assert training_pb2.DESCRIPTOR.package == "bptrain.v1"
+
+
+def test_the_stubs_load_nothing_else_of_the_sdk() -> None:
+    # The server imports the stubs; that must not pull in the client, its CLI or YAML.
+    code = (
+        "import sys, bptrain.v1.training_pb2, bptrain.v1.training_pb2_grpc; "
+        "loaded = sorted(m for m in sys.modules if m.startswith('bptrain') or m == 'yaml'); "
+        "print(' '.join(loaded))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == [
+        "bptrain",
+        "bptrain.v1",
+        "bptrain.v1.training_pb2",
+        "bptrain.v1.training_pb2_grpc",
+    ]
+
+
+def test_the_sdk_names_load_on_first_use() -> None:
+    import bptrain
+
+    assert bptrain.Client.__module__ == "bptrain.client"
+    assert bptrain.load_spec_file.__module__ == "bptrain.specfile"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = bptrain.Nope
