@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services import probe
 from services.jobs.records import MetricPoint
+from services.jobs.store import JobStore
 from services.metrics import ServiceMetrics, build_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +104,7 @@ def dashboard_queries() -> list[str]:
 
 def test_every_metric_the_dashboard_queries_is_exported(tmp_path: Path) -> None:
     metrics = ServiceMetrics(build_registry())
-    metrics.track_job_states(tmp_path / "bptrain.db")
+    metrics.track_job_states(JobStore(tmp_path / "bptrain.db").count_by_state)
     metrics.rpc_completed("bptrain.v1.TrainingService/GetJob", "OK", 0.01)
     point = MetricPoint(
         step=1,

@@ -1,5 +1,5 @@
-"""services.metrics without Ray: the derived training metrics, per-job series, job states,
-the RPC interceptor over a real gRPC server, and the /metrics endpoint."""
+"""services.metrics without Ray: the derived training metrics, per-job series, the RPC
+interceptor over a real gRPC server, and the /metrics endpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,24 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.api.errors import ErrorMappingInterceptor
 from services.api.rpc_metrics import RpcMetricsInterceptor
 from services.errors import InvalidSpecError, NotFoundError
-from services.jobs.records import JobRecord, JobState, MetricPoint
-from services.jobs.spec import DatasetSpec, JobSpec, LayerSpec
-from services.jobs.store import JobStore
+from services.jobs.records import JobState, MetricPoint
 from services.metrics import (
     MetricsConfig,
     MetricsExporter,
     ServiceMetrics,
     build_registry,
-)
-from services.metrics.job_states import count_jobs_by_state
-
-SPEC = JobSpec(
-    name="metrics",
-    layers=(LayerSpec(units=8, activation="relu"), LayerSpec(units=10, activation="identity")),
-    dataset=DatasetSpec(name="digits", validation_fraction=0.2),
-    batch_size=16,
-    steps=40,
-    seed=3,
 )
 
 
@@ -139,30 +126,6 @@ def test_finished_counters_exist_at_zero_for_every_terminal_state(metrics: Servi
         assert value(metrics, "bptrain_jobs_finished_total", state=state) == 0
     assert value(metrics, "bptrain_jobs_finished_total", state="RUNNING") is None
     assert value(metrics, "bptrain_jobs_submitted_total") == 0
-
-
-def test_jobs_by_state_are_counted_in_the_store_at_scrape_time(
-    metrics: ServiceMetrics, tmp_path: Path
-) -> None:
-    store = JobStore(tmp_path / "bptrain.db")
-    states = [JobState.QUEUED, JobState.RUNNING, JobState.RUNNING, JobState.SUCCEEDED]
-    for index, state in enumerate(states):
-        store.create(JobRecord(job_id=f"job-{index}", spec=SPEC, created_at=1.0))
-        store.update(f"job-{index}", state=state)
-    metrics.track_job_states(tmp_path / "bptrain.db")
-    assert value(metrics, "bptrain_jobs", state="RUNNING") == 2
-    assert value(metrics, "bptrain_jobs", state="QUEUED") == 1
-    assert value(metrics, "bptrain_jobs", state="FAILED") == 0
-    store.update("job-1", state=JobState.FAILED)  # a later scrape sees the change
-    assert value(metrics, "bptrain_jobs", state="RUNNING") == 1
-    assert value(metrics, "bptrain_jobs", state="FAILED") == 1
-    store.close()
-
-
-def test_a_store_not_yet_created_counts_zero_jobs(tmp_path: Path) -> None:
-    counts = count_jobs_by_state(tmp_path / "missing.db")
-    assert counts == dict.fromkeys(JobState, 0)
-    assert not (tmp_path / "missing.db").exists()
 
 
 # --- the RPC interceptor, over a real server -----------------------------------------------

@@ -105,7 +105,7 @@ class JobManager:
         self.config = config or JobsConfig()
         self.store = JobStore(self.config.database)
         self.metrics = metrics if metrics is not None else ServiceMetrics()
-        self.metrics.track_job_states(self.config.database)
+        self.metrics.track_job_states(self.store.count_by_state)
         self.datasets = DatasetRegistry(
             self.config.datasets_dir,
             self.config.database,

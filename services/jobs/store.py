@@ -205,6 +205,15 @@ class JobStore:
             ).fetchall()
         return [row["job_id"] for row in rows]
 
+    def count_by_state(self) -> dict[JobState, int]:
+        """{state: how many jobs are in it} for every state (0 where none)."""
+        counts = dict.fromkeys(JobState, 0)
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        for state, count in rows:
+            counts[JobState(state)] = count
+        return counts
+
     def add_metrics(self, job_id: str, points: list[MetricPoint]) -> None:
         with self._lock:
             self._db.execute("BEGIN")

@@ -16,12 +16,14 @@ import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.jobs.records import JobState, MetricPoint
-from services.metrics.job_states import JobStateCollector
+from services.metrics.job_states import CountByState, JobStateCollector
+
+if TYPE_CHECKING:  # for the type checker only: at run time metrics imports nothing of jobs
+    from services.jobs.records import JobState, MetricPoint
 
 # RPC latency: unary calls take milliseconds, StreamMetrics lasts as long as a job.
 RPC_BUCKETS_S = (
@@ -32,6 +34,8 @@ STEP_BUCKETS_S = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 JOB_GAUGE_LABELS = ("job_id",)
+# The terminal JobStates (services/jobs/records.py; tests/test_metrics.py checks they match).
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 @dataclass
@@ -74,9 +78,8 @@ class ServiceMetrics:
             ["state"],
             registry=r,
         )
-        for state in JobState:
-            if state.is_terminal:
-                self.jobs_finished.labels(state.value)  # present at 0 from the start
+        for state in TERMINAL_STATES:
+            self.jobs_finished.labels(state)  # present at 0 from the start
         self.training_steps = Counter(
             "bptrain_training_steps_total", "Optimizer steps run, over all jobs.", registry=r
         )
@@ -152,11 +155,12 @@ class ServiceMetrics:
 
     # --- wiring ----------------------------------------------------------------------------
 
-    def track_job_states(self, database: Path) -> None:
-        """Export `bptrain_jobs{state}`, counted in the job store's SQLite file at scrape time."""
+    def track_job_states(self, count_by_state: CountByState) -> None:
+        """Export `bptrain_jobs{state}` from `count_by_state()` ({state: count}, e.g.
+        `JobStore.count_by_state`), called at scrape time."""
         if self._state_collector is not None:
             self.registry.unregister(self._state_collector)
-        self._state_collector = JobStateCollector(database)
+        self._state_collector = JobStateCollector(count_by_state)
         self.registry.register(self._state_collector)
 
     # --- hooks -----------------------------------------------------------------------------
