@@ -1,0 +1,52 @@
+"""JobsConfig: where the jobs service keeps its state, and the limits of its queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.tenancy import Quotas
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobsConfig:
+    """Where jobs keep their state, what each worker asks Ray for, and the queue's limits.
+
+    At most `max_running_jobs` jobs run at once; later ones wait QUEUED in FIFO order,
+    and a submission beyond `max_queued_jobs` waiting jobs is refused. `quotas` bound
+    each principal within those limits (services/tenancy.py).
+    """
+
+    storage: Path = Path(".bptrain")
+    worker_cpus: float = 1.0
+    max_running_jobs: int = 2
+    max_queued_jobs: int = 100
+    max_dataset_bytes: int = 1 << 30
+    standby_runners: int = 1  # runners kept booted for the next job (services/jobs/runner_pool.py)
+    quotas: Quotas = field(default_factory=Quotas)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.worker_cpus <= 1024:
+            raise ValueError(f"worker_cpus must be in (0, 1024], got {self.worker_cpus}")
+        if self.max_running_jobs < 1:
+            raise ValueError(f"max_running_jobs must be >= 1, got {self.max_running_jobs}")
+        if self.max_queued_jobs < 0:
+            raise ValueError(f"max_queued_jobs must be >= 0, got {self.max_queued_jobs}")
+        if self.max_dataset_bytes < 1:
+            raise ValueError(f"max_dataset_bytes must be >= 1, got {self.max_dataset_bytes}")
+        if not 0 <= self.standby_runners <= 8:
+            raise ValueError(f"standby_runners must be in [0, 8], got {self.standby_runners}")
+
+    @property
+    def database(self) -> Path:
+        return self.storage / "bptrain.db"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.storage / "datasets"
+
+    def weights_path(self, job_id: str) -> Path:
+        return self.storage / "jobs" / job_id / "weights.npz"
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        return self.storage / "jobs" / job_id / "checkpoints"
