@@ -9,12 +9,20 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bptrain.channel import (
+    RECONNECT_PAUSE_S,
+    BearerToken,
+    BptrainError,
+    call,
+    open_channel,
+    raise_from,
+)
+from bptrain.handle import JobHandle
 from bptrain.model import Model
 from bptrain.specfile import load_spec_file, spec_from_dict
 from bptrain.v1 import training_pb2 as pb
@@ -23,79 +31,9 @@ from bptrain.v1 import training_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "localhost:50051"
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-RECONNECT_PAUSE_S = (0.2, 5.0)  # a follower's pause between reconnects: first, most
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 TERMINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
-
-
-class BptrainError(Exception):
-    """A call the server refused or could not answer; `code` is the gRPC status name."""
-
-    def __init__(self, code: str, details: str) -> None:
-        self.code = code
-        self.details = details
-        super().__init__(f"{code}: {details}")
-
-
-def _raise_from(error: grpc.RpcError) -> BptrainError:
-    return BptrainError(error.code().name, error.details() or "")
-
-
-def _call(method: Callable, request: Any, **kwargs: Any) -> Any:
-    try:
-        return method(request, **kwargs)
-    except grpc.RpcError as error:
-        raise _raise_from(error) from None
-
-
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds ``authorization: Bearer <token>`` to every call."""
-
-    def __init__(self, token: str) -> None:
-        self._metadata = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), self._metadata]
-        return details._replace(metadata=metadata)
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._with_token(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._with_token(details), request)
-
-    def intercept_stream_unary(self, continuation, details, requests):
-        return continuation(self._with_token(details), requests)
-
-    def intercept_stream_stream(self, continuation, details, requests):
-        return continuation(self._with_token(details), requests)
-
-
-def _channel(
-    target: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
-) -> grpc.Channel:
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        # A server that restarts is tried again within seconds, not gRPC's two minutes.
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", int(RECONNECT_PAUSE_S[1] * 1000)),
-    ]
-    if tls_ca is None and tls_cert is None:
-        return grpc.insecure_channel(target, options=options)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=Path(tls_ca).read_bytes() if tls_ca else None,
-        private_key=Path(tls_key).read_bytes() if tls_key else None,
-        certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
-    )
-    return grpc.secure_channel(target, credentials, options=options)
 
 
 class Client:
@@ -123,9 +61,9 @@ class Client:
         tls_ca = tls_ca or os.environ.get("BPTRAIN_TLS_CA") or None
         tls_cert = tls_cert or os.environ.get("BPTRAIN_TLS_CERT") or None
         tls_key = tls_key or os.environ.get("BPTRAIN_TLS_KEY") or None
-        self._channel = _channel(self.target, tls_ca, tls_cert, tls_key)
+        self._channel = open_channel(self.target, tls_ca, tls_cert, tls_key)
         if token:
-            self._channel = grpc.intercept_channel(self._channel, _BearerToken(token))
+            self._channel = grpc.intercept_channel(self._channel, BearerToken(token))
         self._stub = training_pb2_grpc.TrainingServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -171,7 +109,7 @@ class Client:
         request = pb.SubmitJobRequest(
             spec=spec, submission_id=submission_id, validate_only=validate_only
         )
-        return JobHandle(self, _call(self._stub.SubmitJob, request, timeout=self.timeout_s))
+        return JobHandle(self, call(self._stub.SubmitJob, request, timeout=self.timeout_s))
 
     def check_gradients(self, spec: pb.JobSpec | dict | str | Path) -> pb.GradientCheckReport:
         """Check the spec's backprop against finite differences (float64) on the server."""
@@ -179,10 +117,10 @@ class Client:
             spec = load_spec_file(spec)
         elif isinstance(spec, dict):
             spec = spec_from_dict(spec)
-        return _call(self._stub.CheckGradients, spec, timeout=max(self.timeout_s, 120.0))
+        return call(self._stub.CheckGradients, spec, timeout=max(self.timeout_s, 120.0))
 
     def get(self, job_id: str) -> pb.Job:
-        return _call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
+        return call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
 
     def list(self, *, state: str | None = None, page_size: int = 50) -> Iterator[pb.Job]:
         """Every job, newest first (fetched page by page); `state` e.g. "RUNNING"."""
@@ -190,7 +128,7 @@ class Client:
         token = ""
         while True:
             request = pb.ListJobsRequest(page_size=page_size, page_token=token, state=state_value)
-            page = _call(self._stub.ListJobs, request, timeout=self.timeout_s)
+            page = call(self._stub.ListJobs, request, timeout=self.timeout_s)
             yield from page.jobs
             token = page.next_page_token
             if not token:
@@ -198,7 +136,7 @@ class Client:
 
     def cancel(self, job_id: str) -> pb.Job:
         request = pb.CancelJobRequest(job_id=job_id)
-        return _call(self._stub.CancelJob, request, timeout=self.timeout_s)
+        return call(self._stub.CancelJob, request, timeout=self.timeout_s)
 
     def events(
         self,
@@ -233,7 +171,7 @@ class Client:
                 code, details = "UNAVAILABLE", "the metrics stream ended before the job did"
             except grpc.RpcError as error:
                 if error.code() not in _RETRYABLE:
-                    raise _raise_from(error) from None
+                    raise raise_from(error) from None
                 code, details = error.code().name, error.details() or ""
             waited = time.monotonic() - last_event
             if reconnect_for_s is not None and waited + pause > reconnect_for_s:
@@ -289,15 +227,15 @@ class Client:
 
         if not path.is_file():
             raise BptrainError("INVALID_ARGUMENT", f"{path} is not a file")
-        return _call(self._stub.UploadDataset, parts(), timeout=max(self.timeout_s, 600.0))
+        return call(self._stub.UploadDataset, parts(), timeout=max(self.timeout_s, 600.0))
 
     def list_datasets(self) -> list[pb.Dataset]:
         request = pb.ListDatasetsRequest()
-        return list(_call(self._stub.ListDatasets, request, timeout=self.timeout_s).datasets)
+        return list(call(self._stub.ListDatasets, request, timeout=self.timeout_s).datasets)
 
     def delete_dataset(self, dataset_id: str) -> pb.Dataset:
         request = pb.DeleteDatasetRequest(dataset_id=dataset_id)
-        return _call(self._stub.DeleteDataset, request, timeout=self.timeout_s)
+        return call(self._stub.DeleteDataset, request, timeout=self.timeout_s)
 
     def download_weights(
         self, job_id: str, path: str | Path, *, format: str = "npz", latest: bool = False
@@ -347,53 +285,5 @@ class Client:
                 else:
                     return b"".join(parts)
         except grpc.RpcError as error:
-            raise _raise_from(error) from None
+            raise raise_from(error) from None
         raise BptrainError("DATA_LOSS", "the weights stream ended without its sha256")
-
-
-class JobHandle:
-    """A submitted job: the `bptrain.v1.Job` it was (its fields read through), plus verbs.
-
-    ``client.submit(spec).wait()`` follows the job to its end and returns the final Job.
-    """
-
-    def __init__(self, client: Client, job: pb.Job) -> None:
-        self.client = client
-        self.job = job
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.job, name)
-
-    def __repr__(self) -> str:
-        return f"JobHandle({self.job.job_id!r}, {pb.JobState.Name(self.job.state)})"
-
-    def refresh(self) -> pb.Job:
-        self.job = self.client.get(self.job.job_id)
-        return self.job
-
-    def wait(
-        self,
-        *,
-        on_point: Callable[[pb.MetricPoint], None] | None = None,
-        on_reconnect: Callable[[str, int], None] | None = None,
-        reconnect_for_s: float | None = None,
-    ) -> pb.Job:
-        self.job = self.client.wait(
-            self.job.job_id,
-            on_point=on_point,
-            on_reconnect=on_reconnect,
-            reconnect_for_s=reconnect_for_s,
-        )
-        return self.job
-
-    def metrics(
-        self, after_step: int = 0, *, reconnect_for_s: float | None = None
-    ) -> Iterator[pb.MetricPoint]:
-        return self.client.metrics(self.job.job_id, after_step, reconnect_for_s=reconnect_for_s)
-
-    def cancel(self) -> pb.Job:
-        self.job = self.client.cancel(self.job.job_id)
-        return self.job
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return self.client.weights(self.job.job_id)

@@ -7,12 +7,12 @@ import pytest
 
 from services.api.errors import INTERNAL_MESSAGE, status_for
 from services.errors import (
-    BptrainError,
     FailedPreconditionError,
     InvalidSpecError,
     NotFoundError,
     OutOfRangeError,
     ResourceExhaustedError,
+    ServiceError,
     UnavailableError,
 )
 
@@ -63,7 +63,7 @@ def test_a_subclass_of_a_domain_error_maps_like_its_parent() -> None:
         LookupError("secret"),  # NotFoundError is a LookupError; a plain one is not not-found
         RuntimeError("secret at /home/user/.ssh/id_rsa"),
         ZeroDivisionError("secret"),
-        BptrainError("secret"),  # the base class carries no status of its own
+        ServiceError("secret"),  # the base class carries no status of its own
     ],
     ids=lambda error: type(error).__name__,
 )
