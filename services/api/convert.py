@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from google.protobuf.message import Message
+
 from bptrain.v1 import training_pb2 as pb
 from services.datasets import DatasetOptions
 from services.datasets.uploads import DatasetInfo
@@ -177,27 +179,31 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         compression=spec.compression,
         seed=spec.seed,
     )
-    if spec.staleness_bound is not None:
-        message.staleness = spec.staleness_bound
-    if spec.compression == "topk":
-        message.topk_fraction = spec.topk_share
-    if spec.steps is not None:
-        message.steps = spec.steps
-    if spec.eval_every is not None:
-        message.eval_every = spec.eval_every
-    if spec.checkpoint_every is not None:
-        message.checkpoint_every = spec.checkpoint_every
-    if spec.max_seconds is not None:
-        message.max_seconds = spec.max_seconds
-    if optimizer.clip_norm is not None:
-        message.optimizer.clip_norm = optimizer.clip_norm
+    optional = {
+        "staleness": spec.staleness_bound,
+        "topk_fraction": spec.topk_share if spec.compression == "topk" else None,
+        "steps": spec.steps,
+        "eval_every": spec.eval_every,
+        "checkpoint_every": spec.checkpoint_every,
+        "max_seconds": spec.max_seconds,
+    }
+    _set_present(message, optional)  # unset fields stay unset (proto3 optional)
+    _set_present(message.optimizer, {"clip_norm": optimizer.clip_norm})
     if spec.stop_when.is_set:
         rule = spec.stop_when
         message.stop_when.metric = rule.metric
-        for name in ("at_least", "at_most", "patience_evaluations"):
-            if getattr(rule, name) is not None:
-                setattr(message.stop_when, name, getattr(rule, name))
+        _set_present(
+            message.stop_when,
+            {name: getattr(rule, name) for name in ("at_least", "at_most", "patience_evaluations")},
+        )
     return message
+
+
+def _set_present(message: Message, values: dict[str, object]) -> None:
+    """Sets each field of `message` whose value is not None."""
+    for name, value in values.items():
+        if value is not None:
+            setattr(message, name, value)
 
 
 def point_to_proto(point: MetricPoint) -> pb.MetricPoint:

@@ -55,21 +55,22 @@ def check_bounds(message: Message, path: str = "") -> None:
     """Raises InvalidSpecError naming the first string or repeated field over its bound."""
     for field, value in message.ListFields():
         name = f"{path}{field.name}"
-        if field.is_repeated:
-            if len(value) > MAX_REPEATED:
-                raise InvalidSpecError(name, f"has {len(value)} items; at most {MAX_REPEATED}")
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                if field.message_type.GetOptions().map_entry:
-                    continue  # no maps in bptrain's requests; nothing to bound item by item
-                for i, item in enumerate(value):
-                    check_bounds(item, f"{name}[{i}].")
-            elif field.type == FieldDescriptor.TYPE_STRING:
-                for i, item in enumerate(value):
-                    _check_string(f"{name}[{i}]", item)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            check_bounds(value, f"{name}.")
-        elif field.type == FieldDescriptor.TYPE_STRING:
-            _check_string(name, value)
+        if not field.is_repeated:
+            _check_value(field, name, value)
+            continue
+        if len(value) > MAX_REPEATED:
+            raise InvalidSpecError(name, f"has {len(value)} items; at most {MAX_REPEATED}")
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            continue  # no maps in bptrain's requests; nothing to bound item by item
+        for i, item in enumerate(value):
+            _check_value(field, f"{name}[{i}]", item)
+
+
+def _check_value(field: FieldDescriptor, name: str, value: object) -> None:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        check_bounds(value, f"{name}.")
+    elif field.type == FieldDescriptor.TYPE_STRING:
+        _check_string(name, value)
 
 
 def _check_string(name: str, value: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from services.datasets import load_dataset, split_validation
-from services.datasets.uploads import load_uploaded
+from services.datasets.arrays import load_uploaded
 from services.jobs.spec import UPLOADED, JobSpec
 from worker.sampling import BatchPlan
 

@@ -108,10 +108,7 @@ class Mesh:
         outgoing = {j: [b for b in bufs if len(b)] for j, bufs in outgoing.items()}
         incoming = {j: [b for b in bufs if len(b)] for j, bufs in incoming.items()}
         for j in set(outgoing) | set(incoming):
-            events = (selectors.EVENT_WRITE if outgoing.get(j) else 0) | (
-                selectors.EVENT_READ if incoming.get(j) else 0
-            )
-            if events:
+            if events := _wanted(j, outgoing, incoming):
                 selector.register(self.peers[j], events, j)
         deadline = time.monotonic() + timeout_s
         try:
@@ -121,21 +118,29 @@ class Mesh:
                 if not ready:
                     raise PeerLost(f"no answer from peers within {timeout_s:.0f} s")
                 for key, mask in ready:
-                    j, sock = key.data, key.fileobj
-                    if mask & selectors.EVENT_READ and incoming.get(j):
-                        self._receive(sock, incoming[j], j)
-                    if mask & selectors.EVENT_WRITE and outgoing.get(j):
-                        self._send(sock, outgoing[j], j)
-                    events = (selectors.EVENT_WRITE if outgoing.get(j) else 0) | (
-                        selectors.EVENT_READ if incoming.get(j) else 0
-                    )
-                    if events == 0:
-                        selector.unregister(sock)
-                    elif events != key.events:
-                        selector.modify(sock, events, j)
+                    self._progress(key, mask, outgoing, incoming)
         finally:
             for key in list(selector.get_map().values()):
                 selector.unregister(key.fileobj)
+
+    def _progress(
+        self,
+        key: selectors.SelectorKey,
+        mask: int,
+        outgoing: dict[int, list[memoryview]],
+        incoming: dict[int, list[memoryview]],
+    ) -> None:
+        """Moves what one ready socket allows, then waits on it only for what is left."""
+        j, sock = key.data, key.fileobj
+        if mask & selectors.EVENT_READ and incoming.get(j):
+            self._receive(sock, incoming[j], j)
+        if mask & selectors.EVENT_WRITE and outgoing.get(j):
+            self._send(sock, outgoing[j], j)
+        events = _wanted(j, outgoing, incoming)
+        if events == 0:
+            self._selector.unregister(sock)
+        elif events != key.events:
+            self._selector.modify(sock, events, j)
 
     @staticmethod
     def _send(sock: socket.socket, buffers: list[memoryview], j: int) -> None:
@@ -307,3 +312,11 @@ class SharedArrays:
         self.arrays.clear()
         with contextlib.suppress(BufferError):  # a view still alive: freed at exit
             self._map.close()
+
+
+def _wanted(j: int, outgoing: dict[int, list], incoming: dict[int, list]) -> int:
+    """The selector events peer j's socket still waits for: write while buffers are left
+    to send it, read while buffers are left to fill from it."""
+    return (selectors.EVENT_WRITE if outgoing.get(j) else 0) | (
+        selectors.EVENT_READ if incoming.get(j) else 0
+    )
