@@ -1,4 +1,4 @@
-"""Collective: the links between one job's colocated workers and the two exchanges a
+"""Collective: the TCP mesh between one job's colocated workers and the two exchanges a
 bsp step needs, reduce-scatter of g and all-gather of θ.
 
 N worker processes form a full mesh of TCP connections (N is small: the job's workers).
@@ -15,37 +15,29 @@ Two transports ride on it:
 Every wait blocks in the kernel (select on the sockets): nothing spins. A peer that
 dies closes its sockets, so the others see `PeerLost` at once instead of hanging; a
 peer that stops answering surfaces after `timeout_s`.
+
+The shared-memory file itself (`SharedArrays`, `SharedMemoryFull`) is in `shared_arrays`,
+re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-import os
 import select
 import selectors
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
+from services.paramserver.shared_arrays import SharedArrays, SharedMemoryFull
 
 _INDEX = struct.Struct("!i")
-_SHM_DIR = Path("/dev/shm")
 CONNECT_TIMEOUT_S = 60.0
 
 
 class PeerLost(ConnectionError):
     """A peer closed its connection or did not answer in time: the job's mesh is broken."""
-
-
-class SharedMemoryFull(OSError):
-    """The node's shared-memory file system has no room for the arrays (a container's
-    small /dev/shm, say): the caller uses another transport."""
 
 
 @dataclass(frozen=True)
@@ -262,61 +254,12 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-class SharedArrays:
-    """A few arrays in one memory-mapped file that processes on one node share.
-
-    The creator makes the file; the others open it by name; once every process has it
-    mapped, `unlink` removes the name (the mapping lives on until the last one closes),
-    so a killed job leaves nothing behind in /dev/shm.
-    """
-
-    def __init__(self, path: Path, specs: dict[str, tuple[tuple[int, ...], str]], *, create: bool):
-        self.path = path
-        offsets, total = {}, 0
-        for name, (shape, dtype) in specs.items():
-            total = -(-total // 64) * 64  # every array 64-byte aligned
-            offsets[name] = total
-            total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        total = max(total, 1)
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            if create:
-                os.ftruncate(fd, total)
-                try:  # reserve the pages now: a full tmpfs is an error here, not a SIGBUS later
-                    os.posix_fallocate(fd, 0, total)
-                except OSError as error:
-                    path.unlink(missing_ok=True)
-                    size = f"{total / 1e6:.1f} MB"
-                    raise SharedMemoryFull(
-                        f"no room for {size} of shared arrays in {path.parent}: {error}"
-                    ) from None
-            self._map = mmap.mmap(fd, total)
-        finally:
-            os.close(fd)
-        self.arrays = {
-            name: np.ndarray(shape, dtype=dtype, buffer=self._map, offset=offsets[name])
-            for name, (shape, dtype) in specs.items()
-        }
-
-    @staticmethod
-    def path_for(tag: str) -> Path:
-        """The file's path for a tag that the processes agree on (unique per mesh)."""
-        directory = _SHM_DIR if _SHM_DIR.is_dir() else Path(tempfile.gettempdir())
-        return directory / f"bptrain-{tag}"
-
-    def unlink(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self.arrays.clear()
-        with contextlib.suppress(BufferError):  # a view still alive: freed at exit
-            self._map.close()
-
-
 def _wanted(j: int, outgoing: dict[int, list], incoming: dict[int, list]) -> int:
     """The selector events peer j's socket still waits for: write while buffers are left
     to send it, read while buffers are left to fill from it."""
     return (selectors.EVENT_WRITE if outgoing.get(j) else 0) | (
         selectors.EVENT_READ if incoming.get(j) else 0
     )
+
+
+__all__ = ["CONNECT_TIMEOUT_S", "Endpoint", "Mesh", "PeerLost", "SharedArrays", "SharedMemoryFull"]

@@ -16,36 +16,23 @@ the job runner starts it and drains step statistics in batches (`drain`), so no
 coordinator is on the step path. See `collective` for the two transports.
 
 A plain class; the runner makes it a threaded Ray actor, so `drain` and `latest_theta`
-answer while `train` runs.
+answer while `train` runs. This module is the set-up and the exchange loop; the shard's
+state, its checkpoint records and what the runner reads are in `colocated_state`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.paramserver.collective import (
-    Endpoint,
-    Mesh,
-    PeerLost,
-    SharedArrays,
-    SharedMemoryFull,
-)
-from services.paramserver.optimizers import (
-    LRSchedule,
-    OptimizerConfig,
-    apply_update,
-    global_norm,
-    init_state,
-    learning_rate_at,
-)
-from services.paramserver.server import StepStats
+from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArrays, SharedMemoryFull
+from services.paramserver.colocated_state import Drained, ServerConfig, ShardKeeper, ShardState
+from services.paramserver.optimizers import apply_update, global_norm, init_state, learning_rate_at
+from services.paramserver.step_stats import StepStats
 from worker.gradient_worker import GradientWorker
 
 log = logging.getLogger(__name__)
@@ -54,40 +41,7 @@ EXCHANGE_TIMEOUT_S = 60.0  # a peer silent this long is taken for lost
 _KEPT_RECORDS = 100_000  # undrained step records kept (a runner that stopped draining)
 
 
-@dataclass(frozen=True)
-class ShardState:
-    """One shard's part of a checkpoint: θ[lo:hi], the optimizer's buffers over it and
-    its update count, as of `step`."""
-
-    step: int
-    theta: np.ndarray  # (hi − lo,)
-    optimizer_step: int
-    buffers: dict[str, np.ndarray]
-    shard: int = 0  # which of the workers' shards
-
-
-@dataclass
-class Drained:
-    """What `drain` hands the runner: the steps done since the last drain."""
-
-    stats: list[StepStats] = field(default_factory=list)
-    snapshots: list[ShardState] = field(default_factory=list)
-    is_held: bool = False  # the loop waits for `drain` to allow its next step
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """The parameter server's side of a colocated worker: optimizer and θ's make-up."""
-
-    optimizer: OptimizerConfig
-    schedule: LRSchedule
-    activations: tuple[str, ...]
-    seed: int
-    dtype: str = "float32"
-    init: str = "auto"
-
-
-class ColocatedWorker:
+class ColocatedWorker(ShardKeeper):
     """Worker `index` of `workers`, owning θ's shard `index`; see the module docstring."""
 
     def __init__(
@@ -141,17 +95,6 @@ class ColocatedWorker:
         self._profile = np.zeros(4)  # Σ seconds: compute, communication, waiting, update
         self._profile_steps = 0
         self._cpu_at_start = time.process_time()
-
-    def _restore(self, resume: ShardState, theta: np.ndarray) -> None:
-        if resume.theta.shape != (self.hi - self.lo,) or set(resume.buffers) != set(
-            self.state.buffers
-        ):
-            raise ValueError("the checkpoint does not fit this model, optimizer and shard")
-        theta[self.lo : self.hi] = resume.theta
-        for name, array in resume.buffers.items():
-            self.state.buffers[name][:] = array
-        self.state.step = resume.optimizer_step
-        self.step = resume.step
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -336,67 +279,6 @@ class ColocatedWorker:
             self._lock.notify_all()  # a waiting drain returns: the runner should know
             self._lock.wait_for(lambda: self._allowed is None or step <= self._allowed)
             self._is_held = False
-
-    # --- what the runner reads --------------------------------------------------------
-
-    def drain(self, timeout_s: float = 0.0, allowed: int | None = None) -> Drained:
-        """Step statistics and snapshots since the last drain, oldest first; waits up to
-        `timeout_s` first, and returns at once when the step loop has ended or is held
-        (so the runner hears of the last step, a failure or a held loop without waiting
-        out the period). Steps up to `allowed` may start from now on where the loop
-        has a limit (it only ever rises)."""
-        with self._lock:
-            if allowed is not None and self._allowed is not None and allowed > self._allowed:
-                self._allowed = allowed
-                self._lock.notify_all()
-            if timeout_s > 0:
-                self._lock.wait_for(lambda: self._ended or self._is_held, timeout=timeout_s)
-            drained, self._drained = self._drained, Drained()
-            drained.is_held = self._is_held
-        return drained
-
-    def shard_state(self) -> ShardState:
-        """This shard's θ and optimizer state as of the last step (copies)."""
-        return ShardState(
-            step=self.step,
-            theta=self.theta[self.lo : self.hi].copy(),
-            optimizer_step=self.state.step,
-            buffers={name: array.copy() for name, array in self.state.buffers.items()},
-            shard=self.index,
-        )
-
-    def latest_theta(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
-        """(step, the whole θ after it), taken between two steps; (P,)."""
-        with self._lock:
-            if not self._training or self._is_held:  # θ is not changing
-                return self.step, self.theta.copy()
-            self._theta_wanted = True
-            if not self._lock.wait_for(
-                lambda: not (self._theta_wanted and self._training) or self._is_held,
-                timeout=timeout_s,
-            ):
-                raise TimeoutError(f"no step finished within {timeout_s:g} s")
-            if self._theta_wanted:  # training ended first, or the loop is held
-                self._theta_wanted = False
-                return self.step, self.theta.copy()
-            return self._latest
-
-    def profile(self) -> dict[str, float]:
-        """Mean seconds per step in compute, communication, waiting and update, and this
-        process's CPU seconds per step since its first step."""
-        with self._lock:
-            steps = max(self._profile_steps, 1)
-            compute, communication, waiting, update = self._profile / steps
-            cpu = (time.process_time() - self._cpu_at_start) / steps
-        return {
-            "steps": self._profile_steps,
-            "compute_s": float(compute),
-            "communication_s": float(communication),
-            "waiting_s": float(waiting),
-            "update_s": float(update),
-            "cpu_s": float(cpu),
-            "pid": os.getpid(),
-        }
 
     def close(self) -> None:
         if self.mesh is not None:

@@ -1,4 +1,5 @@
-"""ParameterServer: holds θ (or one contiguous shard of it) and its optimizer state.
+"""ParameterServer: holds θ (or one contiguous shard of it) and its optimizer state, and
+applies the gradients it is sent (the StepStats it returns are in `step_stats`).
 
 A plain class; the job runner makes it a Ray actor (threaded, so a push waiting for
 its gradient never blocks another's). Workers only compute gradients; this is the one
@@ -23,11 +24,9 @@ clipping is the exception, and a sharded job cannot ask for it).
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,6 +38,7 @@ from services.paramserver.optimizers import (
     init_state,
     learning_rate_at,
 )
+from services.paramserver.step_stats import StepStats
 from worker.compression import Compressed, decompress
 from worker.gradient_worker import GradientResult
 from worker.layout import ParamLayout
@@ -46,47 +46,6 @@ from worker.layout import ParamLayout
 CONSISTENCY_MODES = ("bsp", "ssp", "asp")
 _KEPT_PUSHES = 4096  # (worker, clock) results remembered so a retried push is applied once
 _KEPT_READS = 100_000  # entries of the read log (the newest)
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """What one applied update (bsp) or one applied push (asp/ssp) looked like.
-
-    version: θ's version (this shard's) after the update: updates applied so far.
-    loss: sample-weighted mean of the gradients' losses (the global batch's, for bsp).
-    learning_rate: the η this update used (the schedule's value, staleness-scaled).
-    weight_squares: Σ (∂loss/∂W^l)² of the applied gradient over this shard's part of θ,
-        per layer; summed over shards and square-rooted: the per-layer norms.
-    staleness: per gradient, θ's version at apply time minus the version it was
-        computed on (0 for bsp).
-    bytes_pushed: bytes of the gradients as they arrived (after compression).
-    compute_seconds: mean time a worker took to compute one of the gradients.
-    worker, clock: for a push, whose gradient and its clock (0-based); -1 for bsp.
-    """
-
-    version: int
-    samples: int
-    loss: float
-    learning_rate: float
-    weight_squares: tuple[float, ...]
-    square: float = 0.0  # Σ g² over this shard's part of θ (biases included)
-    staleness: tuple[int, ...] = ()
-    bytes_pushed: int = 0
-    bytes_pulled: int | None = None  # θ bytes read by workers (None: one θ per gradient)
-    compute_seconds: float = 0.0
-    finished_at: float | None = None  # time.time() when the step ended, where it ran
-    worker: int = -1
-    clock: int = -1
-
-    @property
-    def gradient_norms(self) -> tuple[float, ...]:
-        """‖∂loss/∂W^l‖ per layer (exact when this is the only shard)."""
-        return tuple(math.sqrt(s) for s in self.weight_squares)
-
-    @property
-    def gradient_norm(self) -> float:
-        """‖g‖ over this shard's part of θ, before any clipping."""
-        return math.sqrt(self.square)
 
 
 class ParameterServer:
