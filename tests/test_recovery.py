@@ -61,7 +61,7 @@ def test_an_unpolled_runner_holds_at_its_lead_without_spinning_and_goes_on_when_
     # poll(0) reads without recording anything: the store is "stalled" at step 0.
     last, since = -1, time.monotonic()
     deadline = time.monotonic() + 120
-    while time.monotonic() - since < 1.5:
+    while last <= 0 or time.monotonic() - since < 1.5:  # (start-up may take long on a busy host)
         update = ray.get(runner.poll.remote(0, 0.2))
         step = update.points[-1].step if update.points else 0
         if step != last:
