@@ -13,31 +13,24 @@ import logging
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
 
-from services.jobs.checkpoints import Checkpoint, CheckpointStore, split_shards
+from services.jobs.checkpoints import Checkpoint, CheckpointStore
+from services.jobs.cohort_actors import (
+    PING_TIMEOUT_S,
+    PLACEMENT_TIMEOUT_S,
+    PlacementError,
+    answers,
+    kill,
+    new_gradient_worker,
+    new_parameter_servers,
+    restore_parameter_servers,
+    wait_placed,
+)
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
-from services.paramserver.server import ParameterServer, StepStats
-from worker.gradient_worker import GradientWorker
-from worker.layout import ParamLayout
+from services.paramserver.server import StepStats
 
 log = logging.getLogger(__name__)
-
-PLACEMENT_TIMEOUT_S = 120.0
-PING_TIMEOUT_S = 5.0
-
-
-class PlacementError(Exception):
-    """The cluster could not place the job's actors in time."""
-
-    @classmethod
-    def for_workers(cls, count: int, cpus_each: float) -> PlacementError:
-        cpus = ray.cluster_resources().get("CPU", 0)
-        return cls(
-            f"could not place {count} workers ({cpus_each} CPU each) within "
-            f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
-        )
 
 
 class Cohort:
@@ -78,7 +71,7 @@ class Cohort:
         ]
         resumed = self._start_ps(resume_at_most)
         self.workers = [self._new_worker(i) for i in range(self.spec.workers)]
-        self.placement = self._wait_placed(self.workers)
+        self.placement = wait_placed(self.workers, self.worker_cpus)
         return resumed
 
     @property
@@ -138,10 +131,10 @@ class Cohort:
         `at_most`. Returns its step."""
         self._drop_graph()
         for actor in [*self.servers, *self.workers]:
-            self._kill(actor)
+            kill(actor)
         resumed = self._start_ps(at_most)
         self.workers = [self._new_worker(i) for i in range(self.spec.workers)]
-        self.placement = self._wait_placed(self.workers)
+        self.placement = wait_placed(self.workers, self.worker_cpus)
         self.replacements += 1
         return resumed
 
@@ -182,109 +175,51 @@ class Cohort:
         when the parameter server had to be restored (from the newest checkpoint at or
         before step `at_most`), else None (retry the same step)."""
         resumed = None
-        if not all(self._answers(server.ping) for server in self.servers):
+        if not all(answers(server.ping) for server in self.servers):
             log.warning("job %s: parameter server lost; restoring it", self.job_id)
             for server in self.servers:
-                self._kill(server)
+                kill(server)
             resumed = self._start_ps(at_most)
             self.replacements += 1
         for i, worker in enumerate(self.workers):
-            if not self._answers(worker.placement):
+            if not answers(worker.placement):
                 log.warning("job %s: worker %d lost; replacing it", self.job_id, i)
-                self._kill(worker)
+                kill(worker)
                 self.workers[i] = self._new_worker(i)
-                self.placement[i] = self._wait_placed([self.workers[i]])[0]
+                self.placement[i] = wait_placed([self.workers[i]], self.worker_cpus)[0]
                 self.replacements += 1
         return resumed
 
     def release(self) -> None:
         self._drop_graph()
         for actor in [*self.servers, *self.workers]:
-            self._kill(actor)
+            kill(actor)
         self.servers, self.workers = [], []
 
     # --- helpers -------------------------------------------------------------------------
 
     def _start_ps(self, at_most: int | None = None) -> int:
-        spec = self.spec
         self._generation += 1
-        # bsp steps come one at a time; asp/ssp pushes must not queue behind one whose
-        # gradient is not there yet, so those servers take calls on several threads.
-        concurrency = 1 if spec.consistency == "bsp" else 2 * spec.workers + 4
-        self.servers = [
-            ray.remote(ParameterServer)
-            .options(
-                name=f"{self.job_id}/ps-{s}.{self._generation}",
-                num_cpus=0,
-                max_concurrency=concurrency,
-            )
-            .remote(
-                sizes=spec.sizes,
-                activations=spec.activations,
-                optimizer=spec.optimizer,
-                workers=spec.workers,
-                seed=spec.seed,
-                schedule=self.schedule,
-                dtype=spec.dtype,
-                init=spec.init,
-                consistency=spec.consistency,
-                staleness_aware_lr=spec.staleness_aware_lr,
-                shard=(s, spec.ps_shards),
-            )
-            for s in range(spec.ps_shards)
-        ]
+        self.servers = new_parameter_servers(
+            self.job_id, self.spec, self.schedule, self._generation
+        )
         latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
         if latest is None:
             return 0
-        parts = split_shards(latest, ParamLayout(spec.sizes).shard_bounds(spec.ps_shards))
-        ray.get(
-            [
-                server.restore.remote(
-                    step=part.step,
-                    theta=part.theta,
-                    optimizer_step=part.optimizer_step,
-                    buffers=part.buffers,
-                )
-                for server, part in zip(self.servers, parts, strict=True)
-            ],
-            timeout=PLACEMENT_TIMEOUT_S,
-        )
+        restore_parameter_servers(self.servers, self.spec, latest)
         log.info("job %s: parameter server restored from step %d", self.job_id, latest.step)
         return latest.step
 
     def _new_worker(self, i: int) -> ray.actor.ActorHandle:
         self._generation += 1
-        X, y = self._shards[i]
-        return (
-            ray.remote(GradientWorker)
-            .options(
-                name=f"{self.job_id}/worker-{i}.{self._generation}",
-                num_cpus=self.worker_cpus,
-                scheduling_strategy="SPREAD",  # over the cluster's nodes
-                **GradientWorker.actor_options(self.spec.device),
-            )
-            .remote(
-                sizes=self.spec.sizes,
-                activations=self.spec.activations,
-                loss=self.spec.loss,
-                X=X,  # the shard travels by reference, once per actor
-                y=y,
-                local_batch=self.data.plan.local_batches[i],
-                steps_per_epoch=self.data.plan.steps_per_epoch,
-                compression=self.spec.compression,
-                topk_fraction=self.spec.topk_share,
-                seed=self.spec.seed,
-                worker_index=i,
-                device=self.spec.device,
-                **self.spec.model_options,
-            )
+        return new_gradient_worker(
+            name=f"{self.job_id}/worker-{i}.{self._generation}",
+            spec=self.spec,
+            data=self.data,
+            shard=self._shards[i],
+            index=i,
+            cpus=self.worker_cpus,
         )
-
-    def _wait_placed(self, workers: list) -> list[dict]:
-        try:
-            return ray.get([w.placement.remote() for w in workers], timeout=PLACEMENT_TIMEOUT_S)
-        except GetTimeoutError:
-            raise PlacementError.for_workers(len(workers), self.worker_cpus) from None
 
     def _drop_graph(self) -> None:
         graph, self.graph = self.graph, None
@@ -294,17 +229,5 @@ class Cohort:
             except Exception as error:  # an actor already gone: it is killed below anyway
                 log.debug("job %s: graph teardown: %s", self.job_id, error)
 
-    @staticmethod
-    def _answers(method) -> bool:
-        try:
-            ray.get(method.remote(), timeout=PING_TIMEOUT_S)
-            return True
-        except (RayActorError, GetTimeoutError):
-            return False
 
-    @staticmethod
-    def _kill(actor: ray.actor.ActorHandle) -> None:
-        ray.kill(actor, no_restart=True)  # a no-op for an actor that is already dead
-
-
-__all__ = ["Cohort", "PlacementError", "StepStats"]
+__all__ = ["PING_TIMEOUT_S", "PLACEMENT_TIMEOUT_S", "Cohort", "PlacementError", "StepStats"]

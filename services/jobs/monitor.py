@@ -18,10 +18,15 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from services.cluster import remote_class
 from services.errors import FailedPreconditionError
-from services.jobs.records import JobRecord, JobState
-from services.jobs.runner import JobRunner, RunnerUpdate
+from services.jobs.records import JobState
+from services.jobs.runner import RunnerUpdate
+from services.jobs.runner_launch import (
+    runner_actor_name,
+    runner_options,
+    running_runner,
+    start_runner,
+)
 from services.jobs.runner_pool import RunnerPool, Standby
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
@@ -131,7 +136,7 @@ class RunnerMonitor:
                 if self._is_cancel_requested:
                     self._record_end(JobState.CANCELLED, "cancelled by request")
                     return
-                self._runner = self._running_runner() or self._new_runner()
+                self._runner = running_runner(self.store.get(self.job_id)) or self._new_runner()
             # Also for a runner found running: an API process killed while its runner was
             # being created may never have delivered that call (run is once per runner).
             self._runner.run.remote()
@@ -180,13 +185,6 @@ class RunnerMonitor:
         elif runner is not None:
             ray.kill(runner, no_restart=True)
 
-    def _running_runner(self) -> ray.actor.ActorHandle | None:
-        """The job's runner if it outlived an earlier API server (it is detached)."""
-        try:
-            return ray.get_actor(runner_actor_name(self.store.get(self.job_id)))
-        except ValueError:
-            return None
-
     def _new_runner(self) -> ray.actor.ActorHandle:
         """A booted standby from the pool given this job, else a runner started for it.
         Detached: the job goes on when this API process stops; the next one reattaches
@@ -206,31 +204,16 @@ class RunnerMonitor:
                 log.info("job %s: standby runner %s lost (%s)", self.job_id, standby.name, error)
                 self.pool.give_back(standby, is_reusable=False)
         self.store.update(self.job_id, runner="")
-        # A dead runner's name is freed shortly after its death: retry until it is.
-        deadline = time.monotonic() + RPC_TIMEOUT_S
-        while True:
-            try:
-                return self._create_runner()
-            except ValueError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def _create_runner(self) -> ray.actor.ActorHandle:
-        return (
-            remote_class(JobRunner)
-            .options(name=self.runner_name, num_cpus=0, max_concurrency=4, lifetime="detached")
-            .remote(self.job_id, self.spec, **self._runner_options())
-        )
+        return start_runner(self.runner_name, self.job_id, self.spec, self._runner_options())
 
     def _runner_options(self) -> dict:
         """JobRunner's keyword arguments for this job, resuming after its stored step."""
-        return {
-            "worker_cpus": self.worker_cpus,
-            "datasets_dir": str(self.datasets_dir.resolve()),
-            "checkpoint_dir": str(self.checkpoint_dir.resolve()),
-            "resume_at_most": self.store.get(self.job_id).step,
-        }
+        return runner_options(
+            worker_cpus=self.worker_cpus,
+            datasets_dir=self.datasets_dir,
+            checkpoint_dir=self.checkpoint_dir,
+            resume_at_most=self.store.get(self.job_id).step,
+        )
 
     @property
     def runner_name(self) -> str:
@@ -296,7 +279,4 @@ class RunnerMonitor:
         self.on_change()
 
 
-def runner_actor_name(record: JobRecord) -> str:
-    """The Ray actor name of a job's runner: a standby's, stored with the job, or the one
-    a runner started for the job gets."""
-    return record.runner or f"{record.job_id}/runner"
+__all__ = ["RunnerMonitor", "runner_actor_name"]

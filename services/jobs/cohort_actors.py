@@ -1,0 +1,137 @@
+"""The Ray actors of a job's cohort: how each is created, restored, awaited, pinged and killed."""
+
+from __future__ import annotations
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from services.jobs.checkpoints import Checkpoint, split_shards
+from services.jobs.spec import JobSpec
+from services.jobs.training_data import TrainingData
+from services.paramserver.optimizers import LRSchedule
+from services.paramserver.server import ParameterServer
+from worker.gradient_worker import GradientWorker
+from worker.layout import ParamLayout
+
+PLACEMENT_TIMEOUT_S = 120.0
+PING_TIMEOUT_S = 5.0
+
+
+class PlacementError(Exception):
+    """The cluster could not place the job's actors in time."""
+
+    @classmethod
+    def for_workers(cls, count: int, cpus_each: float) -> PlacementError:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        return cls(
+            f"could not place {count} workers ({cpus_each} CPU each) within "
+            f"{PLACEMENT_TIMEOUT_S:.0f} s; the cluster has {cpus:g} CPUs"
+        )
+
+
+def new_parameter_servers(
+    job_id: str, spec: JobSpec, schedule: LRSchedule, generation: int
+) -> list[ray.actor.ActorHandle]:
+    """One parameter-server actor per θ shard, at θ's initial values."""
+    # bsp steps come one at a time; asp/ssp pushes must not queue behind one whose
+    # gradient is not there yet, so those servers take calls on several threads.
+    concurrency = 1 if spec.consistency == "bsp" else 2 * spec.workers + 4
+    return [
+        ray.remote(ParameterServer)
+        .options(
+            name=f"{job_id}/ps-{s}.{generation}",
+            num_cpus=0,
+            max_concurrency=concurrency,
+        )
+        .remote(
+            sizes=spec.sizes,
+            activations=spec.activations,
+            optimizer=spec.optimizer,
+            workers=spec.workers,
+            seed=spec.seed,
+            schedule=schedule,
+            dtype=spec.dtype,
+            init=spec.init,
+            consistency=spec.consistency,
+            staleness_aware_lr=spec.staleness_aware_lr,
+            shard=(s, spec.ps_shards),
+        )
+        for s in range(spec.ps_shards)
+    ]
+
+
+def restore_parameter_servers(
+    servers: list[ray.actor.ActorHandle], spec: JobSpec, checkpoint: Checkpoint
+) -> None:
+    """Give each parameter-server shard its part of `checkpoint`; returns once all have it."""
+    parts = split_shards(checkpoint, ParamLayout(spec.sizes).shard_bounds(spec.ps_shards))
+    ray.get(
+        [
+            server.restore.remote(
+                step=part.step,
+                theta=part.theta,
+                optimizer_step=part.optimizer_step,
+                buffers=part.buffers,
+            )
+            for server, part in zip(servers, parts, strict=True)
+        ],
+        timeout=PLACEMENT_TIMEOUT_S,
+    )
+
+
+def new_gradient_worker(
+    *,
+    name: str,
+    spec: JobSpec,
+    data: TrainingData,
+    shard: tuple[ray.ObjectRef, ray.ObjectRef],
+    index: int,
+    cpus: float,
+) -> ray.actor.ActorHandle:
+    """Worker `index`'s actor, on its shard (X ref, y ref) of the training data."""
+    X, y = shard
+    return (
+        ray.remote(GradientWorker)
+        .options(
+            name=name,
+            num_cpus=cpus,
+            scheduling_strategy="SPREAD",  # over the cluster's nodes
+            **GradientWorker.actor_options(spec.device),
+        )
+        .remote(
+            sizes=spec.sizes,
+            activations=spec.activations,
+            loss=spec.loss,
+            X=X,  # the shard travels by reference, once per actor
+            y=y,
+            local_batch=data.plan.local_batches[index],
+            steps_per_epoch=data.plan.steps_per_epoch,
+            compression=spec.compression,
+            topk_fraction=spec.topk_share,
+            seed=spec.seed,
+            worker_index=index,
+            device=spec.device,
+            **spec.model_options,
+        )
+    )
+
+
+def wait_placed(workers: list, cpus_each: float) -> list[dict]:
+    """Each worker's placement, once all are up (PlacementError when not in time)."""
+    try:
+        return ray.get([w.placement.remote() for w in workers], timeout=PLACEMENT_TIMEOUT_S)
+    except GetTimeoutError:
+        raise PlacementError.for_workers(len(workers), cpus_each) from None
+
+
+def answers(method) -> bool:
+    """Whether an actor's `method` returns within PING_TIMEOUT_S."""
+    try:
+        ray.get(method.remote(), timeout=PING_TIMEOUT_S)
+        return True
+    except (RayActorError, GetTimeoutError):
+        return False
+
+
+def kill(actor: ray.actor.ActorHandle) -> None:
+    ray.kill(actor, no_restart=True)  # a no-op for an actor that is already dead

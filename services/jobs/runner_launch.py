@@ -1,0 +1,59 @@
+"""How the API process gets a job's runner actor: found by name, or started detached for it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import ray
+
+from services.cluster import remote_class
+from services.jobs.records import JobRecord
+from services.jobs.runner import JobRunner
+from services.jobs.spec import JobSpec
+
+RUNNER_START_TIMEOUT_S = 60.0  # for a dead runner's name to be freed
+
+
+def runner_actor_name(record: JobRecord) -> str:
+    """The Ray actor name of a job's runner: a standby's, stored with the job, or the one
+    a runner started for the job gets."""
+    return record.runner or f"{record.job_id}/runner"
+
+
+def running_runner(record: JobRecord) -> ray.actor.ActorHandle | None:
+    """The job's runner if it outlived an earlier API server (it is detached)."""
+    try:
+        return ray.get_actor(runner_actor_name(record))
+    except ValueError:
+        return None
+
+
+def runner_options(
+    *, worker_cpus: float, datasets_dir: Path, checkpoint_dir: Path, resume_at_most: int
+) -> dict:
+    """JobRunner's keyword arguments for a job, resuming after step `resume_at_most`."""
+    return {
+        "worker_cpus": worker_cpus,
+        "datasets_dir": str(datasets_dir.resolve()),
+        "checkpoint_dir": str(checkpoint_dir.resolve()),
+        "resume_at_most": resume_at_most,
+    }
+
+
+def start_runner(name: str, job_id: str, spec: JobSpec, options: dict) -> ray.actor.ActorHandle:
+    """A detached runner named `name` for the job: it goes on when this API process stops,
+    and the next one reattaches by that name."""
+    # A dead runner's name is freed shortly after its death: retry until it is.
+    deadline = time.monotonic() + RUNNER_START_TIMEOUT_S
+    while True:
+        try:
+            return (
+                remote_class(JobRunner)
+                .options(name=name, num_cpus=0, max_concurrency=4, lifetime="detached")
+                .remote(job_id, spec, **options)
+            )
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -1,0 +1,29 @@
+"""ScheduleSpec: how a job's learning rate η changes with the step."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from services.paramserver.optimizers import LRSchedule
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSpec:
+    """How η changes with the step (see services.paramserver.optimizers.LRSchedule).
+
+    The job's total step count, which a cosine schedule needs, is known only once its
+    data is loaded: `schedule(total_steps)` builds the optimizer's schedule then.
+    """
+
+    kind: str = "constant"
+    warmup_steps: int = 0
+    step_size: int = 1000
+    gamma: float = 0.1
+    min_learning_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.schedule(total_steps=self.warmup_steps + 1)  # validates every field
+
+    def schedule(self, total_steps: int) -> LRSchedule:
+        return LRSchedule(**dataclasses.asdict(self), total_steps=total_steps)
