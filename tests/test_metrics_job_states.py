@@ -11,21 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.jobs.records import JobRecord, JobState
-from services.jobs.spec import DatasetSpec, JobSpec, LayerSpec
 from services.jobs.store import JobStore
 from services.metrics import ServiceMetrics
 from services.metrics.service import TERMINAL_STATES
+from tests.test_store import SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
-
-SPEC = JobSpec(
-    name="metrics",
-    layers=(LayerSpec(units=8, activation="relu"), LayerSpec(units=10, activation="identity")),
-    dataset=DatasetSpec(name="digits", validation_fraction=0.2),
-    batch_size=16,
-    steps=40,
-    seed=3,
-)
 
 
 @pytest.fixture

@@ -41,7 +41,6 @@ class _Tail:
     responses: list[pb.StreamMetricsResponse] = field(default_factory=list)
     final: pb.StreamMetricsResponse | None = None
     followers: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
     moved: asyncio.Event = field(default_factory=asyncio.Event)
     is_refreshing: bool = False
     is_dirty: bool = False
@@ -87,16 +86,16 @@ class Followers:
         return len(self._tails)
 
     async def follow(
-        self, job_id: str, after_step: int, check_access: Callable[[str], object]
+        self, job_id: str, after_step: int, check_access: Callable[[str], JobRecord]
     ) -> AsyncIterator[pb.StreamMetricsResponse]:
         """Points with step > after_step, stored then live; then the finished job.
 
-        `check_access(job_id)` raises (NotFoundError) before the first message when the
-        caller may not see the job; it runs in a worker thread."""
+        `check_access(job_id)` returns the job, or raises (NotFoundError) before the
+        first message when the caller may not see it; it runs in a worker thread."""
         if after_step < 0:
             raise InvalidSpecError("after_step", f"must be >= 0, got {after_step}")
-        await asyncio.to_thread(check_access, job_id)
-        tail = await self._acquire(job_id)
+        record = await asyncio.to_thread(check_access, job_id)
+        tail = self._acquire(job_id, record)
         try:
             cursor = after_step
             while True:
@@ -123,28 +122,18 @@ class Followers:
         finally:
             self._release(job_id, tail)
 
-    async def _acquire(self, job_id: str) -> _Tail:
+    def _acquire(self, job_id: str, record: JobRecord) -> _Tail:
+        """The job's tail; a new one starts after `record` (the job as just read)."""
         tail = self._tails.get(job_id)
         if tail is None:
             tail = self._tails[job_id] = _Tail()
             tail.followers += 1
-            try:
-                record = await asyncio.to_thread(self.store.get, job_id)
-            except BaseException:
-                self._release(job_id, tail)
-                raise
             tail.covered_after = tail.last_step = record.step
             if record.is_finished:
                 tail.final = _final(record)
-            tail.ready.set()
-            self._refresh(job_id, tail)  # a change while it was read must not be missed
+            self._refresh(job_id, tail)  # a change since `record` was read must not be missed
             return tail
         tail.followers += 1
-        try:
-            await tail.ready.wait()
-        except BaseException:
-            self._release(job_id, tail)
-            raise
         return tail
 
     def _release(self, job_id: str, tail: _Tail) -> None:
@@ -154,8 +143,7 @@ class Followers:
 
     def _refresh_all(self) -> None:
         for job_id, tail in list(self._tails.items()):
-            if tail.ready.is_set():
-                self._refresh(job_id, tail)
+            self._refresh(job_id, tail)
 
     def _refresh(self, job_id: str, tail: _Tail) -> None:
         if tail.final is not None:

@@ -197,13 +197,8 @@ class JobStore:
         return {row["job_id"]: row["owner"] for row in rows}
 
     def ids_in_states(self, states: tuple[JobState, ...]) -> list[str]:
-        marks = ", ".join("?" for _ in states)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT job_id FROM jobs WHERE state IN ({marks}) ORDER BY seq",
-                [s.value for s in states],
-            ).fetchall()
-        return [row["job_id"] for row in rows]
+        """Ids of the jobs in `states`, oldest first."""
+        return list(self.owners_in_states(states))
 
     def count_by_state(self) -> dict[JobState, int]:
         """{state: how many jobs are in it} for every state (0 where none)."""
