@@ -417,7 +417,9 @@ def test_the_running_jobs_quota_holds_a_principals_jobs_while_others_start(
         assert record.queue_reason == "principal alice has 1 running jobs, its running_jobs quota"
         finished = wait_for(manager, bobs.job_id, lambda r: r.is_finished)
         assert finished.state is JobState.SUCCEEDED, finished.reason
-        assert manager.get(first.job_id, principal=ALICE).state is JobState.RUNNING
+        # `first` holds alice's quota from its placement on (it may still be placing on a
+        # loaded host when bob's one-epoch job has finished) until it ends.
+        wait_for(manager, first.job_id, lambda r: r.state is JobState.RUNNING)
         assert manager.get(held.job_id, principal=ALICE).state is JobState.QUEUED
         with pytest.raises(NotFoundError):
             manager.weights_file(bobs.job_id, principal=ALICE)
