@@ -47,6 +47,14 @@ from services.tenancy import Quotas, parse_principals
     help="Job runners kept booted for the next job (0-8; 0: each job starts its own).",
 )
 @click.option(
+    "--keep-workers-s",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds a standby runner keeps its last job's workers for a job of the same shape "
+    "(0: never; kept workers hold their CPUs, and are dropped when another job needs them).",
+)
+@click.option(
     "--max-dataset-bytes", default=1 << 30, show_default=True, type=int, help="Upload size limit."
 )
 @click.option(
@@ -145,6 +153,7 @@ def _configs(o: dict[str, Any]) -> tuple[ServerConfig, JobsConfig, RayConfig, Me
         max_running_jobs=o["max_running_jobs"],
         max_queued_jobs=o["max_queued_jobs"],
         standby_runners=o["standby_runners"],
+        keep_workers_s=o["keep_workers_s"],
         max_dataset_bytes=o["max_dataset_bytes"],
         quotas=quotas,
     )

@@ -237,3 +237,22 @@ def start_api(
         assert time.monotonic() < deadline, "bptrain serve did not start"
         time.sleep(0.1)
     return process, int(port_file.read_text())
+
+
+def worker_actor_of_process(pid: int, timeout_s: float = 10.0):  # -> ray.actor.ActorHandle
+    """The named colocated-worker actor running in process `pid` (a job's `workers[i].pid`).
+    By process, not by name: a worker kept from an earlier job keeps that job's name."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if "/worker-" not in entry["name"]:
+                continue
+            with contextlib.suppress(ValueError, RayActorError, GetTimeoutError):
+                actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+                if ray.get(actor.placement.remote(), timeout=2)["pid"] == pid:
+                    return actor
+        time.sleep(0.05)
+    raise AssertionError(f"no worker actor runs in process {pid}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 
 import grpc
@@ -12,9 +14,11 @@ import pytest
 import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from ray.exceptions import RayActorError
 
 from bptrain import BptrainError, Client
 from bptrain.v1 import training_pb2 as pb
+from services.cluster import NAMESPACE
 from services.datasets import load_dataset
 from services.jobs.monitor import runner_actor_name
 from tests.conftest import digits_spec
@@ -42,17 +46,25 @@ def wait_for_step(client: Client, job_id: str, step: int, timeout_s: float = 60.
     raise AssertionError(f"{job_id} did not reach step {step}")
 
 
-def job_actor_names(job_id: str, manager) -> list[str]:
-    """The named actors working for a job: its workers and its runner (a standby's name,
-    or one with the job id), unless that runner is back in the pool, idle."""
-    runner = runner_actor_name(manager.store.get(job_id))
-    if runner in manager.runners.idle_names():
-        runner = ""
-    return [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if job_id in a["name"] or a["name"] == runner
-    ]
+def job_processes(job: pb.Job, manager) -> list[int]:
+    """The live processes working for a job: its workers (by the ids `GetJob` gives: a
+    worker kept from an earlier job has that job's actor name) and its runner (a
+    standby's, or one named for the job), unless that runner is back in the pool, idle."""
+    pids = [worker.pid for worker in job.workers]
+    runner = runner_actor_name(manager.store.get(job.job_id))
+    if runner not in manager.runners.idle_names():
+        with contextlib.suppress(ValueError, RayActorError):  # gone: no process
+            actor = ray.get_actor(runner, namespace=NAMESPACE)
+            pids += ray.get(actor.process_ids.remote(), timeout=10)["runner"]
+    return [pid for pid in pids if is_alive(pid)]
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_job_streams_every_step_once_then_gives_accurate_weights(client: Client) -> None:
@@ -155,16 +167,16 @@ def test_negative_learning_rate_message_reads_as_documented(client: Client) -> N
 def test_cancel_ends_a_running_job_and_removes_its_actors(client: Client, server: tuple) -> None:
     manager = server[1]
     job = client.submit(digits_spec(epochs=5000))
-    wait_for_step(client, job.job_id, 3)
-    assert len(job_actor_names(job.job_id, manager)) == 3  # runner, 2 workers with a θ shard
+    running = wait_for_step(client, job.job_id, 3)
+    assert len(job_processes(running, manager)) == 3  # runner, 2 workers with a θ shard
     started = time.monotonic()
     cancelled = client.cancel(job.job_id)
-    while job_actor_names(job.job_id, manager) and time.monotonic() - started < 10:
+    while job_processes(running, manager) and time.monotonic() - started < 10:
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     assert cancelled.state == pb.CANCELLED
     assert cancelled.reason == "cancelled by request"
-    assert job_actor_names(job.job_id, manager) == [], f"actors left {elapsed:.2f} s after cancel"
+    assert job_processes(running, manager) == [], f"processes left {elapsed:.2f} s after cancel"
     final = list(client.events(job.job_id))[-1].final
     assert final.state == pb.CANCELLED
     with pytest.raises(BptrainError) as caught:

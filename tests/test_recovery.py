@@ -29,6 +29,7 @@ from services.api.convert import spec_from_proto
 from services.jobs.records import JobState
 from services.jobs.runner import RECOVERY_ATTEMPTS, JobRunner
 from tests.conftest import digits_spec
+from tests.processes import worker_actor_of_process
 from tests.test_faults import assert_same_weights, streamed_steps, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -107,7 +108,7 @@ def kill_new_actors(job_id: str, role: str, known: set[str], count: int) -> list
     the moment it appears (while it is still being created, mostly): `count` repair
     attempts in a row lose an actor. Returns their names."""
     killed: list[str] = []
-    newest = max(map(generation, known))
+    newest = max(map(generation, known), default=0)  # none: workers kept from another job
     deadline = time.monotonic() + 120
     while len(killed) < count:
         assert time.monotonic() < deadline, f"only {len(killed)} new {role} actors appeared"
@@ -144,9 +145,12 @@ def test_replacements_killed_while_created_are_created_again_and_nothing_changes
     client: Client, reference: dict, changes: dict, role: str
 ) -> None:
     job = client.submit(digits_spec(steps=3000, checkpoint_every=25, **changes))
-    wait_for_step(client, job.job_id, 60)
+    running = wait_for_step(client, job.job_id, 60)
     known = named(job.job_id, role)
-    victim = ray.get_actor(sorted(known)[0], namespace=NAMESPACE)
+    if role == "worker":  # by process: workers kept from an earlier job keep its names
+        victim = worker_actor_of_process(running.workers[0].pid)
+    else:
+        victim = ray.get_actor(sorted(known)[0], namespace=NAMESPACE)
     ray.kill(victim, no_restart=True)  # the fault; then the first two repairs' actors
     killed = kill_new_actors(job.job_id, role, known, count=2)
     print(f"killed while created: {killed}")

@@ -129,16 +129,8 @@ class GradientWorker:
         return {"num_gpus": 1} if device == "gpu" else {}
 
     def placement(self) -> dict[str, str | int]:
-        """Where this worker runs: Ray node id (when under Ray), host name and process id."""
-        node_id = ""
-        try:
-            import ray
-
-            if ray.is_initialized():
-                node_id = ray.get_runtime_context().get_node_id()
-        except ImportError:
-            pass
-        return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid()}
+        """Where this worker runs (`process_placement`)."""
+        return process_placement()
 
     def compute_gradients(self, theta: np.ndarray, epoch: int, index: int) -> GradientResult:
         """Gradient of the mean loss over batch `index` of `epoch` at θ: (P,) in θ's dtype."""
@@ -241,3 +233,16 @@ class GradientWorker:
             )
             self._order_epoch = epoch
         return self._order[index * self.local_batch : (index + 1) * self.local_batch]
+
+
+def process_placement() -> dict[str, str | int]:
+    """Where this process runs: Ray node id (when under Ray), host name and process id."""
+    node_id = ""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node_id = ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid()}

@@ -19,6 +19,8 @@ from ray.exceptions import GetTimeoutError, RayTaskError
 from services.cluster import remote_class
 from services.jobs.checkpoints import CheckpointStore, split_shards
 from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
+from services.jobs.faults import FAULTS
+from services.jobs.kept_workers import KeptWorkers
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
 from services.paramserver.colocated import ColocatedWorker, Drained, ServerConfig, ShardState
@@ -56,7 +58,10 @@ class ColocatedCohort:
         worker_cpus: float,
         checkpoints: CheckpointStore | None,
         total_steps: int,
+        kept: KeptWorkers | None = None,
     ) -> None:
+        """`kept`: idle workers of an earlier job; the first start renews those that fit
+        (and kills the others) instead of starting as many processes."""
         self.job_id = job_id
         self.spec = spec
         self.data = data
@@ -76,6 +81,7 @@ class ColocatedCohort:
         self.replacements = 0
         self._generation = 0
         self._shards: list[tuple[ray.ObjectRef, ray.ObjectRef]] = []
+        self._kept = kept
 
     def start(self, resume_at_most: int | None = None) -> int:
         """Create and connect every worker; returns the step they continue from."""
@@ -92,8 +98,18 @@ class ColocatedCohort:
             resumes = split_shards(latest, ParamLayout(self.spec.sizes).shard_bounds(n))
             theta_ref = ray.put(latest.theta)
         self._generation += 1
-        self.workers = [self._new_worker(i, resumes[i], theta_ref) for i in range(n)]
+        kept, self._kept = self._kept, None  # only the first start renews kept workers
+        renewed = kept.take(self._kind, self.worker_cpus, self.spec.device, n) if kept else []
+        self.workers = [*renewed]
+        self.workers += [self._new_worker(i, resumes[i], theta_ref) for i in range(len(renewed), n)]
         try:
+            ray.get(
+                [
+                    w.renew.remote(**self._arguments(i, resumes[i], theta_ref))
+                    for i, w in enumerate(renewed)
+                ],
+                timeout=PLACEMENT_TIMEOUT_S,
+            )
             endpoints = ray.get(
                 [w.endpoint.remote() for w in self.workers], timeout=PLACEMENT_TIMEOUT_S
             )
@@ -121,50 +137,60 @@ class ColocatedCohort:
             log.info("job %s: restored from the checkpoint of step %d", self.job_id, step)
         return step
 
+    @property
+    def _kind(self) -> type[ColocatedWorker]:
+        return ColocatedWorker if self.spec.consistency == "bsp" else AsyncColocatedWorker
+
     def _new_worker(
         self, i: int, resume: ShardState | None, theta_ref: ray.ObjectRef | None
     ) -> ray.actor.ActorHandle:
-        """Worker i; from `resume` (its shard) and `theta_ref` (the whole θ) when given."""
-        spec, plan = self.spec, self.data.plan
-        X, y = self._shards[i]
-        kind, extra = ColocatedWorker, {}
-        if spec.consistency != "bsp":
-            kind = AsyncColocatedWorker
-            extra = {
-                "staleness_bound": spec.staleness_bound,
-                "staleness_aware_lr": spec.staleness_aware_lr,
-            }
+        """Worker i in a new process; see `_arguments`."""
         return (
-            remote_class(kind)
+            remote_class(self._kind)
             .options(
                 name=f"{self.job_id}/worker-{i}.{self._generation}",
                 num_cpus=self.worker_cpus,
                 max_concurrency=4,  # train, and drain / snapshot / latest_theta beside it
                 scheduling_strategy="SPREAD",
-                **GradientWorker.actor_options(spec.device),
+                **GradientWorker.actor_options(self.spec.device),
             )
-            .remote(
-                **extra,
-                index=i,
-                workers=spec.workers,
-                server=self.server,
-                worker={
-                    "sizes": spec.sizes,
-                    "activations": spec.activations,
-                    "loss": spec.loss,
-                    "local_batch": plan.local_batches[i],
-                    "steps_per_epoch": plan.steps_per_epoch,
-                    "seed": spec.seed,
-                    "worker_index": i,
-                    "device": spec.device,
-                    **spec.model_options,
-                },
-                X=X,
-                y=y,
-                resume=resume,
-                resume_theta=theta_ref,
-            )
+            .remote(**self._arguments(i, resume, theta_ref))
         )
+
+    def _arguments(
+        self, i: int, resume: ShardState | None, theta_ref: ray.ObjectRef | None
+    ) -> dict:
+        """Worker i's arguments; from `resume` (its shard) and `theta_ref` (the whole θ)
+        when given."""
+        spec, plan = self.spec, self.data.plan
+        X, y = self._shards[i]
+        extra = {}
+        if spec.consistency != "bsp":
+            extra = {
+                "staleness_bound": spec.staleness_bound,
+                "staleness_aware_lr": spec.staleness_aware_lr,
+            }
+        return {
+            **extra,
+            "index": i,
+            "workers": spec.workers,
+            "server": self.server,
+            "worker": {
+                "sizes": spec.sizes,
+                "activations": spec.activations,
+                "loss": spec.loss,
+                "local_batch": plan.local_batches[i],
+                "steps_per_epoch": plan.steps_per_epoch,
+                "seed": spec.seed,
+                "worker_index": i,
+                "device": spec.device,
+                **spec.model_options,
+            },
+            "X": X,
+            "y": y,
+            "resume": resume,
+            "resume_theta": theta_ref,
+        }
 
     def launch(
         self,
@@ -211,3 +237,18 @@ class ColocatedCohort:
         for actor in self.workers:
             ray.kill(actor, no_restart=True)
         self.workers = []
+        if self._kept is not None:  # never started
+            self._kept.drop()
+
+    def keep(self) -> KeptWorkers | None:
+        """Detach the workers, idle and out of this job (`forget`), for another job;
+        None (and they are killed) if one does not answer."""
+        workers, self.workers = self.workers, []
+        try:
+            ray.get([w.forget.remote() for w in workers], timeout=DRAIN_TIMEOUT_S)
+        except (*FAULTS, RayTaskError) as error:
+            log.info("job %s: workers not kept (%s)", self.job_id, error)
+            self.workers = workers
+            self.release()
+            return None
+        return KeptWorkers(workers, self._kind, self.worker_cpus, self.spec.device)

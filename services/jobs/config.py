@@ -23,6 +23,7 @@ class JobsConfig:
     max_queued_jobs: int = 100
     max_dataset_bytes: int = 1 << 30
     standby_runners: int = 1  # runners kept booted for the next job (services/jobs/runner_pool.py)
+    keep_workers_s: float = 60.0  # a standby keeps its last job's workers (kept_workers.py)
     quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
@@ -36,6 +37,8 @@ class JobsConfig:
             raise ValueError(f"max_dataset_bytes must be >= 1, got {self.max_dataset_bytes}")
         if not 0 <= self.standby_runners <= 8:
             raise ValueError(f"standby_runners must be in [0, 8], got {self.standby_runners}")
+        if not 0 <= self.keep_workers_s <= 86_400:
+            raise ValueError(f"keep_workers_s must be in [0, 86400], got {self.keep_workers_s}")
 
     @property
     def database(self) -> Path:

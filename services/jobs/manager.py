@@ -65,7 +65,11 @@ class JobManager:
             max_bytes=self.config.max_dataset_bytes,
             quota_bytes=self.config.quotas.dataset_bytes,
         )
-        self.runners = RunnerPool(self.config.standby_runners)
+        self.runners = RunnerPool(
+            self.config.standby_runners,
+            keep_workers_s=self.config.keep_workers_s,
+            others_running=lambda: len(self._monitors) > 1,  # the ending job's is still there
+        )
         self._monitors: dict[str, RunnerMonitor] = {}  # started and not yet ended
         self._queue = JobQueue(self.config, self.store.owners_in_states((JobState.QUEUED,)))
         self._weights = WeightsLocator(self.config, self.store, running=self._running_monitor)

@@ -43,6 +43,7 @@ from services.jobs.cohort import Cohort, PlacementError
 from services.jobs.colocated_cohort import ColocatedCohort, is_colocated
 from services.jobs.colocated_loop import train_colocated
 from services.jobs.faults import RECOVERY_ATTEMPTS, STEP_TIMEOUT_S, Recovery
+from services.jobs.kept_workers import KeptWorkers
 from services.jobs.lead import MAX_LEAD_S, Lead
 from services.jobs.outcomes import JobCancelled, JobFailed, StoppedEarly
 from services.jobs.records import JobState
@@ -143,7 +144,7 @@ class JobRunner:
                 log.exception("job %s failed", self.job_id)
                 status.finish(JobState.FAILED, f"{type(error).__name__}: {error}"[:500])
         finally:
-            self._release_actors()
+            self._release_actors(ended=status.state)
         return status.state
 
     def poll(self, after_step: int, timeout_s: float) -> RunnerUpdate:
@@ -260,7 +261,13 @@ class JobRunner:
     def _start_cohort(
         self, kind: type[Cohort] | type[ColocatedCohort], data: TrainingData, steps: int
     ) -> int:
-        """Create the job's actors (`self._cohort`); returns the step they start after."""
+        """Create the job's actors (`self._cohort`); returns the step they start after.
+        Colocated workers renew what a standby runner kept of its last job's."""
+        kept = self._kept_workers()
+        if kept is not None and kind is not ColocatedCohort:
+            kept.drop()  # parameter-server actors and gradient workers: none renews them
+            kept = None
+        extra = {"kept": kept} if kept is not None else {}
         try:
             self._cohort = cohort = kind(
                 self.job_id,
@@ -269,8 +276,11 @@ class JobRunner:
                 worker_cpus=self.worker_cpus,
                 checkpoints=self.checkpoints,
                 total_steps=steps,
+                **extra,
             )
         except InvalidSpecError as error:  # a schedule that does not fit the step count
+            if kept is not None:
+                kept.drop()
             raise JobFailed(str(error.under("schedule"))) from None
         at_most = self.resume_at_most
         return self._recovery.recovered(
@@ -282,6 +292,11 @@ class JobRunner:
         if self.checkpoints is not None:
             self.checkpoints.recorded = recorded
 
-    def _release_actors(self) -> None:
+    def _kept_workers(self) -> KeptWorkers | None:
+        """Idle workers of an earlier job for this one to renew: a standby runner's."""
+        return None
+
+    def _release_actors(self, ended: JobState | None = None) -> None:
+        """Kill the job's actors; `ended`: the job's terminal state, once `run` ends."""
         if self._cohort is not None:
             self._cohort.release()

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArra
 from services.paramserver.colocated_state import Drained, ServerConfig, ShardKeeper, ShardState
 from services.paramserver.optimizers import apply_update, global_norm, init_state, learning_rate_at
 from services.paramserver.step_stats import StepStats
-from worker.gradient_worker import GradientWorker
+from worker.gradient_worker import GradientWorker, process_placement
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class ColocatedWorker(ShardKeeper):
         return Endpoint(self.index, node, self.mesh.host, self.mesh.port)
 
     def placement(self) -> dict:
-        return self.engine.placement()
+        return process_placement()  # answers between jobs too (a kept worker)
 
     def join(self, endpoints: Sequence[Endpoint], tag: str) -> str:
         """Connect the mesh; on one node, map the shared G and θ. Returns the transport
@@ -285,6 +286,20 @@ class ColocatedWorker(ShardKeeper):
             self.mesh.close()
         if self.shared is not None:
             self.shared.unlink()
+
+    # --- between jobs (a kept worker, services/jobs/kept_workers.py) ------------------
+
+    def forget(self) -> None:
+        """Leave the job: close the mesh and drop the job's state, data and θ. The
+        process waits, idle, until `renew` makes it a worker of another job."""
+        if vars(self):
+            self.close()
+            vars(self).clear()
+
+    def renew(self, **kwargs: Any) -> None:
+        """Become a new job's worker in this process (this class's `__init__` arguments)."""
+        self.forget()
+        self.__init__(**kwargs)
 
 
 __all__ = ["ColocatedWorker", "PeerLost", "ServerConfig", "ShardState"]
