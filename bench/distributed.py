@@ -430,12 +430,15 @@ def measure_bptrain(plan: Plan, settings: Settings) -> Measurement:
 
     from services.jobs.records import JobState
     from services.jobs.runner import JobRunner
+    from services.jobs.runner_options import RunnerOptions
 
     spec = bptrain_spec(plan, settings)
     runner = (
         ray.remote(JobRunner)
         .options(num_cpus=0, max_concurrency=4)
-        .remote(f"bench-{uuid.uuid4().hex[:8]}", spec, transport=TRANSPORT[plan.impl])
+        .remote(
+            f"bench-{uuid.uuid4().hex[:8]}", spec, RunnerOptions(transport=TRANSPORT[plan.impl])
+        )
     )
     points: dict[int, object] = {}
     meter: CpuMeter | None = None

@@ -9,6 +9,7 @@ from bptrain.specfile import spec_from_dict
 from services.api.convert import spec_from_proto
 from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
+from services.jobs.runner_options import RunnerOptions
 from services.jobs.training_data import prepare_data
 from tests.conftest import digits_spec
 from worker.layout import ParamLayout
@@ -68,7 +69,9 @@ def test_bsp_matches_single_process_sgd_across_epoch_ends(
     assert sum(plan.last_batches) < plan.batch_size
 
     runner = JobRunner(  # run here, unpolled: no store to stay close to
-        f"bsp-{workers}-{shards}-{transport}", spec, transport=transport, max_lead_s=None
+        f"bsp-{workers}-{shards}-{transport}",
+        spec,
+        RunnerOptions(transport=transport, max_lead_s=None),
     )
     assert runner.run() is JobState.SUCCEEDED
     distributed = runner.final_theta()

@@ -19,11 +19,14 @@ from services.api.convert import spec_from_proto
 from services.jobs.config import JobsConfig
 from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
+from services.jobs.runner_options import RunnerOptions
 from services.jobs.runner_pool import RunnerPool, StandbyRunner
 from services.jobs.spec import JobSpec
 from tests.conftest import digits_spec
 
 pytestmark = pytest.mark.usefixtures("ray_session")
+
+UNPOLLED = RunnerOptions(max_lead_s=None)  # run here: no store to stay close to
 
 
 def spec(**changes: object) -> JobSpec:
@@ -50,7 +53,7 @@ def wait_dead(pids: list[int], timeout_s: float = 20) -> None:
 
 def run_job(runner: StandbyRunner, job_id: str, job: JobSpec) -> list[int]:
     """Run `job` on the in-process standby `runner`; its workers' process ids."""
-    runner.assign(job_id, job, max_lead_s=None)
+    runner.assign(job_id, job, UNPOLLED)
     assert runner.run() is JobState.SUCCEEDED
     return runner.process_ids()["workers"]
 
@@ -63,7 +66,7 @@ def test_the_next_job_of_the_same_shape_renews_the_kept_workers_and_trains_the_s
     other = dataclasses.replace(BSP, seed=7)  # another job of the same shape
     assert run_job(runner, "job-b", other) == first  # no new process
     renewed_theta = runner.final_theta()
-    fresh = JobRunner("job-c", other, max_lead_s=None)  # the same job on new workers
+    fresh = JobRunner("job-c", other, UNPOLLED)  # the same job on new workers
     assert fresh.run() is JobState.SUCCEEDED
     np.testing.assert_array_equal(renewed_theta, fresh.final_theta())
     assert runner.recycle(keep_workers_s=0)
@@ -104,7 +107,7 @@ def test_kept_workers_are_dropped_after_their_time_and_when_told() -> None:
 
 def test_a_job_that_did_not_succeed_leaves_no_workers_behind() -> None:
     runner = StandbyRunner()
-    runner.assign("job-a", spec(epochs=1000, workers=2), max_lead_s=None)
+    runner.assign("job-a", spec(epochs=1000, workers=2), UNPOLLED)
     result: list[JobState] = []
     thread = threading.Thread(target=lambda: result.append(runner.run()))
     thread.start()
@@ -120,7 +123,7 @@ def test_a_job_that_did_not_succeed_leaves_no_workers_behind() -> None:
 
 
 def on_standby(actor: ray.actor.ActorHandle, job_id: str, job: JobSpec) -> list[int]:
-    ray.get(actor.assign.remote(job_id, job, max_lead_s=None))
+    ray.get(actor.assign.remote(job_id, job, UNPOLLED))
     assert ray.get(actor.run.remote()) is JobState.SUCCEEDED
     return ray.get(actor.process_ids.remote())["workers"]
 

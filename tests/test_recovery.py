@@ -28,6 +28,7 @@ from bptrain.v1 import training_pb2 as pb
 from services.api.convert import spec_from_proto
 from services.jobs.records import JobState
 from services.jobs.runner import RECOVERY_ATTEMPTS, JobRunner
+from services.jobs.runner_options import RunnerOptions
 from tests.conftest import digits_spec
 from tests.processes import worker_actor_of_process
 from tests.test_faults import assert_same_weights, streamed_steps, wait_for_step
@@ -56,7 +57,11 @@ def test_an_unpolled_runner_holds_at_its_lead_without_spinning_and_goes_on_when_
     runner = (
         ray.remote(JobRunner)
         .options(max_concurrency=4, namespace=NAMESPACE)
-        .remote("lead-" + transport + str(len(mode)), spec, transport=transport, max_lead_s=0.5)
+        .remote(
+            "lead-" + transport + str(len(mode)),
+            spec,
+            RunnerOptions(transport=transport, max_lead_s=0.5),
+        )
     )
     done = runner.run.remote()
     # poll(0) reads without recording anything: the store is "stalled" at step 0.
@@ -196,7 +201,7 @@ def test_a_runner_left_unstarted_by_a_dead_api_is_started_by_the_next_monitor(
 ) -> None:
     """An API process killed while its runner was still being created never delivered
     `run` to it; the next API process finds the (detached) runner and must start it."""
-    from services.jobs.monitor import RunnerMonitor
+    from services.jobs.monitor import JobSetup, MonitorCallbacks, RunnerMonitor
     from services.jobs.records import JobRecord
     from services.jobs.store import JobStore
 
@@ -208,16 +213,18 @@ def test_a_runner_left_unstarted_by_a_dead_api_is_started_by_the_next_monitor(
     ray.remote(JobRunner).options(
         name=f"{job_id}/runner", namespace=NAMESPACE, lifetime="detached", max_concurrency=4,
         num_cpus=0,
-    ).remote(job_id, spec, checkpoint_dir=str(tmp_path / "checkpoints"))  # fmt: skip
+    ).remote(job_id, spec, RunnerOptions(checkpoint_dir=tmp_path / "checkpoints"))  # fmt: skip
     monitor = RunnerMonitor(
         job_id=job_id,
         spec=spec,
         store=store,
-        weights_path=tmp_path / "weights.npz",
-        worker_cpus=1.0,
-        datasets_dir=tmp_path / "datasets",
-        checkpoint_dir=tmp_path / "checkpoints",
-        on_change=lambda: None,
+        setup=JobSetup(
+            weights_path=tmp_path / "weights.npz",
+            checkpoint_dir=tmp_path / "checkpoints",
+            datasets_dir=tmp_path / "datasets",
+            worker_cpus=1.0,
+        ),
+        callbacks=MonitorCallbacks(on_change=lambda: None),
     )
     monitor.start()
     deadline = time.monotonic() + 120
@@ -230,7 +237,11 @@ def test_a_runner_left_unstarted_by_a_dead_api_is_started_by_the_next_monitor(
 
 def test_run_called_twice_trains_once(ray_session: None) -> None:
     spec = spec_from_proto(spec_from_dict(digits_spec(steps=200)))
-    runner = ray.remote(JobRunner).options(max_concurrency=4).remote("twice", spec, max_lead_s=None)
+    runner = (
+        ray.remote(JobRunner)
+        .options(max_concurrency=4)
+        .remote("twice", spec, RunnerOptions(max_lead_s=None))
+    )
     first, second = runner.run.remote(), runner.run.remote()
     assert ray.get(first) is JobState.SUCCEEDED or ray.get(second) is JobState.SUCCEEDED
     update = ray.get(runner.poll.remote(0, 0.0))

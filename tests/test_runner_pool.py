@@ -15,6 +15,7 @@ from services.api.convert import spec_from_proto
 from services.cluster import NAMESPACE
 from services.jobs.manager import JobManager, JobsConfig
 from services.jobs.records import JobState
+from services.jobs.runner_options import RunnerOptions
 from services.jobs.runner_pool import PREFIX, RunnerPool, StandbyRunner
 from services.tenancy import LOCAL
 from tests.conftest import digits_spec
@@ -112,7 +113,7 @@ def test_strays_are_removed_and_idle_and_used_standbys_kept(ray_session: None) -
 def test_a_standby_runs_one_job_at_a_time_and_answers_only_for_it(ray_session: None) -> None:
     spec = spec_from_proto(spec_from_dict(digits_spec(epochs=1)))
     runner = StandbyRunner()
-    runner.assign("job-a", spec, max_lead_s=None)
+    runner.assign("job-a", spec, RunnerOptions(max_lead_s=None))
     with pytest.raises(RuntimeError, match="already runs job job-a"):
         runner.assign("job-b", spec)
     runner.cancel("job-b")  # a late cancel meant for an earlier job: ignored
@@ -123,7 +124,7 @@ def test_a_standby_runs_one_job_at_a_time_and_answers_only_for_it(ray_session: N
     assert runner.run() is JobState.SUCCEEDED
     assert runner.recycle()  # forgets job-a ...
     assert not hasattr(runner, "job_id") and not hasattr(runner, "_cohort")
-    runner.assign("job-b", spec, max_lead_s=None)  # ... and takes the next
+    runner.assign("job-b", spec, RunnerOptions(max_lead_s=None))  # ... and takes the next
     assert runner.run() is JobState.SUCCEEDED
 
 

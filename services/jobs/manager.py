@@ -24,7 +24,7 @@ from services.errors import InvalidSpecError, UnavailableError
 from services.jobs.config import JobsConfig
 from services.jobs.dataset_guard import refuse_if_in_use
 from services.jobs.export import exported
-from services.jobs.monitor import RunnerMonitor
+from services.jobs.monitor import JobSetup, MonitorCallbacks, RunnerMonitor
 from services.jobs.queue import JobQueue
 from services.jobs.records import JobRecord, JobState
 from services.jobs.runner_pool import RunnerPool
@@ -151,12 +151,13 @@ class JobManager:
             job_id=job_id,
             spec=record.spec,
             store=self.store,
-            weights_path=self.config.weights_path(job_id),
-            checkpoint_dir=self.config.checkpoint_dir(job_id),
-            worker_cpus=self.config.worker_cpus,
-            datasets_dir=self.config.datasets_dir,
-            on_change=self._notify,
-            on_end=self._job_ended,
+            setup=JobSetup(
+                weights_path=self.config.weights_path(job_id),
+                checkpoint_dir=self.config.checkpoint_dir(job_id),
+                datasets_dir=self.config.datasets_dir,
+                worker_cpus=self.config.worker_cpus,
+            ),
+            callbacks=MonitorCallbacks(on_change=self._notify, on_end=self._job_ended),
             metrics=self.metrics,
             pool=self.runners,
         )

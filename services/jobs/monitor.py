@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -22,11 +22,13 @@ from services.errors import FailedPreconditionError
 from services.jobs.records import JobState
 from services.jobs.runner import RunnerUpdate
 from services.jobs.runner_launch import (
+    JobSetup,
     runner_actor_name,
     runner_options,
     running_runner,
     start_runner,
 )
+from services.jobs.runner_options import RunnerOptions
 from services.jobs.runner_pool import RunnerPool, Standby
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
@@ -42,6 +44,18 @@ CANCEL_TIMEOUT_S = 5.0
 MAX_RUNNER_REPLACEMENTS = 3  # in a row, with no step recorded between them
 
 
+@dataclass(frozen=True)
+class MonitorCallbacks:
+    """What a monitor tells its owner, from the monitor's thread (each returns at once).
+
+    - `on_change()`: after the store changed (points stored, a state changed).
+    - `on_end(job_id)`: once the monitor is done with the job (not when it was stopped).
+    """
+
+    on_change: Callable[[], None]
+    on_end: Callable[[str], None] = lambda job_id: None
+
+
 class RunnerMonitor:
     """Follows one job's runner from creation to a terminal state, in its own thread."""
 
@@ -51,12 +65,8 @@ class RunnerMonitor:
         job_id: str,
         spec: JobSpec,
         store: JobStore,
-        weights_path: Path,
-        worker_cpus: float,
-        datasets_dir: Path,
-        checkpoint_dir: Path,
-        on_change: Callable[[], None],
-        on_end: Callable[[str], None] = lambda job_id: None,
+        setup: JobSetup,
+        callbacks: MonitorCallbacks,
         metrics: ServiceMetrics | None = None,
         pool: RunnerPool | None = None,
     ) -> None:
@@ -64,12 +74,8 @@ class RunnerMonitor:
         self.job_id = job_id
         self.spec = spec
         self.store = store
-        self.weights_path = weights_path
-        self.worker_cpus = worker_cpus
-        self.datasets_dir = datasets_dir
-        self.checkpoint_dir = checkpoint_dir
-        self.on_change = on_change
-        self.on_end = on_end
+        self.setup = setup
+        self.callbacks = callbacks
         self.metrics = metrics if metrics is not None else ServiceMetrics()
         self.pool = pool
         self._lock = threading.Lock()
@@ -171,7 +177,7 @@ class RunnerMonitor:
             if self._runner is not None and not self._is_stopping:
                 self._release_runner()
             if not self._is_stopping:
-                self.on_end(self.job_id)
+                self.callbacks.on_end(self.job_id)
 
     def _release_runner(self) -> None:
         """The runner is done (its job ended, or it was lost): a pool's runner goes back
@@ -194,7 +200,7 @@ class RunnerMonitor:
             try:
                 options = self._runner_options()
                 ray.get(
-                    standby.actor.assign.remote(self.job_id, self.spec, **options),
+                    standby.actor.assign.remote(self.job_id, self.spec, options),
                     timeout=RPC_TIMEOUT_S,
                 )
                 self.store.update(self.job_id, runner=standby.name)
@@ -206,14 +212,9 @@ class RunnerMonitor:
         self.store.update(self.job_id, runner="")
         return start_runner(self.runner_name, self.job_id, self.spec, self._runner_options())
 
-    def _runner_options(self) -> dict:
-        """JobRunner's keyword arguments for this job, resuming after its stored step."""
-        return runner_options(
-            worker_cpus=self.worker_cpus,
-            datasets_dir=self.datasets_dir,
-            checkpoint_dir=self.checkpoint_dir,
-            resume_at_most=self.store.get(self.job_id).step,
-        )
+    def _runner_options(self) -> RunnerOptions:
+        """The runner's options for this job, resuming after its stored step."""
+        return runner_options(self.setup, resume_at_most=self.store.get(self.job_id).step)
 
     @property
     def runner_name(self) -> str:
@@ -255,7 +256,7 @@ class RunnerMonitor:
                 self.store.update(self.job_id, placement=update.placement)
                 placement = update.placement
             if update.points or update.state.is_terminal:
-                self.on_change()
+                self.callbacks.on_change()
             if update.state.is_terminal:
                 self._finish(runner, update)
                 return False
@@ -267,8 +268,8 @@ class RunnerMonitor:
         recorded."""
         if update.state is JobState.SUCCEEDED:
             theta = ray.get(runner.final_theta.remote(), timeout=RPC_TIMEOUT_S)
-            write_weights(self.weights_path, self.spec, theta)
-            self.store.update(self.job_id, weights_path=str(self.weights_path))
+            write_weights(self.setup.weights_path, self.spec, theta)
+            self.store.update(self.job_id, weights_path=str(self.setup.weights_path))
         self._has_ended = True
         self._release_runner()
         self._record_end(update.state, update.reason)
@@ -276,7 +277,7 @@ class RunnerMonitor:
     def _record_end(self, state: JobState, reason: str) -> None:
         self.store.update(self.job_id, state=state, reason=reason, finished_at=time.time())
         self.metrics.job_finished(self.job_id, state)
-        self.on_change()
+        self.callbacks.on_change()
 
 
-__all__ = ["RunnerMonitor", "runner_actor_name"]
+__all__ = ["JobSetup", "MonitorCallbacks", "RunnerMonitor", "runner_actor_name"]

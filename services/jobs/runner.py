@@ -15,8 +15,9 @@ answer while `run` trains). The driver (the API process) is not in the step loop
 
 Each step's checks, metric point and checkpoint are `step_report`'s; the state and the
 points `poll` returns are `run_status`'s; faults and their repair are `faults`'s. Every
-step is reported once. Checkpoints go to `checkpoint_dir` every `checkpoint_every` steps
-and at the end.
+step is reported once. Checkpoints go to the `checkpoint_dir` of the job's
+`RunnerOptions` (services/jobs/runner_options.py) every `checkpoint_every` steps and at
+the end.
 
 The resume rule: a runner resumes from the newest intact checkpoint at or before the
 last step the store has recorded (`resume_at_most`); checkpoints past it are removed at
@@ -44,10 +45,11 @@ from services.jobs.colocated_cohort import ColocatedCohort, is_colocated
 from services.jobs.colocated_loop import train_colocated
 from services.jobs.faults import RECOVERY_ATTEMPTS, STEP_TIMEOUT_S, Recovery
 from services.jobs.kept_workers import KeptWorkers
-from services.jobs.lead import MAX_LEAD_S, Lead
+from services.jobs.lead import Lead
 from services.jobs.outcomes import JobCancelled, JobFailed, StoppedEarly
 from services.jobs.records import JobState
 from services.jobs.run_status import RunnerUpdate, RunStatus
+from services.jobs.runner_options import TRANSPORTS, RunnerOptions
 from services.jobs.shards import joined
 from services.jobs.spec import JobSpec
 from services.jobs.step_report import StepReporter, is_checkpoint_due
@@ -60,47 +62,23 @@ __all__ = ["RECOVERY_ATTEMPTS", "TRANSPORTS", "JobRunner", "RunnerUpdate", "is_c
 
 log = logging.getLogger(__name__)
 
-TRANSPORTS = ("auto", "colocated", "graph", "tasks")
-
 
 class JobRunner:
     """Runs one job from start to a terminal state; see the module docstring."""
 
-    def __init__(
-        self,
-        job_id: str,
-        spec: JobSpec,
-        *,
-        worker_cpus: float = 1.0,
-        datasets_dir: str | None = None,
-        checkpoint_dir: str | None = None,
-        resume_at_most: int = 0,
-        transport: str = "auto",
-        max_lead_s: float | None = MAX_LEAD_S,
-    ) -> None:
-        """`resume_at_most`: the last step whose metrics are stored; a resumed job starts
-        from the newest checkpoint at or before it, so no step goes unreported.
-        `transport` (bsp): "auto" picks colocated workers where `is_colocated` says so,
-        else tasks; "graph" runs steps with a parameter-server actor as a Ray compiled
-        graph, "tasks" as one task per hop (both kept for comparison and for what the
-        colocated workers do not cover). `max_lead_s`: how far (in seconds of
-        training) the runner may run past the last step a `poll` acknowledged; None
-        when nobody polls (the runner then trains straight to the end)."""
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-        if transport == "colocated" and not is_colocated(spec):
+    def __init__(self, job_id: str, spec: JobSpec, options: RunnerOptions | None = None) -> None:
+        """`options`: how to run the job (`RunnerOptions`; its defaults when None)."""
+        options = options if options is not None else RunnerOptions()
+        if options.transport == "colocated" and not is_colocated(spec):
             raise ValueError("this job cannot run on colocated workers (see is_colocated)")
         self.job_id = job_id
         self.spec = spec
-        self.worker_cpus = worker_cpus
-        self.datasets_dir = Path(datasets_dir) if datasets_dir else None
+        self.options = options
+        checkpoint_dir = options.checkpoint_dir
         self.checkpoints = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir else None
-        self.resume_at_most = resume_at_most
-        self.transport = transport
-        self.max_lead_s = max_lead_s
-        lead = Lead(0, max_s=max_lead_s)
-        lead.record(resume_at_most)
-        self._status = RunStatus(lead, last_published=resume_at_most)
+        lead = Lead(0, max_s=options.max_lead_s)
+        lead.record(options.resume_at_most)
+        self._status = RunStatus(lead, last_published=options.resume_at_most)
         self._cancelled = threading.Event()
         self._recovery = Recovery(job_id, self._cancelled.is_set)
         self._cohort: Cohort | ColocatedCohort | None = None
@@ -211,16 +189,16 @@ class JobRunner:
     # --- training ----------------------------------------------------------------------
 
     def _train(self) -> None:
-        spec = self.spec
-        data = prepare_data(spec, self.datasets_dir)
+        spec, options = self.spec, self.options
+        data = prepare_data(spec, options.datasets_dir)
         steps = total_steps(spec, data.plan)
-        colocated = self.transport == "colocated" or (
-            self.transport == "auto" and is_colocated(spec)
+        colocated = options.transport == "colocated" or (
+            options.transport == "auto" and is_colocated(spec)
         )
         self._discard_unrecorded_checkpoints()
         status = self._status
-        status.lead = Lead(steps, max_s=self.max_lead_s)
-        status.lead.record(self.resume_at_most)
+        status.lead = Lead(steps, max_s=options.max_lead_s)
+        status.lead.record(options.resume_at_most)
         kind = ColocatedCohort if colocated else Cohort
         try:  # > 0 when resuming from a checkpoint
             step = self._start_cohort(kind, data, steps)
@@ -235,7 +213,7 @@ class JobRunner:
             cohort, steps, publish=status.publish, is_cancelled=self._cancelled.is_set
         )
         run = TrainingRun(
-            report, status, self._recovery, self._output, self.transport, self._cancelled.is_set
+            report, status, self._recovery, self._output, options.transport, self._cancelled.is_set
         )
         if colocated:
             train_colocated(run, step)
@@ -250,12 +228,13 @@ class JobRunner:
         """Remove the checkpoints past the recorded step (`resume_at_most`)."""
         if self.checkpoints is None:
             return
-        self.checkpoints.recorded = self.resume_at_most
-        dropped = self.checkpoints.discard_after(self.resume_at_most)
+        recorded = self.options.resume_at_most
+        self.checkpoints.recorded = recorded
+        dropped = self.checkpoints.discard_after(recorded)
         if dropped:
             log.info(
                 "job %s: checkpoints %s are past the recorded step %d; removed",
-                self.job_id, dropped, self.resume_at_most,
+                self.job_id, dropped, recorded,
             )  # fmt: skip
 
     def _start_cohort(
@@ -273,7 +252,7 @@ class JobRunner:
                 self.job_id,
                 self.spec,
                 data,
-                worker_cpus=self.worker_cpus,
+                worker_cpus=self.options.worker_cpus,
                 checkpoints=self.checkpoints,
                 total_steps=steps,
                 **extra,
@@ -282,7 +261,7 @@ class JobRunner:
             if kept is not None:
                 kept.drop()
             raise JobFailed(str(error.under("schedule"))) from None
-        at_most = self.resume_at_most
+        at_most = self.options.resume_at_most
         return self._recovery.recovered(
             lambda: cohort.start(at_most), lambda: cohort.restart(at_most)
         )

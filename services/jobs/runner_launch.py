@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -10,6 +11,7 @@ import ray
 from services.cluster import remote_class
 from services.jobs.records import JobRecord
 from services.jobs.runner import JobRunner
+from services.jobs.runner_options import RunnerOptions
 from services.jobs.spec import JobSpec
 
 RUNNER_START_TIMEOUT_S = 60.0  # for a dead runner's name to be freed
@@ -29,19 +31,36 @@ def running_runner(record: JobRecord) -> ray.actor.ActorHandle | None:
         return None
 
 
-def runner_options(
-    *, worker_cpus: float, datasets_dir: Path, checkpoint_dir: Path, resume_at_most: int
-) -> dict:
-    """JobRunner's keyword arguments for a job, resuming after step `resume_at_most`."""
-    return {
-        "worker_cpus": worker_cpus,
-        "datasets_dir": str(datasets_dir.resolve()),
-        "checkpoint_dir": str(checkpoint_dir.resolve()),
-        "resume_at_most": resume_at_most,
-    }
+@dataclass(frozen=True)
+class JobSetup:
+    """Where one job's files are and what its workers reserve (from the service's config).
+
+    - `weights_path`: the file the job's final θ is written to when it SUCCEEDED.
+    - `checkpoint_dir`: the job's checkpoints (its runners resume from them).
+    - `datasets_dir`: where uploaded datasets are.
+    - `worker_cpus`: the CPUs each of the job's workers reserves.
+    """
+
+    weights_path: Path
+    checkpoint_dir: Path
+    datasets_dir: Path
+    worker_cpus: float
 
 
-def start_runner(name: str, job_id: str, spec: JobSpec, options: dict) -> ray.actor.ActorHandle:
+def runner_options(setup: JobSetup, *, resume_at_most: int) -> RunnerOptions:
+    """A runner's options for the job, resuming after step `resume_at_most` (the paths
+    made absolute: the runner's process may have another working directory)."""
+    return RunnerOptions(
+        worker_cpus=setup.worker_cpus,
+        datasets_dir=setup.datasets_dir.resolve(),
+        checkpoint_dir=setup.checkpoint_dir.resolve(),
+        resume_at_most=resume_at_most,
+    )
+
+
+def start_runner(
+    name: str, job_id: str, spec: JobSpec, options: RunnerOptions
+) -> ray.actor.ActorHandle:
     """A detached runner named `name` for the job: it goes on when this API process stops,
     and the next one reattaches by that name."""
     # A dead runner's name is freed shortly after its death: retry until it is.
@@ -51,7 +70,7 @@ def start_runner(name: str, job_id: str, spec: JobSpec, options: dict) -> ray.ac
             return (
                 remote_class(JobRunner)
                 .options(name=name, num_cpus=0, max_concurrency=4, lifetime="detached")
-                .remote(job_id, spec, **options)
+                .remote(job_id, spec, options)
             )
         except ValueError:
             if time.monotonic() > deadline:

@@ -25,7 +25,6 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -35,6 +34,7 @@ from services.jobs.colocated_cohort import ColocatedCohort
 from services.jobs.kept_workers import KEEP_S, KeptWorkers
 from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
+from services.jobs.runner_options import RunnerOptions
 from services.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,12 @@ class StandbyRunner(JobRunner):
         this actor is made before a job waits on it."""
         return True
 
-    def assign(self, job_id: str, spec: JobSpec, **options: Any) -> None:
+    def assign(self, job_id: str, spec: JobSpec, options: RunnerOptions | None = None) -> None:
         """Become the runner of `job_id` (JobRunner's arguments); then `run` as usual."""
         if self._is_assigned:
             raise RuntimeError(f"this runner already runs job {self.job_id}")
         self._before_job = set(vars(self))
-        JobRunner.__init__(self, job_id, spec, **options)
+        JobRunner.__init__(self, job_id, spec, options)
         self._is_assigned = True
         self._ran.clear()
 
