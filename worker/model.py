@@ -13,8 +13,9 @@ and backward, from δ^L = ∂L/∂a^L ⊙ σ_L'(z^L) (∂L/∂a^L from the fused
 
 Every step is a matrix product over the whole batch; δ^0 = ∂loss/∂x is never formed.
 The model holds no weights: θ is passed in, gradients come out, and updating θ is the
-parameter server's job. Training steps reuse a `Workspace` per batch shape, so a step
-allocates nothing the size of the batch; `predict` allocates, for any batch size.
+parameter server's job. Training steps reuse a `Workspace` per batch shape
+(`worker.step_buffers`), so a step allocates nothing the size of the batch; `predict` and
+the other passes of the `Network` base (`worker.network`) allocate, for any batch size.
 
 Two weight decays exist, on purpose: `MLP(l2=λ)` is part of the loss (W only, reported
 in the loss, covered by the gradient check, the same for every optimizer), while
@@ -26,20 +27,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 
-from worker.activations import Activation, get_activation
 from worker.backend import Array, array_module_of
 from worker.dropout import draw_masks, dropout_rates
-from worker.layout import ParamLayout
-from worker.losses import Loss, get_loss
+from worker.network import Network
+from worker.step_buffers import StepBuffers
 from worker.workspace import Workspace
-
-# Batch shapes whose buffers a model keeps (a worker sees one or two: the batch, the last).
-_MAX_WORKSPACES = 4
 
 
 def gemm_flops(sizes: Sequence[int], batch: int) -> int:
@@ -53,7 +49,7 @@ def gemm_flops(sizes: Sequence[int], batch: int) -> int:
     return 2 * sum(per_layer) + sum(per_layer[1:])
 
 
-class MLP:
+class MLP(Network):
     """Dense layers with per-layer activations and a fused loss, all over a flat θ."""
 
     def __init__(
@@ -77,18 +73,9 @@ class MLP:
         For "softmax_cross_entropy" and "binary_cross_entropy" the output layer is usually
         "identity" (its outputs are the logits). Raises ValueError naming the bad argument.
         """
-        self.layout = ParamLayout(sizes)
-        activation_names = list(activations)
-        if len(activation_names) != self.layout.num_layers:
-            raise ValueError(
-                f"expected {self.layout.num_layers} activations (one per layer) for sizes "
-                f"{list(self.layout.sizes)}, got {len(activation_names)}"
-            )
-        self.activations: list[Activation] = [get_activation(n) for n in activation_names]
-        self.loss_fn: Loss = get_loss(
-            loss, label_smoothing=label_smoothing, huber_delta=huber_delta
+        super().__init__(
+            sizes, activations, loss, label_smoothing=label_smoothing, huber_delta=huber_delta
         )
-        self.loss_fn.check_output_width(self.layout.sizes[-1])
         if isinstance(l2, bool) or not isinstance(l2, int | float) or not math.isfinite(l2):
             raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
         if l2 < 0:
@@ -96,12 +83,7 @@ class MLP:
         self.l2 = float(l2)
         self.dropout = dropout_rates(dropout, self.layout.num_layers - 1)
         self._has_dropout = any(self.dropout)
-        self.activation_names = activation_names
-        self.loss_name = loss
-        self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
-        self._last_workspace: Workspace | None = None
-        # (array, its views) for the last θ and gradient buffer: see `_blocks`.
-        self._block_cache: list[tuple[Array, list[tuple[Array, Array, Array]]]] = []
+        self._buffers = StepBuffers(self.layout, self.activations, self.dropout)
 
     def __repr__(self) -> str:
         options = []
@@ -116,11 +98,6 @@ class MLP:
         )
 
     @property
-    def sizes(self) -> tuple[int, ...]:
-        """Layer widths [D, H1, ..., C]."""
-        return self.layout.sizes
-
-    @property
     def has_dropout(self) -> bool:
         return self._has_dropout
 
@@ -128,85 +105,17 @@ class MLP:
         """FLOPs of one training step's matrix products at this batch size."""
         return gemm_flops(self.sizes, batch)
 
-    # ---------------------------------------------------------------- inputs and buffers
-
-    def _check_input(self, theta: Array, x: Array) -> Array:
-        D = self.layout.sizes[0]
-        if x.ndim != 2 or x.shape[1] != D or x.shape[0] == 0:
-            raise ValueError(f"x must have shape (N, {D}) with N >= 1, got {tuple(x.shape)}")
-        if type(x) is type(theta) and x.dtype == theta.dtype:
-            return x
-        # Computing in θ's dtype keeps float32 float32 and lets backward write in place.
-        return array_module_of(theta).asarray(x, dtype=theta.dtype)
+    # ---------------------------------------------------------------- buffers
 
     def workspace(self, theta: Array, batch: int) -> Workspace:
         """The buffers for a batch of `batch` rows in θ's dtype and array module."""
-        xp = array_module_of(theta)
-        ws = self._last_workspace
-        if ws is not None and ws.batch == batch and ws.dtype == theta.dtype and ws.xp is xp:
-            return ws  # the usual case: the same shape as last step
-        key = (batch, theta.dtype.str, xp.__name__)
-        ws = self._workspaces.get(key)
-        if ws is None:
-            ws = Workspace(xp, batch, theta.dtype, self.sizes, self.activations, self.dropout)
-            self._workspaces[key] = ws
-            while len(self._workspaces) > _MAX_WORKSPACES:
-                self._workspaces.popitem(last=False)
-        else:
-            self._workspaces.move_to_end(key)
-        self._last_workspace = ws
-        return ws
-
-    def _blocks(self, flat: Array) -> list[tuple[Array, Array, Array]]:
-        """[(Θ^l, W^l, b^l) for l = 1..L]: Θ^l (in + 1, out) from `layout.blocks(flat)`, W^l
-        (in, out) its first rows, b^l (out,) its last; zero-copy views of `flat`.
-
-        Kept for the last two arrays (a step's θ and gradient buffer, the same every
-        step): slicing them afresh is most of a small step's Python time. Views keep their
-        array alive, so an array found here by identity still is that memory. A strided
-        `flat` reshapes to copies, which go stale when it changes: never kept.
-        """
-        for array, blocks in self._block_cache:
-            if array is flat and flat.shape == (self.layout.size,):
-                return blocks
-        blocks = [(Theta, Theta[:-1], Theta[-1]) for Theta in self.layout.blocks(flat)]
-        if flat.flags.c_contiguous:
-            self._block_cache = [(flat, blocks), *self._block_cache[:1]]
-        return blocks
+        return self._buffers.workspace(theta, batch)
 
     def draw_dropout_masks(
         self, rng: np.random.Generator, batch: int, dtype: object = np.float32
     ) -> list[np.ndarray | None]:
         """Scaled masks m^l, (batch, H_l), one per hidden layer (None where p = 0)."""
         return draw_masks(rng, self.dropout, batch, self.sizes[1:-1], dtype)
-
-    def _load_masks(
-        self,
-        ws: Workspace,
-        rng: np.random.Generator | None,
-        masks: Sequence[Array | None] | None,
-    ) -> bool:
-        """Copy this step's dropout masks into the workspace; whether dropout applies."""
-        if not self._has_dropout or (rng is None and masks is None):
-            return False
-        if masks is None:
-            masks = self.draw_dropout_masks(rng, ws.batch, ws.dtype)
-        if len(masks) != len(self.dropout):
-            raise ValueError(
-                f"dropout_masks needs one entry per hidden layer ({len(self.dropout)}), "
-                f"got {len(masks)}"
-            )
-        for layer, (mask, buffers) in enumerate(zip(masks, ws.layers, strict=False), start=1):
-            if buffers.mask is None:
-                continue
-            width = buffers.mask.shape[1] - 1
-            if mask is None or tuple(mask.shape) != (ws.batch, width):
-                raise ValueError(
-                    f"dropout_masks[{layer - 1}] must have shape ({ws.batch}, {width}), "
-                    f"got {None if mask is None else tuple(mask.shape)}"
-                )
-            buffers.mask[:, :width] = array_module_of(buffers.mask).asarray(mask)
-        return True
 
     # ---------------------------------------------------------------- forward and backward
 
@@ -226,13 +135,13 @@ class MLP:
         """
         xp = array_module_of(theta)
         x = self._check_input(theta, x)  # a^0: (N, D)
-        ws = self.workspace(theta, x.shape[0])
+        ws = self._buffers.workspace(theta, x.shape[0])
         ws.x = x
-        ws.dropout_active = is_dropout = self._load_masks(ws, rng, dropout_masks)
+        ws.dropout_active = is_dropout = self._buffers.load_masks(ws, rng, dropout_masks)
         layers, activations = ws.layers, self.activations
         last = len(layers) - 1
         a_prev = x
-        for l, (Theta, W, b) in enumerate(self._blocks(theta)):  # l = layer − 1
+        for l, (Theta, W, b) in enumerate(self._buffers.blocks(theta)):  # l = layer − 1
             buffers, activation = layers[l], activations[l]
             if l == 0:
                 xp.matmul(x, W, out=buffers.z_view)  # (N, D) @ (D, out)
@@ -277,8 +186,8 @@ class MLP:
                     f"got {tuple(dout.shape)}"
                 )
             last.delta[...] = dout
-        weights = self._blocks(theta)
-        grads = self._blocks(grad)
+        weights = self._buffers.blocks(theta)
+        grads = self._buffers.blocks(grad)
         layers = ws.layers
 
         delta = self._times_activation_grad(last, len(layers) - 1, ws)  # δ^L: (N, C)
@@ -324,7 +233,7 @@ class MLP:
         total = sum(float(xp.vdot(W, W)) for W, _ in self.layout.views(theta))
         return 0.5 * self.l2 * total
 
-    # ---------------------------------------------------------------- losses and metrics
+    # ---------------------------------------------------------------- losses
 
     def loss_and_gradient(
         self,
@@ -357,49 +266,3 @@ class MLP:
         out, ws = self.forward(theta, x, dropout_masks=dropout_masks)
         loss, _ = self.loss_fn(out, y, dout=ws.layers[-1].delta)
         return loss + self.penalty(theta)
-
-    def predict(self, theta: Array, x: Array) -> Array:
-        """Network output a^L, shape (N, C), without dropout; a fresh array. x: (N, D)."""
-        a = self._check_input(theta, x)  # (N, D)
-        xp = array_module_of(theta)
-        for (W, b), activation in zip(self.layout.views(theta), self.activations, strict=True):
-            z = xp.matmul(a, W)  # (N, in) @ (in, out) -> (N, out)
-            z += b
-            a = activation.forward(z, out=z)  # nothing needs z again: overwrite it
-        return a
-
-    def pre_activations(
-        self,
-        theta: Array,
-        x: Array,
-        *,
-        dropout_masks: Sequence[Array | None] | None = None,
-    ) -> list[Array]:
-        """[z^1, ..., z^L] as fresh arrays, with the given dropout masks applied (if any).
-
-        For inspection: tests and the gradient check use it to keep clear of kinks.
-        """
-        a = self._check_input(theta, x)
-        xp = array_module_of(theta)
-        masks = list(dropout_masks) if dropout_masks is not None else []
-        zs = []
-        for layer, ((W, b), activation) in enumerate(
-            zip(self.layout.views(theta), self.activations, strict=True), start=1
-        ):
-            z = xp.matmul(a, W) + b  # (N, out)
-            zs.append(z)
-            a = activation.forward(z)
-            if layer <= len(masks) and masks[layer - 1] is not None:
-                a = a * xp.asarray(masks[layer - 1], dtype=a.dtype)  # ã = a ⊙ m
-        return zs
-
-    def evaluate(self, theta: Array, x: Array, y: Array) -> dict[str, float]:
-        """{"loss": ...} of the data term (no L2, no dropout), plus "accuracy" for classifiers."""
-        out = self.predict(theta, x)  # (N, C)
-        loss, _ = self.loss_fn(out, y)
-        return {"loss": loss, **self.loss_fn.metrics(out, y)}
-
-    def layer_gradient_norms(self, grad: Array) -> list[float]:
-        """‖∂loss/∂W^l‖ (Frobenius) for l = 1..L, from a flat (P,) gradient."""
-        xp = array_module_of(grad)
-        return [math.sqrt(float(xp.vdot(dW, dW))) for dW, _ in self.layout.views(grad)]
