@@ -16,6 +16,7 @@ Exits 0 with a message when CuPy or a GPU is missing; 1 when a gradient check fa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from worker.activations import ACTIVATIONS
+from worker.configs import LocalBatches, ModelConfig, WorkerConfig
 from worker.gradcheck import random_targets
 from worker.gradient_worker import GradientWorker
 from worker.losses import LOSSES
@@ -103,22 +105,14 @@ def check_worker(cupy) -> bool:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((512, 784)).astype(np.float32)
     y = rng.integers(0, 10, size=512)
-    common = dict(
-        sizes=SIZES,
-        activations=["relu", "relu", "identity"],
-        loss="softmax_cross_entropy",
-        X=X,
-        y=y,
-        local_batch=128,
-        seed=3,
-        worker_index=1,
-        dropout=0.1,
+    model = ModelConfig(
+        tuple(SIZES), ("relu", "relu", "identity"), "softmax_cross_entropy", dropout=0.1
     )
-    theta = MLP(SIZES, common["activations"], common["loss"]).layout.init_theta(
-        common["activations"], 0
-    )
-    cpu = GradientWorker(**common).compute_gradients(theta, 0, 2)
-    gpu = GradientWorker(**common, device="gpu").compute_gradients(theta, 0, 2)
+    config = WorkerConfig(model, LocalBatches(128, seed=3, worker_index=1))
+    theta = MLP.from_config(model).layout.init_theta(model.activations, 0)
+    cpu = GradientWorker(config, X, y).compute_gradients(theta, 0, 2)
+    gpu_config = dataclasses.replace(config, device="gpu")
+    gpu = GradientWorker(gpu_config, X, y).compute_gradients(theta, 0, 2)
     error = float(np.max(np.abs(gpu.gradient - cpu.gradient)) / np.max(np.abs(cpu.gradient)))
     ok = error <= TOLERANCE[np.float32] and isinstance(gpu.gradient, np.ndarray)
     print(f"GradientWorker gpu vs cpu: {error:.2e} {'PASS' if ok else 'FAIL'}")

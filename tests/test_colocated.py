@@ -11,6 +11,7 @@ from services.paramserver.collective import PeerLost
 from services.paramserver.colocated import ColocatedWorker, ServerConfig, ShardState
 from services.paramserver.optimizers import LRSchedule, OptimizerConfig
 from tests.test_collective import run_all
+from worker.configs import LocalBatches, ModelConfig, WorkerConfig
 from worker.gradient_worker import GradientWorker
 
 SIZES = [12, 10, 3]
@@ -26,15 +27,9 @@ def data(workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(X[i * 24 : (i + 1) * 24], y[i * 24 : (i + 1) * 24]) for i in range(workers)]
 
 
-def worker_args(i: int) -> dict:
-    return {
-        "sizes": SIZES,
-        "activations": ACTIVATIONS,
-        "loss": "softmax_cross_entropy",
-        "local_batch": BATCH,
-        "seed": 3,
-        "worker_index": i,
-    }
+def worker_args(i: int) -> WorkerConfig:
+    model = ModelConfig(SIZES, ACTIVATIONS, "softmax_cross_entropy")
+    return WorkerConfig(model, LocalBatches(BATCH, seed=3, worker_index=i))
 
 
 SERVER = ServerConfig(
@@ -49,7 +44,6 @@ def cohort(workers: int, *, tcp: bool = False, resume: list | None = None, theta
     shards = data(workers)
     members = [
         ColocatedWorker(
-            index=i,
             workers=workers,
             server=SERVER,
             worker=worker_args(i),
@@ -75,9 +69,7 @@ def reference_theta(workers: int, steps: int) -> np.ndarray:
     """The parameter-server way: every worker's gradient at θ, weighted by its rows,
     one momentum update of the whole θ per step."""
     shards = data(workers)
-    engines = [
-        GradientWorker(X=shards[i][0], y=shards[i][1], **worker_args(i)) for i in range(workers)
-    ]
+    engines = [GradientWorker(worker_args(i), *shards[i]) for i in range(workers)]
     layout = engines[0].model.layout
     theta = layout.init_theta(ACTIVATIONS, 3)
     velocity = np.zeros_like(theta)
@@ -154,7 +146,6 @@ def test_a_shard_state_that_does_not_fit_is_refused() -> None:
     wrong = ShardState(step=3, theta=np.zeros(7, np.float32), optimizer_step=3, buffers={})
     with pytest.raises(ValueError, match="does not fit"):
         ColocatedWorker(
-            index=0,
             workers=1,
             server=SERVER,
             worker=worker_args(0),
@@ -203,13 +194,14 @@ def test_a_runner_refuses_a_transport_it_cannot_use() -> None:
     from bptrain.specfile import spec_from_dict
     from services.api.convert import spec_from_proto
     from services.jobs.runner import JobRunner
+    from services.jobs.runner_options import RunnerOptions
     from tests.conftest import digits_spec
 
     sharded = spec_from_proto(spec_from_dict(digits_spec(ps_shards=2)))
     with pytest.raises(ValueError, match="cannot run on colocated workers"):
-        JobRunner("sharded", sharded, transport="colocated")
+        JobRunner("sharded", sharded, RunnerOptions(transport="colocated"))
     with pytest.raises(ValueError, match="transport must be one of"):
-        JobRunner("unknown", sharded, transport="pigeons")
+        JobRunner("unknown", sharded, RunnerOptions(transport="pigeons"))
 
 
 def test_no_room_in_shared_memory_falls_back_to_tcp(monkeypatch: pytest.MonkeyPatch) -> None:

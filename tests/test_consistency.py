@@ -10,9 +10,11 @@ from services.api.convert import spec_from_proto
 from services.datasets import load_dataset
 from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
+from services.jobs.runner_options import RunnerOptions
 from services.paramserver.optimizers import OptimizerConfig
 from services.paramserver.server import ParameterServer
 from tests.conftest import digits_spec
+from tests.engine import parameter_server
 from worker.compression import GradientCompressor
 from worker.gradient_worker import GradientResult
 from worker.layout import ParamLayout
@@ -32,7 +34,7 @@ def make_server(consistency: str = "asp", **changes) -> ParameterServer:
         "seed": 0,
         "consistency": consistency,
     }
-    return ParameterServer(**{**fields, **changes})
+    return parameter_server(**{**fields, **changes})
 
 
 def result(worker: int, clock: int, value: float = 1.0, samples: int = 4) -> GradientResult:
@@ -181,7 +183,7 @@ def test_a_sharded_server_refuses_global_norm_clipping() -> None:
 
 def run_job(name: str, **changes) -> tuple[JobRunner, list]:
     spec = spec_from_proto(spec_from_dict(digits_spec(**changes)))
-    runner = JobRunner(name, spec, max_lead_s=None)  # polled only once it ended
+    runner = JobRunner(name, spec, RunnerOptions(max_lead_s=None))  # polled only once it ended
     state = runner.run()
     update = runner.poll(0, 0.0)
     assert state is JobState.SUCCEEDED, update.reason

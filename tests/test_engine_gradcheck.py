@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.activations import ACTIVATIONS
+from worker.configs import ModelConfig
 from worker.gradcheck import (
     STENCIL_STEP,
     GradcheckReport,
@@ -210,15 +211,15 @@ def test_gradcheck_catches_a_wrong_backward(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_check_architecture_reports_the_worst_error_per_layer() -> None:
-    report = check_architecture(
-        [6, 8, 8, 3],
-        ["gelu", "elu", "identity"],
-        "softmax_cross_entropy",
+    config = ModelConfig(
+        sizes=(6, 8, 8, 3),
+        activations=("gelu", "elu", "identity"),
+        loss="softmax_cross_entropy",
         l2=0.01,
         dropout=0.2,
         label_smoothing=0.1,
-        entries_per_tensor=None,
     )
+    report = check_architecture(config, entries_per_tensor=None)
     assert isinstance(report, GradcheckReport)
     assert len(report.layer_errors) == 3
     assert set(report.tensor_errors) == {"W1", "b1", "W2", "b2", "W3", "b3"}
@@ -227,21 +228,17 @@ def test_check_architecture_reports_the_worst_error_per_layer() -> None:
 
 
 def test_check_architecture_samples_entries_of_a_large_model() -> None:
-    report = check_architecture(
-        [784, 256, 256, 10],
-        ["relu", "relu", "identity"],
-        "softmax_cross_entropy",
-        entries_per_tensor=4,
-    )
+    config = ModelConfig((784, 256, 256, 10), ("relu", "relu", "identity"), "softmax_cross_entropy")
+    report = check_architecture(config, entries_per_tensor=4)
     assert report.checked_entries == 6 * 4
     assert report.is_passed, report
 
 
 def test_check_architecture_rejects_what_the_model_rejects() -> None:
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
-        check_architecture([3, 2], ["swish"], "mse")
+        check_architecture(ModelConfig((3, 2), ("swish",), "mse"))
     with pytest.raises(ValueError, match="label_smoothing applies only to"):
-        check_architecture([3, 2], ["identity"], "mse", label_smoothing=0.1)
+        check_architecture(ModelConfig((3, 2), ("identity",), "mse", label_smoothing=0.1))
 
 
 def test_an_exact_zero_gradient_matches_finite_difference_noise_only() -> None:

@@ -19,8 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from services.datasets import DatasetOptions, load_dataset
 from services.paramserver.optimizers import LRSchedule, OptimizerConfig
-from services.paramserver.server import ParameterServer
-from worker.gradient_worker import GradientWorker
+from tests.engine import gradient_worker, parameter_server
 from worker.model import MLP
 from worker.sampling import BatchPlan
 
@@ -35,7 +34,7 @@ def train(dataset, sizes, activations, loss, *, epochs, batch, learning_rate, se
     """θ after `epochs` of Adam with a cosine schedule, one worker, BSP."""
     plan = BatchPlan(n_train=len(dataset.X_train), batch_size=batch, workers=1)
     steps = epochs * plan.steps_per_epoch
-    server = ParameterServer(
+    server = parameter_server(
         sizes=sizes,
         activations=activations,
         optimizer=OptimizerConfig(kind="adam", learning_rate=learning_rate),
@@ -43,12 +42,12 @@ def train(dataset, sizes, activations, loss, *, epochs, batch, learning_rate, se
         seed=seed,
         schedule=LRSchedule(kind="cosine", total_steps=steps),
     )
-    worker = GradientWorker(
+    worker = gradient_worker(
+        dataset.X_train,
+        dataset.y_train,
         sizes=sizes,
         activations=activations,
         loss=loss,
-        X=dataset.X_train,
-        y=dataset.y_train,
         local_batch=batch,
         seed=seed,
         worker_index=0,

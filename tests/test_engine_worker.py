@@ -11,6 +11,7 @@ import pytest
 
 from services.paramserver.optimizers import LRSchedule, OptimizerConfig, learning_rate_at
 from services.paramserver.server import ParameterServer
+from tests.engine import gradient_worker, parameter_server
 from worker.dropout import step_rng
 from worker.gradient_worker import GradientResult, GradientWorker
 from worker.model import MLP
@@ -32,13 +33,11 @@ def make_worker(**changes) -> GradientWorker:
         "sizes": SIZES,
         "activations": ACTIVATIONS,
         "loss": "softmax_cross_entropy",
-        "X": X,
-        "y": y,
         "local_batch": 6,
         "seed": 11,
         "worker_index": 2,
     }
-    return GradientWorker(**{**fields, **changes})
+    return gradient_worker(X, y, **{**fields, **changes})
 
 
 def make_server(**changes) -> ParameterServer:
@@ -49,7 +48,7 @@ def make_server(**changes) -> ParameterServer:
         "workers": 1,
         "seed": 0,
     }
-    return ParameterServer(**{**fields, **changes})
+    return parameter_server(**{**fields, **changes})
 
 
 def test_result_carries_the_per_layer_gradient_norms() -> None:

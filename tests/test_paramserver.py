@@ -9,6 +9,7 @@ import pytest
 
 from services.paramserver.optimizers import OptimizerConfig
 from services.paramserver.server import ParameterServer
+from tests.engine import gradient_worker, parameter_server
 from worker.gradient_worker import GradientResult, GradientWorker
 from worker.model import MLP
 from worker.sampling import epoch_order
@@ -31,17 +32,15 @@ def make_worker(X: np.ndarray, y: np.ndarray, local_batch: int = 4, **changes) -
         "sizes": SIZES,
         "activations": ACTIVATIONS,
         "loss": "softmax_cross_entropy",
-        "X": X,
-        "y": y,
         "local_batch": local_batch,
         "seed": 7,
         "worker_index": 1,
     }
-    return GradientWorker(**{**fields, **changes})
+    return gradient_worker(X, y, **{**fields, **changes})
 
 
 def make_server(learning_rate: float = 0.1, workers: int = 2) -> ParameterServer:
-    return ParameterServer(
+    return parameter_server(
         sizes=SIZES,
         activations=ACTIVATIONS,
         optimizer=OptimizerConfig(kind="sgd", learning_rate=learning_rate),

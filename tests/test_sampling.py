@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.engine import gradient_worker
 from worker.sampling import BatchPlan, epoch_order, split_evenly
 
 # --- split_evenly --------------------------------------------------------------------------
@@ -215,19 +216,17 @@ def test_within_an_epoch_no_worker_reads_a_row_twice(plan: BatchPlan) -> None:
 
 @pytest.mark.parametrize("workers", [1, 3, 4])
 def test_the_workers_read_every_training_row_once_per_epoch(workers: int) -> None:
-    from worker.gradient_worker import GradientWorker
-
     plan = BatchPlan(n_train=103, batch_size=24, workers=workers)  # last step: 7 rows
     rows = np.arange(plan.n_train)
     read = []
     for i in range(workers):
         start, size = plan.shard_starts[i], plan.shard_sizes[i]
-        worker = GradientWorker(
+        worker = gradient_worker(
+            np.zeros((size, 1), np.float32),
+            np.zeros((size, 2), np.float32),
             sizes=[1, 2],
             activations=["identity"],
             loss="mse",
-            X=np.zeros((size, 1), np.float32),
-            y=np.zeros((size, 2), np.float32),
             local_batch=plan.local_batches[i],
             steps_per_epoch=plan.steps_per_epoch,
             seed=4,

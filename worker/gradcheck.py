@@ -20,6 +20,7 @@ import numpy as np
 
 from worker import reference
 from worker.backend import Array, to_numpy
+from worker.configs import ModelConfig
 from worker.model import MLP
 
 # The numerical side runs in extended precision where the platform has it (x86: 64-bit
@@ -179,37 +180,24 @@ def random_targets(loss: str, rng: np.random.Generator, batch: int, outputs: int
 
 
 def check_architecture(
-    sizes: Sequence[int],
-    activations: Sequence[str],
-    loss: str,
+    config: ModelConfig,
     *,
     batch: int = 4,
     seed: int = 0,
-    l2: float = 0.0,
-    dropout: float | Sequence[float] = 0.0,
-    label_smoothing: float = 0.0,
-    huber_delta: float = 1.0,
     init: str | Sequence[str] = "auto",
     entries_per_tensor: int | None = 16,
 ) -> GradcheckReport:
-    """Check backward for an architecture on a small random float64 problem.
+    """Check backward for the model `config` describes on a small random float64 problem.
 
-    Builds the model as the service would (same options), a seeded θ (its biases moved
-    off 0), a (batch, D) standard-normal input, random targets and, with dropout, one
-    fixed set of masks. Of every tensor, `entries_per_tensor` random entries (all when
-    None) are differentiated with the seven-point stencil and compared with backward.
-    Among 8 seeds it uses the one whose pre-activations stay farthest from 0, where
-    relu-like σ' jumps (a stencil across a kink measures the jump, not backward).
+    Builds the model as the service would (`MLP.from_config`), a seeded θ (its biases
+    moved off 0), a (batch, D) standard-normal input, random targets and, with dropout,
+    one fixed set of masks. Of every tensor, `entries_per_tensor` random entries (all
+    when None) are differentiated with the seven-point stencil and compared with
+    backward. Among 8 seeds it uses the one whose pre-activations stay farthest from 0,
+    where relu-like σ' jumps (a stencil across a kink measures the jump, not backward).
     """
-    model = MLP(
-        sizes,
-        activations,
-        loss,
-        l2=l2,
-        dropout=dropout,
-        label_smoothing=label_smoothing,
-        huber_delta=huber_delta,
-    )
+    model = MLP.from_config(config)
+    activations, loss = config.activations, config.loss
     best = None
     for attempt in range(8):
         rng = np.random.default_rng([seed, attempt])

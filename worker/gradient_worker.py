@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from worker.backend import get_array_module, to_numpy
 from worker.compression import Compressed, GradientCompressor
+from worker.configs import WorkerConfig
 from worker.dropout import step_rng
 from worker.model import MLP
 from worker.sampling import epoch_order
@@ -59,65 +60,36 @@ class GradientResult:
 class GradientWorker:
     """Computes ∂loss/∂θ on the next local mini-batch of its shard.
 
-    X: (n, D) float32 shard, y: (n,) labels or (n, K) targets; `local_batch` rows per
-    step, the last step of an epoch reads what is left (maybe nothing); an epoch is
-    `steps_per_epoch` steps (⌈n / local_batch⌉ when not given).
-    The gradient is computed in θ's dtype (float32, or float64 when the parameter server
-    holds float64). `device` is "cpu" (NumPy) or "gpu" (CuPy); l2, dropout,
-    label_smoothing and huber_delta configure the model as in `MLP`. Dropout masks are
+    X: (n, D) float32 shard, y: (n,) labels or (n, K) targets; `config` says the model,
+    the rows each step reads (`LocalBatches`: the last step of an epoch reads what is
+    left, maybe nothing), the device ("cpu": NumPy, "gpu": CuPy), the compression of
+    pushed gradients and the BLAS threads. The gradient is computed in θ's dtype
+    (float32, or float64 when the parameter server holds float64). Dropout masks are
     drawn from `dropout.step_rng(seed, worker_index, epoch, index)`, so a step repeats.
     """
 
-    def __init__(
-        self,
-        *,
-        sizes: Sequence[int],
-        activations: Sequence[str],
-        loss: str,
-        X: np.ndarray,
-        y: np.ndarray,
-        local_batch: int,
-        seed: int,
-        worker_index: int,
-        blas_threads: int = 1,
-        device: str = "cpu",
-        l2: float = 0.0,
-        dropout: float | Sequence[float] = 0.0,
-        label_smoothing: float = 0.0,
-        huber_delta: float = 1.0,
-        steps_per_epoch: int | None = None,
-        compression: str = "none",
-        topk_fraction: float = 0.01,
-    ) -> None:
+    def __init__(self, config: WorkerConfig, X: np.ndarray, y: np.ndarray) -> None:
+        batches = config.batches
         if len(X) != len(y):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-        if not 1 <= local_batch <= len(X):
-            raise ValueError(f"local_batch must be in [1, {len(X)}], got {local_batch}")
-        # One BLAS thread per worker by default: workers are the parallelism.
-        self._blas_limit = threadpool_limits(limits=blas_threads)
-        self.xp = get_array_module(device)
-        self.device = device
-        self.model = MLP(
-            sizes,
-            activations,
-            loss,
-            l2=l2,
-            dropout=dropout,
-            label_smoothing=label_smoothing,
-            huber_delta=huber_delta,
-        )
+        if not 1 <= batches.size <= len(X):
+            raise ValueError(f"local_batch must be in [1, {len(X)}], got {batches.size}")
+        self._blas_limit = threadpool_limits(limits=config.blas_threads)
+        self.xp = get_array_module(config.device)
+        self.device = config.device
+        self.model = MLP.from_config(config.model)
         self.X, self.y = self.xp.asarray(X), self.xp.asarray(y)  # on the device, once
-        self.local_batch = local_batch
-        self.steps_per_epoch = steps_per_epoch or math.ceil(len(X) / local_batch)
-        if self.steps_per_epoch * local_batch < len(X):
+        self.local_batch = batches.size
+        self.steps_per_epoch = batches.steps_per_epoch or math.ceil(len(X) / batches.size)
+        if self.steps_per_epoch * batches.size < len(X):
             raise ValueError(
-                f"{self.steps_per_epoch} steps of {local_batch} rows cannot read {len(X)} rows"
+                f"{self.steps_per_epoch} steps of {batches.size} rows cannot read {len(X)} rows"
             )
-        self.compression = (compression, topk_fraction)
+        self.compression = config.compression
         self._compressors: list[GradientCompressor] = []  # one per θ shard (its residual)
         self._theta: np.ndarray | None = None  # θ joined from its shards
-        self.seed = seed
-        self.worker_index = worker_index
+        self.seed = batches.seed
+        self.worker_index = batches.worker_index
         self._order_epoch = -1
         self._order = np.empty(0, dtype=np.int64)
 
@@ -192,7 +164,7 @@ class GradientWorker:
         seconds = time.perf_counter() - started
         g = whole.gradient  # (P,)
         if len(self._compressors) != len(theta_parts):
-            kind, fraction = self.compression
+            kind, fraction = self.compression.kind, self.compression.topk_fraction
             self._compressors = [GradientCompressor(kind, fraction) for _ in theta_parts]
         results, lo = [], 0
         for part, compressor in zip(theta_parts, self._compressors, strict=True):

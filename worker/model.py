@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from worker.backend import Array, array_module_of
+from worker.configs import ModelConfig
 from worker.dropout import draw_masks, dropout_rates
 from worker.network import Network
 from worker.step_buffers import StepBuffers
@@ -84,6 +85,19 @@ class MLP(Network):
         self.dropout = dropout_rates(dropout, self.layout.num_layers - 1)
         self._has_dropout = any(self.dropout)
         self._buffers = StepBuffers(self.layout, self.activations, self.dropout)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> MLP:
+        """The MLP a `ModelConfig` describes."""
+        return cls(
+            config.sizes,
+            config.activations,
+            config.loss,
+            l2=config.l2,
+            dropout=config.dropout,
+            label_smoothing=config.label_smoothing,
+            huber_delta=config.huber_delta,
+        )
 
     def __repr__(self) -> str:
         options = []

@@ -29,6 +29,12 @@ def _set_fields(message, names: tuple[str, ...]) -> dict:
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
+def _given_strings(message, names: tuple[str, ...]) -> dict:
+    """The plain string fields the client gave, by name: proto3 cannot tell an empty
+    string from an unset one, so empty ones are left out and take the spec's defaults."""
+    return {name: getattr(message, name) for name in names if getattr(message, name)}
+
+
 def spec_from_proto(
     message: pb.JobSpec, find_dataset: Callable[[str], DatasetInfo] | None = None
 ) -> JobSpec:
@@ -62,13 +68,16 @@ def spec_from_proto(
     schedule = nested(
         "schedule",
         ScheduleSpec,
-        kind=message.schedule.kind or "constant",
+        **_given_strings(message.schedule, ("kind",)),
         **_set_fields(
             message.schedule, ("warmup_steps", "step_size", "gamma", "min_learning_rate")
         ),
     )
     optimizer = nested(
-        "optimizer", OptimizerConfig, kind=message.optimizer.kind or "sgd", **optimizer_fields
+        "optimizer",
+        OptimizerConfig,
+        **_given_strings(message.optimizer, ("kind",)),
+        **optimizer_fields,
     )
     stop_when = nested(
         "stop_when",
@@ -116,19 +125,16 @@ def spec_from_proto(
             "topk_fraction",
         ),
     )
+    strings = _given_strings(
+        message, ("name", "loss", "consistency", "init", "dtype", "device", "compression")
+    )
     return JobSpec(
-        name=message.name or "job",
         layers=layers,
-        loss=message.loss or "softmax_cross_entropy",
         optimizer=optimizer,
         dataset=dataset,
-        consistency=message.consistency or "bsp",
         schedule=schedule,
-        init=message.init or "auto",
-        dtype=message.dtype or "float32",
-        device=message.device or "cpu",
-        compression=message.compression or "none",
         stop_when=stop_when,
+        **strings,
         **top,
     )
 

@@ -45,13 +45,8 @@ def new_parameter_servers(
         )
         .remote(
             sizes=spec.sizes,
-            activations=spec.activations,
-            optimizer=spec.optimizer,
+            server=spec.server_config(schedule),
             workers=spec.workers,
-            seed=spec.seed,
-            schedule=schedule,
-            dtype=spec.dtype,
-            init=spec.init,
             consistency=spec.consistency,
             staleness_aware_lr=spec.staleness_aware_lr,
             shard=(s, spec.ps_shards),
@@ -98,21 +93,7 @@ def new_gradient_worker(
             scheduling_strategy="SPREAD",  # over the cluster's nodes
             **GradientWorker.actor_options(spec.device),
         )
-        .remote(
-            sizes=spec.sizes,
-            activations=spec.activations,
-            loss=spec.loss,
-            X=X,  # the shard travels by reference, once per actor
-            y=y,
-            local_batch=data.plan.local_batches[index],
-            steps_per_epoch=data.plan.steps_per_epoch,
-            compression=spec.compression,
-            topk_fraction=spec.topk_share,
-            seed=spec.seed,
-            worker_index=index,
-            device=spec.device,
-            **spec.model_options,
-        )
+        .remote(spec.worker_config(index, data.plan), X, y)  # the shard by reference, once
     )
 
 

@@ -23,7 +23,7 @@ from services.jobs.faults import FAULTS
 from services.jobs.kept_workers import KeptWorkers
 from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
-from services.paramserver.colocated import ColocatedWorker, Drained, ServerConfig, ShardState
+from services.paramserver.colocated import ColocatedWorker, Drained, ShardState
 from services.paramserver.colocated_async import AsyncColocatedWorker, NotOneNode
 from worker.gradient_worker import GradientWorker
 from worker.layout import ParamLayout
@@ -67,14 +67,7 @@ class ColocatedCohort:
         self.data = data
         self.worker_cpus = worker_cpus
         self.checkpoints = checkpoints
-        self.server = ServerConfig(
-            optimizer=spec.optimizer,
-            schedule=spec.schedule.schedule(total_steps),
-            activations=tuple(spec.activations),
-            seed=spec.seed,
-            dtype=spec.dtype,
-            init=spec.init,
-        )
+        self.server = spec.server_config(spec.schedule.schedule(total_steps))
         self.workers: list[ray.actor.ActorHandle] = []
         self.placement: list[dict] = []
         self.transport = ""
@@ -172,20 +165,9 @@ class ColocatedCohort:
             }
         return {
             **extra,
-            "index": i,
             "workers": spec.workers,
             "server": self.server,
-            "worker": {
-                "sizes": spec.sizes,
-                "activations": spec.activations,
-                "loss": spec.loss,
-                "local_batch": plan.local_batches[i],
-                "steps_per_epoch": plan.steps_per_epoch,
-                "seed": spec.seed,
-                "worker_index": i,
-                "device": spec.device,
-                **spec.model_options,
-            },
+            "worker": spec.worker_config(i, plan),
             "X": X,
             "y": y,
             "resume": resume,

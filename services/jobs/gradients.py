@@ -19,11 +19,5 @@ def check_gradients(spec: JobSpec) -> GradcheckReport:
             f"{MAX_CHECKED_PARAMETERS}",
         )
     return check_architecture(
-        spec.sizes,
-        spec.activations,
-        spec.loss,
-        seed=spec.seed,
-        init=spec.init,
-        entries_per_tensor=ENTRIES_PER_TENSOR,
-        **spec.model_options,
+        spec.model, seed=spec.seed, init=spec.init, entries_per_tensor=ENTRIES_PER_TENSOR
     )

@@ -43,9 +43,12 @@ from services.jobs.model_spec import (
 )
 from services.jobs.schedule_spec import ScheduleSpec
 from services.jobs.spec_checks import check_choice, check_range, nested
-from services.paramserver.optimizers import OptimizerConfig
+from services.paramserver.optimizers import LRSchedule, OptimizerConfig
+from services.paramserver.server_config import ServerConfig
+from worker.configs import Compression, LocalBatches, ModelConfig, WorkerConfig
 from worker.initializers import INITIALIZERS
 from worker.losses import LOSSES
+from worker.sampling import BatchPlan
 
 __all__ = [
     "CONSISTENCY_MODES",
@@ -172,14 +175,43 @@ class JobSpec:
         return [layer.activation for layer in self.layers]
 
     @property
-    def model_options(self) -> dict[str, Any]:
-        """Keyword options of worker.model.MLP (and GradientWorker) this spec asks for."""
-        return {
-            "l2": self.l2,
-            "dropout": [layer.dropout for layer in self.layers[:-1]],
-            "label_smoothing": self.label_smoothing,
-            "huber_delta": self.huber_delta,
-        }
+    def model(self) -> ModelConfig:
+        """The model this spec asks for, as the engine takes it (`MLP.from_config`)."""
+        return ModelConfig(
+            sizes=tuple(self.sizes),
+            activations=tuple(self.activations),
+            loss=self.loss,
+            l2=self.l2,
+            dropout=tuple(layer.dropout for layer in self.layers[:-1]),
+            label_smoothing=self.label_smoothing,
+            huber_delta=self.huber_delta,
+        )
+
+    def server_config(self, schedule: LRSchedule) -> ServerConfig:
+        """The parameter server's config, with the job's schedule of η (`ScheduleSpec`
+        made concrete for the job's step count)."""
+        return ServerConfig(
+            optimizer=self.optimizer,
+            activations=tuple(self.activations),
+            seed=self.seed,
+            schedule=schedule,
+            dtype=self.dtype,
+            init=self.init,
+        )
+
+    def worker_config(self, index: int, plan: BatchPlan) -> WorkerConfig:
+        """Gradient worker `index`'s config when the training rows split as `plan` says."""
+        return WorkerConfig(
+            model=self.model,
+            batches=LocalBatches(
+                size=plan.local_batches[index],
+                seed=self.seed,
+                worker_index=index,
+                steps_per_epoch=plan.steps_per_epoch,
+            ),
+            device=self.device,
+            compression=Compression(self.compression, self.topk_share),
+        )
 
     @property
     def parameter_count(self) -> int:

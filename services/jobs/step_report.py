@@ -72,7 +72,7 @@ class StepReporter:
             0.0 if spec.checkpoint_every else DEFAULT_CHECKPOINT_MIN_INTERVAL_S
         )
         self.last_checkpoint = time.monotonic()
-        self.model = MLP(spec.sizes, spec.activations, spec.loss, **spec.model_options)
+        self.model = MLP.from_config(spec.model)
         itemsize = 8 if spec.dtype == "float64" else 4
         self.theta_bytes = self.model.layout.size * itemsize
         self.started = self.last = time.monotonic()

@@ -15,9 +15,9 @@ With one worker nothing moves at all. The step loop runs inside the worker (`tra
 the job runner starts it and drains step statistics in batches (`drain`), so no
 coordinator is on the step path. See `collective` for the two transports.
 
-A plain class; the runner makes it a threaded Ray actor, so `drain` and `latest_theta`
-answer while `train` runs. This module is the set-up and the exchange loop; the shard's
-state, its checkpoint records and what the runner reads are in `colocated_state`.
+A plain class; the runner makes it a threaded Ray actor (`drain`, `latest_theta` answer
+while `train` runs). Here: set-up and the exchange loop; the shard's state and what
+the runner reads are in `colocated_state`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArrays, SharedMemoryFull
-from services.paramserver.colocated_state import Drained, ServerConfig, ShardKeeper, ShardState
+from services.paramserver.colocated_state import Drained, ShardKeeper, ShardState
 from services.paramserver.optimizers import apply_update, global_norm, init_state, learning_rate_at
+from services.paramserver.server_config import ServerConfig
 from services.paramserver.step_stats import StepStats
+from worker.configs import WorkerConfig
 from worker.gradient_worker import GradientWorker, process_placement
 
 log = logging.getLogger(__name__)
@@ -43,29 +44,26 @@ _KEPT_RECORDS = 100_000  # undrained step records kept (a runner that stopped dr
 
 
 class ColocatedWorker(ShardKeeper):
-    """Worker `index` of `workers`, owning θ's shard `index`; see the module docstring."""
+    """Worker `index` (its batches' worker_index) of `workers`, owning θ's shard `index`."""
 
     def __init__(
         self,
         *,
-        index: int,
         workers: int,
         server: ServerConfig,
-        worker: dict,
+        worker: WorkerConfig,
         X: np.ndarray,
         y: np.ndarray,
         resume: ShardState | None = None,
         resume_theta: np.ndarray | None = None,
     ) -> None:
-        """`worker`: `GradientWorker`'s keyword arguments but its data shard X, y (given
-        apart, so Ray resolves them when they come as ObjectRefs);
-        `resume`/`resume_theta`: continue from a checkpoint (this shard's state and the
-        whole θ), else start at step 0 from the seeded initialisation."""
-        self.index, self.workers = index, workers
-        self.engine = GradientWorker(X=X, y=y, **worker)
+        """On the shard X, y (apart: Ray resolves ObjectRefs); `resume`/`resume_theta`: from
+        a checkpoint (this shard's state, the whole θ), else from step 0 and θ's init."""
+        self.index, self.workers = worker.batches.worker_index, workers
+        self.engine = GradientWorker(worker, X, y)
         self.layout = self.engine.model.layout
         self.server = server
-        self.lo, self.hi = self.layout.shard_bounds(workers)[index]
+        self.lo, self.hi = self.layout.shard_bounds(workers)[self.index]
         if resume_theta is not None:
             theta = np.array(resume_theta, dtype=server.dtype)  # (P,)
         else:
@@ -287,16 +285,13 @@ class ColocatedWorker(ShardKeeper):
         if self.shared is not None:
             self.shared.unlink()
 
-    # --- between jobs (a kept worker, services/jobs/kept_workers.py) ------------------
-
-    def forget(self) -> None:
-        """Leave the job: close the mesh and drop the job's state, data and θ. The
-        process waits, idle, until `renew` makes it a worker of another job."""
+    def forget(self) -> None:  # between jobs: a kept worker (services/jobs/kept_workers.py)
+        """Leave the job (mesh closed; state, data and θ dropped), idle until `renew`."""
         if vars(self):
             self.close()
             vars(self).clear()
 
-    def renew(self, **kwargs: Any) -> None:
+    def renew(self, **kwargs: object) -> None:
         """Become a new job's worker in this process (this class's `__init__` arguments)."""
         self.forget()
         self.__init__(**kwargs)

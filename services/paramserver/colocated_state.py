@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.paramserver.optimizers import LRSchedule, OptimizerConfig, OptimizerState
+from services.paramserver.optimizers import OptimizerState
 from services.paramserver.step_stats import StepStats
 
 
@@ -37,18 +37,6 @@ class Drained:
     stats: list[StepStats] = field(default_factory=list)
     snapshots: list[ShardState] = field(default_factory=list)
     is_held: bool = False  # the loop waits for `drain` to allow its next step
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """The parameter server's side of a colocated worker: optimizer and θ's make-up."""
-
-    optimizer: OptimizerConfig
-    schedule: LRSchedule
-    activations: tuple[str, ...]
-    seed: int
-    dtype: str = "float32"
-    init: str = "auto"
 
 
 class ShardKeeper:

@@ -31,13 +31,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from services.paramserver.optimizers import (
-    LRSchedule,
-    OptimizerConfig,
     apply_update,
     global_norm,
     init_state,
     learning_rate_at,
 )
+from services.paramserver.server_config import ServerConfig
 from services.paramserver.step_stats import StepStats
 from worker.compression import Compressed, decompress
 from worker.gradient_worker import GradientResult
@@ -55,21 +54,15 @@ class ParameterServer:
         self,
         *,
         sizes: Sequence[int],
-        activations: Sequence[str],
-        optimizer: OptimizerConfig,
+        server: ServerConfig,
         workers: int,
-        seed: int,
-        schedule: LRSchedule | None = None,
-        dtype: str = "float32",
-        init: str | Sequence[str] = "auto",
         consistency: str = "bsp",
         staleness_aware_lr: bool = False,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
-        """`schedule` scales optimizer.learning_rate per step (constant when None);
-        `dtype` ("float32" or "float64") is θ's, which workers compute in; `init` picks
-        the initialiser ("auto", "he", "glorot", or one per layer); `shard` = (s, S):
-        hold the s-th of S contiguous parts of θ."""
+        """θ for layer `sizes`, the optimizer and θ's make-up from `server`; `workers`
+        push gradients; `shard` = (s, S): hold the s-th of S contiguous parts of θ."""
+        optimizer, dtype = server.optimizer, server.dtype
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
         if consistency not in CONSISTENCY_MODES:
@@ -80,11 +73,11 @@ class ParameterServer:
         self.layout = ParamLayout(sizes)
         self.lo, self.hi = self.layout.shard_bounds(count)[index]
         self.optimizer = optimizer
-        self.schedule = schedule or LRSchedule()
+        self.schedule = server.schedule
         self.workers = workers
         self.consistency = consistency
         self.staleness_aware_lr = staleness_aware_lr
-        theta = self.layout.init_theta(activations, seed, dtype, init=init)  # (P,)
+        theta = self.layout.init_theta(server.activations, server.seed, dtype, init=server.init)
         self.theta = theta[self.lo : self.hi].copy()  # (hi − lo,): this shard of θ
         self.state = init_state(optimizer, len(self.theta), self.theta.dtype)
         self._g = np.zeros_like(self.theta)  # the applied gradient, reused every update
