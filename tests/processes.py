@@ -239,6 +239,15 @@ def start_api(
     return process, int(port_file.read_text())
 
 
+def is_alive(pid: int) -> bool:
+    """Whether process `pid` exists (Ray's raylet reaps the workers it starts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def worker_actor_of_process(pid: int, timeout_s: float = 10.0):  # -> ray.actor.ActorHandle
     """The named colocated-worker actor running in process `pid` (a job's `workers[i].pid`).
     By process, not by name: a worker kept from an earlier job keeps that job's name."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 
 import grpc
@@ -22,6 +21,7 @@ from services.cluster import NAMESPACE
 from services.datasets import load_dataset
 from services.jobs.monitor import runner_actor_name
 from tests.conftest import digits_spec
+from tests.processes import is_alive
 
 pytestmark = pytest.mark.slow
 
@@ -57,14 +57,6 @@ def job_processes(job: pb.Job, manager) -> list[int]:
             actor = ray.get_actor(runner, namespace=NAMESPACE)
             pids += ray.get(actor.process_ids.remote(), timeout=10)["runner"]
     return [pid for pid in pids if is_alive(pid)]
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_job_streams_every_step_once_then_gives_accurate_weights(client: Client) -> None:

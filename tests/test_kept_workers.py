@@ -6,7 +6,6 @@ job may need their CPUs (services/jobs/kept_workers.py, services/jobs/runner_poo
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 
@@ -23,6 +22,7 @@ from services.jobs.runner_options import RunnerOptions
 from services.jobs.runner_pool import RunnerPool, StandbyRunner
 from services.jobs.spec import JobSpec
 from tests.conftest import digits_spec
+from tests.processes import is_alive
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -34,14 +34,6 @@ def spec(**changes: object) -> JobSpec:
 
 
 BSP = spec(epochs=2, workers=2)
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def wait_dead(pids: list[int], timeout_s: float = 20) -> None:

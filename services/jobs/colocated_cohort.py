@@ -93,8 +93,8 @@ class ColocatedCohort:
         self._generation += 1
         kept, self._kept = self._kept, None  # only the first start renews kept workers
         renewed = kept.take(self._kind, self.worker_cpus, self.spec.device, n) if kept else []
-        self.workers = [*renewed]
-        self.workers += [self._new_worker(i, resumes[i], theta_ref) for i in range(len(renewed), n)]
+        created = [self._new_worker(i, resumes[i], theta_ref) for i in range(len(renewed), n)]
+        self.workers = renewed + created
         try:
             ray.get(
                 [

@@ -99,9 +99,7 @@ class StandbyRunner(JobRunner):
     def _keep_for(self, seconds: float) -> None:
         """Drop the kept workers after `seconds` (now for 0) unless a job takes them."""
         with self._kept_lock:
-            if self._drop_timer is not None:
-                self._drop_timer.cancel()
-                self._drop_timer = None
+            self._cancel_drop()
             if self._kept is None:
                 return
             if seconds <= 0:
@@ -114,11 +112,15 @@ class StandbyRunner(JobRunner):
 
     def _kept_workers(self) -> KeptWorkers | None:
         with self._kept_lock:
-            if self._drop_timer is not None:
-                self._drop_timer.cancel()
-                self._drop_timer = None
+            self._cancel_drop()
             kept, self._kept = self._kept, None
             return kept
+
+    def _cancel_drop(self) -> None:
+        """No timed drop pending any more (call holding `_kept_lock`)."""
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
 
     def _release_actors(self, ended: JobState | None = None) -> None:
         """At the end of a job that SUCCEEDED on colocated workers, keep them for the
