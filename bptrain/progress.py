@@ -17,7 +17,8 @@ from bptrain.v1 import training_pb2 as pb
 
 
 def describe(point: pb.MetricPoint) -> str:
-    """loss, validation numbers when the point has them, staleness (asp/ssp), throughput."""
+    """loss, validation numbers when the point has them, staleness and the lead over
+    the slowest worker (asp/ssp), throughput."""
     parts = [f"loss {point.loss:.4f}"]
     if point.HasField("validation_loss"):
         parts.append(f"val_loss {point.validation_loss:.4f}")
@@ -25,6 +26,8 @@ def describe(point: pb.MetricPoint) -> str:
         parts.append(f"val_acc {point.validation_accuracy:.4f}")
     if point.staleness_max:
         parts.append(f"staleness {point.staleness_mean:.1f} (max {point.staleness_max})")
+    if point.clock_lead_max:
+        parts.append(f"lead {point.clock_lead_max}")
     parts.append(f"{point.samples_per_second:,.0f} samples/s")
     return "  ".join(parts)
 

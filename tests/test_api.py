@@ -94,6 +94,16 @@ def test_loss_falls_and_validation_is_reported_once_per_epoch(client: Client) ->
     assert np.mean([p.loss for p in points[-5:]]) < 0.5 * np.mean([p.loss for p in points[:5]])
 
 
+def test_an_ssp_jobs_stream_says_how_far_its_workers_ran_apart(client: Client) -> None:
+    job = client.submit(digits_spec(consistency="ssp", staleness=1, epochs=4))
+    points = list(client.metrics(job.job_id))
+    assert client.get(job.job_id).state == pb.SUCCEEDED
+    assert len(points) == client.get(job.job_id).total_steps
+    leads = [p.clock_lead_max for p in points]
+    assert max(leads) <= 1  # the bound
+    assert max(leads) == 1  # two workers on their own pace: one reads a clock ahead
+
+
 def test_reconnect_with_after_step_continues_at_the_next_step(client: Client) -> None:
     job = client.submit(digits_spec(epochs=10))
     seen = []

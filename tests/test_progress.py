@@ -20,3 +20,12 @@ def test_an_asp_point_shows_its_staleness() -> None:
     )
 
     assert describe(point) == "loss 0.2500  staleness 1.5 (max 3)  10 samples/s"
+
+
+def test_an_ssp_point_shows_how_far_a_worker_ran_ahead() -> None:
+    point = pb.MetricPoint(
+        step=3, loss=0.25, samples_per_second=10.0, staleness_mean=1.0, staleness_max=2,
+        clock_lead_max=1,
+    )  # fmt: skip
+
+    assert describe(point) == "loss 0.2500  staleness 1.0 (max 2)  lead 1  10 samples/s"

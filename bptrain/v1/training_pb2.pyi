@@ -178,7 +178,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., workers: _Optional[int] = ..., consistency: _Optional[str] = ..., seed: _Optional[int] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., l2: _Optional[float] = ..., label_smoothing: _Optional[float] = ..., huber_delta: _Optional[float] = ..., init: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., staleness: _Optional[int] = ..., staleness_aware_lr: _Optional[bool] = ..., ps_shards: _Optional[int] = ..., compression: _Optional[str] = ..., topk_fraction: _Optional[float] = ..., stop_when: _Optional[_Union[StopWhen, _Mapping]] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
-    __slots__ = ("step", "epoch", "loss", "samples_per_second", "learning_rate", "validation_loss", "validation_accuracy", "elapsed_seconds", "gradient_norms", "staleness_mean", "staleness_max", "bytes_pushed", "bytes_pulled", "compute_seconds")
+    __slots__ = ("step", "epoch", "loss", "samples_per_second", "learning_rate", "validation_loss", "validation_accuracy", "elapsed_seconds", "gradient_norms", "staleness_mean", "staleness_max", "bytes_pushed", "bytes_pulled", "compute_seconds", "clock_lead_max")
     STEP_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class MetricPoint(_message.Message):
     BYTES_PUSHED_FIELD_NUMBER: _ClassVar[int]
     BYTES_PULLED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_LEAD_MAX_FIELD_NUMBER: _ClassVar[int]
     step: int
     epoch: int
     loss: float
@@ -207,7 +208,8 @@ class MetricPoint(_message.Message):
     bytes_pushed: int
     bytes_pulled: int
     compute_seconds: float
-    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., learning_rate: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., gradient_norms: _Optional[_Iterable[float]] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., bytes_pushed: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    clock_lead_max: int
+    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., learning_rate: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., gradient_norms: _Optional[_Iterable[float]] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., bytes_pushed: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., clock_lead_max: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers", "queue_position", "queue_reason", "submission_id", "owner")

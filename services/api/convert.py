@@ -223,6 +223,7 @@ def point_to_proto(point: MetricPoint) -> pb.MetricPoint:
         gradient_norms=point.gradient_norms,
         staleness_mean=point.staleness_mean,
         staleness_max=point.staleness_max,
+        clock_lead_max=point.clock_lead_max,
         bytes_pushed=point.bytes_pushed,
         bytes_pulled=point.bytes_pulled,
         compute_seconds=point.compute_seconds,

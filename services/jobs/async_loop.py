@@ -105,7 +105,6 @@ def train_async(run: TrainingRun, start: int) -> None:
                 reported = resumed
                 status.lead.start(reported)
             clocks.restart(resumed)
-    run.output.read_log = ray.get(cohort.ps.read_log.remote(), timeout=STEP_TIMEOUT_S)
 
 
 def _wait_for_gradients(refs: list[ray.ObjectRef]) -> set[ray.ObjectRef]:

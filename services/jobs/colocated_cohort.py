@@ -200,11 +200,6 @@ class ColocatedCohort:
         """asp/ssp: the whole shared parameter server's state, consistent."""
         return ray.get(self.workers[0].snapshot.remote(), timeout=DRAIN_TIMEOUT_S)
 
-    def read_log(self) -> list[tuple[int, int, int]]:
-        """asp/ssp: every worker's θ reads as (worker, clock, slowest clock then)."""
-        logs = ray.get([w.read_log.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)
-        return [entry for log in logs for entry in log]
-
     def profiles(self) -> list[dict]:
         return ray.get([w.profile.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)
 

@@ -62,8 +62,6 @@ class ColocatedLoop:
                 self.pending = self._new_pending()
                 self.running = self._launch()
         try:
-            if self.is_async:
-                self.run.output.read_log = cohort.read_log()
             self.run.output.profiles = cohort.profiles()
         except FAULTS as error:  # a worker lost after the last step: no profile then
             log.info("job %s: no worker profiles (%s)", cohort.job_id, error)

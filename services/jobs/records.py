@@ -38,6 +38,9 @@ class MetricPoint:
     gradient_norms: tuple[float, ...] = ()
     staleness_mean: float = 0.0  # θ versions between a gradient's read and its apply
     staleness_max: int = 0
+    # asp/ssp: the most gradients a worker had run ahead of the slowest when it read θ
+    # (≤ the staleness bound under ssp; 0 for bsp). Points stored before it load as 0.
+    clock_lead_max: int = 0
     bytes_pushed: int = 0  # gradient bytes sent to the parameter server (all workers)
     bytes_pulled: int = 0  # θ bytes read by the workers
     compute_seconds: float = 0.0  # mean time a worker took to compute one gradient

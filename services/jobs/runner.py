@@ -89,12 +89,6 @@ class JobRunner:
         """Colocated workers' `profile()`, once trained."""
         return self._output.profiles
 
-    @property
-    def read_log(self) -> list[tuple[int, int, int]]:
-        """asp/ssp, once trained: the parameter server's θ reads as (worker, clock,
-        slowest worker's clock at the read), for checking the staleness bound."""
-        return self._output.read_log
-
     # --- called by the job manager ---------------------------------------------------
 
     def run(self) -> JobState:

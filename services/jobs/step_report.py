@@ -180,6 +180,7 @@ class StepReporter:
         its updates' means."""
         samples = sum(s.samples for s in stats)
         staleness = [tau for s in stats for tau in s.staleness] or [0]
+        lead = max((ahead for s in stats for ahead in s.clock_lead), default=0)
         pulls = sum(len(s.staleness) for s in stats)  # one θ per gradient
         pulled = [s.bytes_pulled for s in stats if s.bytes_pulled is not None]
         return MetricPoint(
@@ -194,6 +195,7 @@ class StepReporter:
             gradient_norms=norms,
             staleness_mean=_mean(staleness),
             staleness_max=int(max(staleness)),
+            clock_lead_max=int(lead),
             bytes_pushed=sum(s.bytes_pushed for s in stats),
             bytes_pulled=sum(pulled) if pulled else pulls * self.theta_bytes,
             compute_seconds=_mean([s.compute_seconds for s in stats]),

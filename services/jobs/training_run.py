@@ -21,9 +21,6 @@ class TrainingOutput:
     latest: tuple[int, list[ray.ObjectRef] | None] | None = None  # (step, θ's shard refs)
     theta: np.ndarray | None = None  # θ after the last step: (P,)
     profiles: list[dict] = field(default_factory=list)  # colocated workers' `profile()`
-    # asp/ssp: the parameter server's θ reads as (worker, clock, slowest worker's clock
-    # at the read), for checking the staleness bound.
-    read_log: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,6 @@ from services.paramserver.optimizers import (
 )
 from services.paramserver.server import StepStats
 
-_KEPT_READS = 100_000
-
 
 class NotOneNode(Exception):
     """asp/ssp colocation needs shared memory: the workers landed on several nodes, or
@@ -60,7 +58,6 @@ class AsyncColocatedWorker(ColocatedWorker):
         self._locks = [threading.Lock() for _ in self.bounds]
         self._lock_file: int | None = None
         self._states: list[OptimizerState] = []
-        self._read_log: list[tuple[int, int, int]] = []
         self._g = np.zeros_like(self.theta)  # (P,) this worker's gradient
 
     def join(self, endpoints: Sequence[Endpoint], tag: str) -> str:
@@ -175,6 +172,7 @@ class AsyncColocatedWorker(ColocatedWorker):
             weight_squares=tuple(squares),
             square=float(g @ g),
             staleness=(staleness,),
+            clock_lead=(clock - slowest,),  # ahead of the slowest worker when it read θ
             bytes_pushed=g.nbytes,  # the whole gradient, into the shared state
             bytes_pulled=self.theta.nbytes,
             compute_seconds=computed - read,
@@ -185,9 +183,6 @@ class AsyncColocatedWorker(ColocatedWorker):
         waiting = read - started
         with self._lock:
             self._drained.stats.append(stats)
-            self._read_log.append((self.index, clock, slowest))
-            if len(self._read_log) > 2 * _KEPT_READS:
-                del self._read_log[:-_KEPT_READS]
             self._profile += (computed - read, 0.0, waiting, pushed - computed)
             self._profile_steps += 1
 
@@ -215,11 +210,6 @@ class AsyncColocatedWorker(ColocatedWorker):
     def latest_theta(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
         state = self.snapshot()
         return state.step, state.theta
-
-    def read_log(self) -> list[tuple[int, int, int]]:
-        """θ reads as (worker, clock, slowest worker's clock then), oldest first."""
-        with self._lock:
-            return list(self._read_log)
 
     def close(self) -> None:
         super().close()

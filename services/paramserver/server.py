@@ -10,8 +10,9 @@ learning-rate schedule. Three consistency modes:
   sample count, g = Σ_i n_i g_i / Σ_i n_i, and applies one update: θ's version + 1.
 - asp: `push` applies each worker's gradient as its own update, as soon as it comes.
 - ssp: like asp; the runner lets a worker start clock c only once every worker has
-  pushed c − s gradients (s = the staleness bound), and `read_theta` records the
-  slowest worker's clock at every read, so the bound can be checked afterwards.
+  pushed c − s gradients (s = the staleness bound). `read_theta` notes the slowest
+  worker's clock at every read, and each push's StepStats carry the worker's lead
+  over it (`clock_lead`, ≤ s under ssp), which the job's metric points report.
 
 For asp/ssp the staleness of a gradient is θ's version when it is applied minus the
 version it was computed on (recorded when the worker read θ); with
@@ -44,7 +45,6 @@ from worker.layout import ParamLayout
 
 CONSISTENCY_MODES = ("bsp", "ssp", "asp")
 _KEPT_PUSHES = 4096  # (worker, clock) results remembered so a retried push is applied once
-_KEPT_READS = 100_000  # entries of the read log (the newest)
 
 
 class ParameterServer:
@@ -89,7 +89,6 @@ class ParameterServer:
         self._ahead: list[set[int]] = [set() for _ in range(workers)]  # applied, above it
         self._reads: dict[tuple[int, int], tuple[int, int]] = {}  # (w, c) → (version, min clock)
         self._pushed: dict[tuple[int, int], StepStats] = {}  # (w, c) → its stats
-        self._read_log: list[tuple[int, int, int]] = []  # (worker, clock, slowest clock)
 
     # --- reads -------------------------------------------------------------------------
 
@@ -114,11 +113,7 @@ class ParameterServer:
         """θ for `worker`'s gradient number `clock` (asp/ssp); records the version read
         and the slowest worker's clock at that moment."""
         with self._lock:
-            slowest = min(self._clocks)
-            self._reads[(worker, clock)] = (self.version, slowest)
-            self._read_log.append((worker, clock, slowest))
-            if len(self._read_log) > 2 * _KEPT_READS:
-                del self._read_log[:-_KEPT_READS]
+            self._reads[(worker, clock)] = (self.version, min(self._clocks))
             return self.theta.copy()
 
     def placement(self) -> dict[str, int]:
@@ -133,12 +128,6 @@ class ParameterServer:
         """Per worker, the clock below which every gradient is applied (asp/ssp)."""
         with self._lock:
             return list(self._clocks)
-
-    def read_log(self) -> list[tuple[int, int, int]]:
-        """θ reads as (worker, clock, slowest worker's clock then), oldest first (at
-        least the newest _KEPT_READS). Under ssp, clock − slowest <= s for each."""
-        with self._lock:
-            return list(self._read_log)
 
     def state_dict(self) -> dict:
         """θ, the optimizer state and θ's version, as copies (for a checkpoint)."""
@@ -242,7 +231,8 @@ class ParameterServer:
                     f"worker {result.worker}'s clock {result.clock} was applied before "
                     "and is no longer remembered"
                 )
-            read_version, _ = self._reads.pop(key, (self.version, 0))
+            # a push with no read noted (a unit test's) counts as read now
+            read_version, slowest = self._reads.pop(key, (self.version, result.clock))
             staleness = self.version - read_version
             eta = learning_rate_at(result.clock + 1, self.optimizer.learning_rate, self.schedule)
             if self.staleness_aware_lr:
@@ -256,6 +246,7 @@ class ParameterServer:
                 weight_squares=tuple(self.layout.weight_squares(g, self.lo)),
                 square=global_norm(g) ** 2,
                 staleness=(staleness,),
+                clock_lead=(result.clock - slowest,),
                 bytes_pushed=result.nbytes,
                 compute_seconds=result.compute_seconds,
                 worker=result.worker,

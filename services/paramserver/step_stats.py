@@ -19,6 +19,9 @@ class StepStats:
         per layer; summed over shards and square-rooted: the per-layer norms.
     staleness: per gradient, θ's version at apply time minus the version it was
         computed on (0 for bsp).
+    clock_lead: asp/ssp, per gradient, how many gradients its worker was ahead of the
+        slowest worker when it read θ (its clock − the slowest clock then); ssp keeps
+        each ≤ the staleness bound. Empty for bsp (no worker runs ahead).
     bytes_pushed: bytes of the gradients as they arrived (after compression).
     compute_seconds: mean time a worker took to compute one of the gradients.
     worker, clock: for a push, whose gradient and its clock (0-based); -1 for bsp.
@@ -31,6 +34,7 @@ class StepStats:
     weight_squares: tuple[float, ...]
     square: float = 0.0  # Σ g² over this shard's part of θ (biases included)
     staleness: tuple[int, ...] = ()
+    clock_lead: tuple[int, ...] = ()
     bytes_pushed: int = 0
     bytes_pulled: int | None = None  # θ bytes read by workers (None: one θ per gradient)
     compute_seconds: float = 0.0
