@@ -24,8 +24,11 @@ proto: $(STAMP)
 demo: proto
 	$(PY) examples/demo.py examples/digits.yaml
 
+# Whole test modules run in TEST_PROCESSES parallel processes (pytest-xdist), the modules
+# with `long` tests first (tests/conftest.py): most tests wait on processes, not on a core.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 # 100 random SIGKILLs (workers, runners, the API) over long bsp, ssp and asp jobs: every step
 # streamed once, bsp θ as without faults; prints the recovery times. Minutes; CI runs it too.

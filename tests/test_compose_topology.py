@@ -190,15 +190,16 @@ class Topology:
         return result.returncode == 0
 
     def stop(self) -> None:
-        """SIGTERM each node (`ray start --block` stops its own children), then SIGKILL
-        whatever is left in the nodes' sessions."""
+        """SIGTERM each node, the last started first (`ray start --block` stops its own
+        children; a worker node stops at once while the head's GCS is still there, and
+        waits out GCS reconnection when it is not), then SIGKILL whatever is left in the
+        nodes' sessions."""
         sessions = {node.process.pid for node in self.nodes}
         for node in reversed(self.nodes):
             if node.process.poll() is None:
                 node.process.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.process.wait(timeout=30)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.process.wait(timeout=30)
         deadline = time.monotonic() + 10
         while processes_in_sessions(sessions) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -278,6 +279,7 @@ def per_node_flags() -> list[str]:
     ]
 
 
+@pytest.mark.long
 def test_the_compose_commands_run_a_job_across_two_worker_nodes(topology: Topology) -> None:
     compose = topology.compose
     assert compose["services"]["ray-head"]["command"][:4] == ["ray", "start", "--head", "--block"]

@@ -60,6 +60,7 @@ def test_the_makefile_quick_target_runs_the_quick_bench() -> None:
     assert recipe is not None and "bench/distributed.py --quick" in recipe.group(1)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
 def test_the_quick_run_reports_every_row(bench, tmp_path: Path) -> None:

@@ -45,9 +45,10 @@ def cpu_seconds(pid: int) -> float:
 
 # steps: several seconds of training unbounded (a step is about 1 ms on colocated
 # workers, 7 ms through parameter-server tasks), so a held runner is far from the end.
+@pytest.mark.long
 @pytest.mark.parametrize(
     ("mode", "transport", "steps"),
-    [({}, "auto", 8000), ({"consistency": "asp"}, "auto", 8000), ({}, "tasks", 1200)],
+    [({}, "auto", 3000), ({"consistency": "asp"}, "auto", 3000), ({}, "tasks", 1200)],
     ids=["bsp-colocated", "asp-colocated", "bsp-parameter-server"],
 )
 def test_an_unpolled_runner_holds_at_its_lead_without_spinning_and_goes_on_when_recorded(
