@@ -35,7 +35,7 @@ def _kink_free_problem(model: MLP, N: int) -> tuple[np.ndarray, np.ndarray, np.n
         theta = model.layout.init_theta(model.activation_names, seed, dtype=np.float64)
         theta += 0.1 * rng.standard_normal(theta.shape)  # biases off zero too
         x = rng.standard_normal((N, D))
-        if all(np.abs(z).min() > KINK for z in model.pre_activations(theta, x)):
+        if all(np.abs(z).min() > KINK for z, _ in model.layer_outputs(theta, x, keep_z=True)):
             return theta, x, _targets(model.loss_name, rng, N, C)
     raise AssertionError("no kink-free seed in 100 tries")
 

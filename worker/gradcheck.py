@@ -204,7 +204,8 @@ def check_architecture(
         theta = model.layout.init_theta(activations, seed + attempt, np.float64, init=init)
         theta += 0.1 * rng.standard_normal(theta.shape)  # biases off 0, weights nudged
         x = rng.standard_normal((batch, model.sizes[0]))
-        margin = min(float(np.abs(z).min()) for z in model.pre_activations(theta, x))
+        zs = (z for z, _ in model.layer_outputs(theta, x, keep_z=True))
+        margin = min(float(np.abs(z).min()) for z in zs)
         if best is None or margin > best[0]:
             best = (margin, rng, theta, x)
     _, rng, theta, x = best

@@ -12,6 +12,8 @@ and backward, from δ^L = ∂L/∂a^L ⊙ σ_L'(z^L) (∂L/∂a^L from the fused
     δ^{l-1}    = (δ^l W^lᵀ) ⊙ m^{l-1} ⊙ σ_{l-1}'(z^{l-1})
 
 Every step is a matrix product over the whole batch; δ^0 = ∂loss/∂x is never formed.
+A layer's two halves live side by side in `worker.dense.Dense`; `forward` and `backward`
+here walk the layers up and down.
 The model holds no weights: θ is passed in, gradients come out, and updating θ is the
 parameter server's job. Training steps reuse a `Workspace` per batch shape
 (`worker.step_buffers`), so a step allocates nothing the size of the batch; `predict` and
@@ -33,6 +35,7 @@ import numpy as np
 
 from worker.backend import Array, array_module_of
 from worker.configs import ModelConfig
+from worker.dense import Dense
 from worker.dropout import draw_masks, dropout_rates
 from worker.network import Network
 from worker.step_buffers import StepBuffers
@@ -85,6 +88,11 @@ class MLP(Network):
         self.dropout = dropout_rates(dropout, self.layout.num_layers - 1)
         self._has_dropout = any(self.dropout)
         self._buffers = StepBuffers(self.layout, self.activations, self.dropout)
+        last = len(self.activations) - 1
+        self.layers = [
+            Dense(activation, first=l == 0, last=l == last)
+            for l, activation in enumerate(self.activations)
+        ]
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> MLP:
@@ -147,31 +155,16 @@ class MLP(Network):
         `dropout_masks` (one (N, H_l) mask per hidden layer) or an `rng` to draw them is
         given. The output and the workspace are overwritten by the next step of this shape.
         """
-        xp = array_module_of(theta)
         x = self._check_input(theta, x)  # a^0: (N, D)
         ws = self._buffers.workspace(theta, x.shape[0])
         ws.x = x
-        ws.dropout_active = is_dropout = self._buffers.load_masks(ws, rng, dropout_masks)
-        layers, activations = ws.layers, self.activations
-        last = len(layers) - 1
-        a_prev = x
-        for l, (Theta, W, b) in enumerate(self._buffers.blocks(theta)):  # l = layer − 1
-            buffers, activation = layers[l], activations[l]
-            if l == 0:
-                xp.matmul(x, W, out=buffers.z_view)  # (N, D) @ (D, out)
-                ws.bias1_head[...] = b
-                xp.add(buffers.z, ws.bias1, out=buffers.z)  # + b^1 (0 under the ones column)
-            else:
-                xp.matmul(a_prev, Theta, out=buffers.z_view)  # [a, 1] (N, in + 1) @ Θ
-            target = buffers.a if is_dropout else buffers.out
-            activation.forward(buffers.z, target, buffers.work)
-            if l < last:
-                if is_dropout and buffers.mask is not None:
-                    xp.multiply(target, buffers.mask, out=buffers.out)  # ã = a ⊙ m
-                if not activation.keeps_one:
-                    buffers.out[:, -1] = 1  # σ(1) ≠ 1 changed the ones column; restore it
-                a_prev = buffers.out  # [ã^l, 1]: (N, out + 1)
-        return layers[-1].out, ws
+        ws.dropout_active = self._buffers.load_masks(ws, rng, dropout_masks)
+        a = x
+        for layer, block, buffers in zip(
+            self.layers, self._buffers.blocks(theta), ws.layers, strict=True
+        ):
+            a = layer.forward(a, block, buffers, ws)  # ã^l: [ã^l, 1] (N, out + 1); a^L last
+        return a, ws
 
     def backward(
         self, theta: Array, dout: Array, cache: Workspace, grad: Array | None = None
@@ -192,45 +185,22 @@ class MLP(Network):
                 f"grad must match theta's shape {tuple(theta.shape)} and dtype {theta.dtype}, "
                 f"got {tuple(grad.shape)} {grad.dtype}"
             )
-        last = ws.layers[-1]
-        if dout is not last.delta:
-            if tuple(dout.shape) != tuple(last.delta.shape):
+        top = ws.layers[-1]
+        if dout is not top.delta:
+            if tuple(dout.shape) != tuple(top.delta.shape):
                 raise ValueError(
-                    f"dout must have the output's shape {tuple(last.delta.shape)}, "
+                    f"dout must have the output's shape {tuple(top.delta.shape)}, "
                     f"got {tuple(dout.shape)}"
                 )
-            last.delta[...] = dout
-        weights = self._buffers.blocks(theta)
-        grads = self._buffers.blocks(grad)
-        layers = ws.layers
-
-        delta = self._times_activation_grad(last, len(layers) - 1, ws)  # δ^L: (N, C)
-        for l in range(len(layers) - 1, 0, -1):  # l = layer − 1, from L − 1 down to 1
-            below = layers[l - 1]  # buffers of the layer under this one
-            xp.matmul(below.out.T, delta, out=grads[l][0])  # [a, 1]ᵀ (in + 1, N) @ (N, out)
-            W = weights[l][1]  # (in, out)
-            xp.matmul(delta, W.T, out=below.delta_view)  # (N, out) @ (out, in): ∂loss/∂ã
-            self._times_activation_grad(below, l - 1, ws)
-            delta = below.delta_view  # δ of the layer below: (N, in)
-        _, dW, db = grads[0]  # dW^1 (D, out) over db^1 (out,)
-        xp.matmul(ws.x.T, delta, out=dW)  # (D, N) @ (N, out)
-        xp.matmul(ws.ones, delta, out=db)  # db^1 = Σ_rows δ^1
+            top.delta[...] = dout
+        weights, grads, buffers = self._buffers.blocks(theta), self._buffers.blocks(grad), ws.layers
+        for l in range(len(buffers) - 1, -1, -1):  # l = layer − 1, from L − 1 down to 0
+            below = buffers[l - 1] if l else None
+            a_below = below.out if below is not None else ws.x  # [ã^{l-1}, 1], or x
+            self.layers[l].backward(a_below, weights[l], grads[l], buffers[l], below, ws)
         if self.l2:
             self._add_l2_gradient(theta, grad, ws)
         return grad
-
-    def _times_activation_grad(self, buffers, index: int, ws: Workspace) -> Array:
-        """δ = upstream ⊙ m ⊙ σ'(z), in place in `buffers.delta` (upstream = ∂loss/∂ã) for
-        layer `index` + 1; returns the (N, out) view of δ."""
-        activation = self.activations[index]
-        if ws.dropout_active and buffers.mask is not None:
-            xp = array_module_of(buffers.delta)
-            xp.multiply(buffers.delta, buffers.mask, out=buffers.delta)  # ∂loss/∂a
-        if not activation.has_unit_grad:
-            a = buffers.a if ws.dropout_active else buffers.out
-            z = buffers.z if activation.needs_z else None
-            activation.backward(buffers.delta, z, a, buffers.work)
-        return buffers.delta_view
 
     def _add_l2_gradient(self, theta: Array, grad: Array, ws: Workspace) -> None:
         xp = array_module_of(theta)

@@ -2,16 +2,17 @@
 
 `Network` holds what every pass reads: the layout of the flat θ (`ParamLayout`), one
 activation σ_l per layer and the loss. Its passes allocate fresh arrays, for any batch size:
-`predict` runs z^l = a^{l-1} W^l + b^l, a^l = σ_l(z^l) for l = 1..L; `pre_activations`
-keeps every z^l for inspection; `evaluate` scores the output; `layer_gradient_norms` reads
-a gradient. `MLP` (`worker.model`) is a `Network` with what training adds: the L2 term,
+`layer_outputs` runs z^l = a^{l-1} W^l + b^l, a^l = σ_l(z^l) for l = 1..L, the one
+allocating forward: `predict` keeps its last output, inspection (the gradient check's
+distance from relu's kink) its z^l; `evaluate` scores the output; `layer_gradient_norms`
+reads a gradient. `MLP` (`worker.model`) is a `Network` with what training adds: the L2 term,
 dropout, and forward and backward passes over buffers reused from step to step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from worker.activations import Activation, get_activation
 from worker.backend import Array, array_module_of
@@ -65,40 +66,37 @@ class Network:
         # Computing in θ's dtype keeps float32 float32 and lets backward write in place.
         return array_module_of(theta).asarray(x, dtype=theta.dtype)
 
-    def predict(self, theta: Array, x: Array) -> Array:
-        """Network output a^L, shape (N, C), without dropout; a fresh array. x: (N, D)."""
-        a = self._check_input(theta, x)  # (N, D)
-        xp = array_module_of(theta)
-        for (W, b), activation in zip(self.layout.views(theta), self.activations, strict=True):
-            z = xp.matmul(a, W)  # (N, in) @ (in, out) -> (N, out)
-            z += b
-            a = activation.forward(z, out=z)  # nothing needs z again: overwrite it
-        return a
-
-    def pre_activations(
+    def layer_outputs(
         self,
         theta: Array,
         x: Array,
         *,
         dropout_masks: Sequence[Array | None] | None = None,
-    ) -> list[Array]:
-        """[z^1, ..., z^L] as fresh arrays, with the given dropout masks applied (if any).
+        keep_z: bool = False,
+    ) -> Iterator[tuple[Array | None, Array]]:
+        """(z^l, ã^l) for l = 1..L, as fresh arrays: z^l = ã^{l-1} W^l + b^l, a^l = σ_l(z^l),
+        ã^l = a^l ⊙ m^l where `dropout_masks` gives layer l a mask. x: (N, D).
 
-        For inspection: tests and the gradient check use it to keep clear of kinks.
+        z^l is None unless `keep_z`: without it σ overwrites z in place, so a pass that
+        wants only the output allocates one array per layer.
         """
-        a = self._check_input(theta, x)
+        a = self._check_input(theta, x)  # a^0: (N, D)
         xp = array_module_of(theta)
         masks = list(dropout_masks) if dropout_masks is not None else []
-        zs = []
-        for layer, ((W, b), activation) in enumerate(
-            zip(self.layout.views(theta), self.activations, strict=True), start=1
+        for l, ((W, b), activation) in enumerate(
+            zip(self.layout.views(theta), self.activations, strict=True)
         ):
-            z = xp.matmul(a, W) + b  # (N, out)
-            zs.append(z)
-            a = activation.forward(z)
-            if layer <= len(masks) and masks[layer - 1] is not None:
-                a = a * xp.asarray(masks[layer - 1], dtype=a.dtype)  # ã = a ⊙ m
-        return zs
+            z = xp.matmul(a, W)  # (N, in) @ (in, out) -> (N, out)
+            z += b
+            a = activation.forward(z) if keep_z else activation.forward(z, out=z)
+            if l < len(masks) and masks[l] is not None:
+                a = a * xp.asarray(masks[l], dtype=a.dtype)  # ã = a ⊙ m
+            yield (z if keep_z else None), a
+
+    def predict(self, theta: Array, x: Array) -> Array:
+        """Network output a^L, shape (N, C), without dropout; a fresh array. x: (N, D)."""
+        *_, (_, out) = self.layer_outputs(theta, x)  # the last layer's (z, a^L)
+        return out
 
     def evaluate(self, theta: Array, x: Array, y: Array) -> dict[str, float]:
         """{"loss": ...} of the data term (no L2, no dropout), plus "accuracy" for classifiers."""
