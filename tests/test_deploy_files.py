@@ -1,11 +1,16 @@
-"""The image and the dashboards: the Dockerfile's promises, what .dockerignore lets in, the
-Grafana dashboard naming only exported metrics, and the container health probes."""
+"""The image and the dashboards: what the Dockerfile's stages do (their RUN commands run
+with every program recorded), its command and healthcheck run for real, what
+.dockerignore lets in, the Grafana dashboard's queries evaluated over the exported
+metrics, and the container health probes."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
 import re
+import shutil
+import subprocess
+import sys
 from concurrent import futures
 from pathlib import Path
 
@@ -20,46 +25,85 @@ from services import probe
 from services.jobs.records import MetricPoint
 from services.jobs.store import JobStore
 from services.metrics import ServiceMetrics, build_registry
+from tests.dockerfile import option, read_dockerfile, run_stage
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = (ROOT / "Dockerfile").read_text()
+IMAGE = read_dockerfile(ROOT / "Dockerfile")
+BUILD, RUNTIME = IMAGE.stage("build"), IMAGE.stage("runtime")
 DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/bptrain.json").read_text())
 DATASOURCES = yaml.safe_load(
     (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
 )["datasources"]
 
 
-def instructions(name: str) -> list[str]:
-    """The arguments of every `name` instruction, continuation lines joined."""
-    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
-    return [m[1] for m in re.finditer(rf"^{name}\s+(.*)$", joined, flags=re.MULTILINE)]
-
-
 def test_the_image_builds_in_two_stages_from_a_pinned_base() -> None:
-    stages = instructions("FROM")
-    assert stages == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE} AS runtime"]
-    [base] = [a for a in instructions("ARG") if a.startswith("PYTHON_IMAGE=")]
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm", base)
-    # The runtime stage takes only the virtual environment from the build stage.
-    assert [a for a in instructions("COPY") if "--from" in a] == [
-        "--from=build /opt/venv /opt/venv"
+    assert [(s.name, s.base) for s in IMAGE.stages] == [
+        ("build", "${PYTHON_IMAGE}"),
+        ("runtime", "${PYTHON_IMAGE}"),
     ]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", IMAGE.global_args["PYTHON_IMAGE"])
+    # The runtime stage takes only the virtual environment from the build stage.
+    assert [a for a in RUNTIME.all("COPY") if "--from" in a] == ["--from=build /opt/venv /opt/venv"]
 
 
-def test_the_image_runs_as_a_non_root_user_without_sudo() -> None:
-    users = instructions("USER")
-    assert users == ["10001:10001"]
-    commands = " ".join(instructions("RUN"))
-    assert "sudo" not in commands and "apt-get" not in commands  # nothing installs sudo
-    assert re.search(r"useradd --system --uid 10001", DOCKERFILE)
+@pytest.mark.parametrize("variant", [None, "cpu", "gpu"])
+def test_the_build_installs_the_tested_ray_and_cupy_only_for_gpu(
+    tmp_path: Path, variant: str | None
+) -> None:
+    built = run_stage(BUILD, tmp_path, None if variant is None else {"VARIANT": variant})
+    assert built.returncode == 0, built.stderr
+    installed = {a for call in built.of("pip") if call[0] == "install" for a in call[1:]}
+    requirements = {a for a in installed if not a.startswith("-")}
+    cupy = {r for r in requirements if r.startswith("cupy")}
+    ray_pin = f"ray[default]=={BUILD.args()['RAY_VERSION']}"
+    assert requirements - cupy == {ray_pin, "./"}  # bptrain itself, and Ray
+    assert re.fullmatch(r"ray\[default\]==\d+\.\d+\.\d+", ray_pin)  # an exact version
+    if variant == "gpu":
+        [pin] = cupy
+        assert re.fullmatch(r"cupy-cuda12x\[ctk\]==\d+\.\d+\.\d+", pin)
+    else:  # cpu, the default
+        assert not cupy
+    assert "--no-cache-dir" in installed
 
 
-def test_the_image_has_a_grpc_healthcheck_and_a_gpu_variant() -> None:
-    [healthcheck] = instructions("HEALTHCHECK")
-    assert '"services.probe", "grpc", "127.0.0.1:50051"' in healthcheck
-    assert "ARG VARIANT=cpu" in DOCKERFILE
-    assert re.search(r'gpu\) pip install --no-cache-dir "cupy-cuda12x\[ctk\]==', DOCKERFILE)
-    assert re.search(r'"ray\[default\]==\$\{RAY_VERSION\}"', DOCKERFILE)
+def test_the_build_refuses_an_unknown_variant(tmp_path: Path) -> None:
+    built = run_stage(BUILD, tmp_path, {"VARIANT": "tpu"})
+    assert built.returncode != 0 and "tpu" in built.stderr
+    assert not any(a.startswith("cupy") for call in built.of("pip") for a in call)
+
+
+def test_the_image_runs_as_a_user_it_creates_who_owns_its_storage(tmp_path: Path) -> None:
+    built = run_stage(RUNTIME, tmp_path)
+    assert built.returncode == 0, built.stderr
+    [user] = RUNTIME.all("USER")
+    uid, gid = user.split(":")
+    assert int(uid) != 0 and int(gid) != 0
+    [groupadd], [useradd] = built.of("groupadd"), built.of("useradd")
+    name, group = useradd[-1], option(useradd, "--gid")
+    assert option(useradd, "--uid") == uid
+    assert (groupadd[-1], option(groupadd, "--gid")) == (group, gid)
+    assert RUNTIME.all("WORKDIR")[-1] == option(useradd, "--home-dir")
+    storage = option(RUNTIME.one("CMD").exec_form(), "--storage")
+    owned = [call[-1] for call in built.of("chown") if call[0] in (name, f"{name}:{group}")]
+    assert any(storage.startswith(path.rstrip("/") + "/") for path in owned), (storage, owned)
+    programs = {call[0] for call in built.calls + run_stage(BUILD, tmp_path / "b").calls}
+    assert not {"sudo", "apt-get"} & programs
+
+
+def test_the_image_command_serves_on_the_port_its_healthcheck_probes() -> None:
+    command = RUNTIME.one("CMD").exec_form()
+    program = Path(sys.executable).parent / command[0]  # on the image's PATH: /opt/venv/bin
+    usage = subprocess.run(
+        [program, *command[1:], "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode == 0, usage.stderr  # a command the server takes, options too
+    default = re.search(r"--port\b.*\[default: (\d+)\]", usage.stdout)
+    port = option(command, "--port") or default[1]
+    *_, target = RUNTIME.healthcheck()[1]
+    assert target == f"127.0.0.1:{port}"
+    assert port in RUNTIME.all("EXPOSE")[0].split()
 
 
 def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
@@ -84,9 +128,8 @@ def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
                 sent = negated
         return sent
 
-    copied = [
-        src for args in instructions("COPY") if "--from" not in args for src in args.split()[:-1]
-    ]
+    copies = [args for stage in IMAGE.stages for args in stage.all("COPY")]
+    copied = [src for args in copies if "--from" not in args for src in args.split()[:-1]]
     assert copied == ["pyproject.toml", "README.md", "bptrain", "services", "worker"]
     for source in copied:
         assert is_sent(source), source
@@ -102,9 +145,16 @@ def dashboard_queries() -> list[str]:
     return queries + [v["query"]["query"] for v in DASHBOARD["templating"]["list"]]
 
 
-def test_every_metric_the_dashboard_queries_is_exported(tmp_path: Path) -> None:
+def metric_names(query: str) -> set[str]:
+    return set(re.findall(r"\bbptrain_[a-z0-9_]+", query))
+
+
+@pytest.fixture(scope="module")
+def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """/metrics of a service that has answered an RPC and recorded a job's step."""
     metrics = ServiceMetrics(build_registry())
-    metrics.track_job_states(JobStore(tmp_path / "bptrain.db").count_by_state)
+    store = JobStore(tmp_path_factory.mktemp("store") / "bptrain.db")
+    metrics.track_job_states(store.count_by_state)
     metrics.rpc_completed("bptrain.v1.TrainingService/GetJob", "OK", 0.01)
     point = MetricPoint(
         step=1,
@@ -117,24 +167,68 @@ def test_every_metric_the_dashboard_queries_is_exported(tmp_path: Path) -> None:
         validation_accuracy=0.5,
     )
     metrics.points_recorded("job-x", [point])
-    exposition = generate_latest(metrics.registry).decode()
+    return generate_latest(metrics.registry).decode()
+
+
+def test_every_metric_the_dashboard_queries_is_exported(exposition: str) -> None:
     families = {f.name for f in text_string_to_metric_families(exposition)}
-    names = {n for q in dashboard_queries() for n in re.findall(r"\bbptrain_[a-z0-9_]+", q)}
+    names = {n for q in dashboard_queries() for n in metric_names(q)}
     assert len(names) >= 10
     unknown = {n for n in names if re.sub(r"_(bucket|total|count|sum)$", "", n) not in families}
     assert not unknown, unknown
 
 
-def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
-    titles = {p["title"] for p in DASHBOARD["panels"]}
-    assert {
-        "Training loss",
-        "Validation accuracy",
-        "Samples/s per job",
-        "Jobs by state",
-        "RPC latency p95 (unary)",
-    } <= titles
-    assert all(p.get("targets") for p in DASHBOARD["panels"] if p["type"] != "text")
+def input_series(exposition: str) -> list[dict]:
+    """promtool's input: every exported bptrain_* sample over five minutes, counters and
+    histograms growing, gauges constant."""
+    series = []
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if family.name.startswith("bptrain_") and not sample.name.endswith("_created"):
+                labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+                growing = family.type in ("counter", "histogram")
+                values = "0+1x20" if growing else f"{sample.value}+0x20"
+                series.append({"series": f"{sample.name}{{{labels}}}", "values": values})
+    return series
+
+
+def test_every_dashboard_query_returns_data_from_the_exported_series(
+    exposition: str, tmp_path: Path
+) -> None:
+    """promtool evaluates each panel's query, the job variable at its "All" value."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus; .ci/run does)")
+    variables = {f"${v['name']}": v.get("allValue", ".*") for v in DASHBOARD["templating"]["list"]}
+    tests = []
+    for query in (t["expr"] for p in DASHBOARD["panels"] for t in p.get("targets", [])):
+        for variable, value in variables.items():
+            query = query.replace(variable, value)
+        tests.append({"expr": f"absent({query})", "eval_time": "5m", "exp_samples": []})
+    assert len(tests) >= 10
+    case = {"interval": "15s", "input_series": input_series(exposition), "promql_expr_test": tests}
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump({"tests": [case]}))
+    command = [promtool, "test", "rules", "dashboard.yml"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr  # names each query with no data
+
+
+# What the issue asked the dashboard to chart: the loss, validation accuracy, samples/s per
+# job, jobs by state, and unary RPC latency.
+ASKED_FOR = {
+    "bptrain_job_loss",
+    "bptrain_job_validation_accuracy_ratio",
+    "bptrain_job_samples_per_second",
+    "bptrain_jobs",
+    "bptrain_rpc_duration_seconds_bucket",
+}
+
+
+def test_the_dashboard_charts_what_the_issue_asks_for() -> None:
+    charted = [p for p in DASHBOARD["panels"] if p["type"] != "text"]
+    assert all(p.get("targets") for p in charted)
+    names = {n for p in charted for t in p["targets"] for n in metric_names(t["expr"])}
+    assert not ASKED_FOR - names, ASKED_FOR - names
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:
@@ -170,6 +264,20 @@ def test_the_grpc_probe_follows_the_health_status(health_server: tuple) -> None:
     assert probe.main(["grpc", target]) == 0
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert probe.main(["grpc", target]) == 1
+
+
+def test_the_image_healthcheck_follows_the_servers_health(health_server: tuple) -> None:
+    """The HEALTHCHECK's own command, run against a real health service, answers within
+    its timeout."""
+    options, command = RUNTIME.healthcheck()
+    assert float(options["--timeout"].removesuffix("s")) > probe.TIMEOUT_S
+    servicer, target = health_server
+    # the image's `python` is its virtual environment's; the server here is on a free port
+    argv = [sys.executable if command[0] == "python" else command[0], *command[1:-1], target]
+    for status, healthy in ((health_pb2.HealthCheckResponse.SERVING, 0), (NOT_SERVING, 1)):
+        servicer.set("", status)
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert done.returncode == healthy, done.stderr
 
 
 def test_the_grpc_probe_fails_when_nothing_listens() -> None:

@@ -54,10 +54,22 @@ def test_a_spec_the_service_rejects_makes_the_row_unavailable(bench) -> None:
     assert spec.sizes == list(bench.SIZES)
 
 
-def test_the_makefile_quick_target_runs_the_quick_bench() -> None:
-    makefile = (ROOT / "Makefile").read_text()
-    recipe = re.search(r"^bench-distributed-quick:.*\n\t(.*)$", makefile, re.MULTILINE)
-    assert recipe is not None and "bench/distributed.py --quick" in recipe.group(1)
+def test_the_makefile_quick_target_runs_the_quick_bench(tmp_path: Path) -> None:
+    """`make bench-distributed-quick` with a recording interpreter (and a set-up stamp
+    that is not remade): it runs the quick bench, without the host's BLAS overrides."""
+    calls, python, stamp = tmp_path / "calls", tmp_path / "python", tmp_path / "stamp"
+    python.write_text('#!/bin/sh\nprintf "%s\\n" "$*" "${OPENBLAS_CORETYPE-unset}" > "$CALLS"\n')
+    python.chmod(0o755)
+    done = subprocess.run(
+        ["make", "-s", "-o", stamp, f"STAMP={stamp}", f"PY={python}", "bench-distributed-quick"],
+        cwd=ROOT,
+        env={**os.environ, "CALLS": str(calls), "OPENBLAS_CORETYPE": "Haswell"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == ["bench/distributed.py --quick", "unset"]
 
 
 @pytest.mark.long
