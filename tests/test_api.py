@@ -198,8 +198,15 @@ def test_weights_of_an_unfinished_job_are_a_failed_precondition(client: Client) 
         client.cancel(job.job_id)
 
 
-def test_a_running_job_gives_its_latest_weights_on_request(client: Client, tmp_path) -> None:
-    job = client.submit(digits_spec(epochs=5000))
+@pytest.mark.parametrize(
+    "kind",
+    [{}, {"ps_shards": 2}, {"consistency": "asp"}, {"consistency": "ssp", "ps_shards": 2}],
+    ids=["colocated-bsp", "ps-bsp", "colocated-asp", "ps-ssp"],
+)
+def test_a_running_job_gives_its_latest_weights_on_request(
+    client: Client, tmp_path, kind: dict
+) -> None:
+    job = client.submit(digits_spec(epochs=5000, **kind))
     try:
         wait_for_step(client, job.job_id, 5)
         weights = client.weights(job.job_id, latest=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 
 from bptrain.specfile import spec_from_dict
 from services.api.convert import spec_from_proto
@@ -11,6 +12,7 @@ from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.runner_options import RunnerOptions
 from services.jobs.training_data import prepare_data
+from services.jobs.weights import join_exported
 from tests.conftest import digits_spec
 from worker.layout import ParamLayout
 from worker.model import MLP
@@ -74,7 +76,8 @@ def test_bsp_matches_single_process_sgd_across_epoch_ends(
         RunnerOptions(transport=transport, max_lead_s=None),
     )
     assert runner.run() is JobState.SUCCEEDED
-    distributed = runner.final_theta()
+    step, distributed = join_exported(ray.get(runner.final_weights()))
+    assert step == STEPS
     reference = single_process_sgd(spec, STEPS)
     relative = np.max(np.abs(distributed - reference)) / np.max(np.abs(reference))
     assert relative <= 1e-5

@@ -134,10 +134,10 @@ def test_a_lost_peer_stops_the_others_with_peer_lost() -> None:
         members[0].train(3, (), 3)
 
 
-def test_latest_theta_between_runs_is_the_current_theta() -> None:
+def test_the_export_between_runs_is_the_current_step_and_theta() -> None:
     members, _ = cohort(2)
     train(members, 5)
-    step, theta = members[0].latest_theta()
+    step, theta = members[0].export()
     assert step == 5
     np.testing.assert_array_equal(theta, members[1].theta)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 
 from bptrain.specfile import spec_from_dict
 from services.api.convert import spec_from_proto
@@ -11,6 +12,7 @@ from services.datasets import load_dataset
 from services.jobs.records import JobState
 from services.jobs.runner import JobRunner
 from services.jobs.runner_options import RunnerOptions
+from services.jobs.weights import join_exported
 from services.paramserver.optimizers import OptimizerConfig
 from services.paramserver.server import ParameterServer
 from tests.conftest import digits_spec
@@ -69,24 +71,24 @@ def test_staleness_aware_learning_rate_divides_eta_by_one_plus_staleness() -> No
         for worker in (0, 1):
             server.read_theta(worker, 0)
         server.push(result(0, 0))
-    before = aware.get_theta()
+    before = aware.export()[1]
 
     assert plain.push(result(1, 0)).learning_rate == pytest.approx(0.5)
     stats = aware.push(result(1, 0))
 
     assert stats.learning_rate == pytest.approx(0.5 / 2)  # staleness 1
-    np.testing.assert_allclose(before - aware.get_theta(), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(before - aware.export()[1], 0.25, rtol=1e-6)
 
 
 def test_a_retried_push_is_applied_once() -> None:
     server = make_server()
     first = server.push(result(0, 0))
-    theta = server.get_theta()
+    theta = server.export()[1]
 
     again = server.push(result(0, 0))
 
     assert again == first
-    np.testing.assert_array_equal(server.get_theta(), theta)
+    np.testing.assert_array_equal(server.export()[1], theta)
     assert server.version == 1
 
 
@@ -101,13 +103,13 @@ def test_pushes_arriving_out_of_order_move_the_clock_only_when_the_gap_fills() -
 
 def test_an_empty_last_batch_moves_the_clock_and_leaves_theta() -> None:
     server = make_server()
-    theta = server.get_theta()
+    theta = server.export()[1]
 
     stats = server.push(result(0, 0, samples=0))
 
     assert server.clocks() == [1, 0]
     assert stats.version == 0
-    np.testing.assert_array_equal(server.get_theta(), theta)
+    np.testing.assert_array_equal(server.export()[1], theta)
 
 
 def test_a_push_reports_how_far_its_worker_was_ahead_of_the_slowest_when_it_read() -> None:
@@ -141,7 +143,7 @@ def test_a_compressed_push_is_decompressed_before_it_is_applied() -> None:
     server.push(GradientResult(gradient=compressed, samples=2, loss=0.0))
     plain.push(GradientResult(gradient=g, samples=2, loss=0.0))
 
-    np.testing.assert_allclose(server.get_theta(), plain.get_theta(), atol=1e-3)
+    np.testing.assert_allclose(server.export()[1], plain.export()[1], atol=1e-3)
     assert compressed.nbytes == P * 2
 
 
@@ -167,8 +169,8 @@ def test_two_shards_update_theta_exactly_as_one_server(kind: str) -> None:
             )[0]
             for part, (lo, hi) in zip(parts, bounds, strict=True)
         ]
-    joined = np.concatenate([part.get_theta() for part in parts])
-    np.testing.assert_array_equal(joined, whole.get_theta())
+    joined = np.concatenate([part.export()[1] for part in parts])
+    np.testing.assert_array_equal(joined, whole.export()[1])
     summed = np.sum([s.weight_squares for s in shard_stats], axis=0)
     np.testing.assert_allclose(np.sqrt(summed), stats.gradient_norms, rtol=1e-6)
 
@@ -194,7 +196,8 @@ def run_job(name: str, **changes) -> tuple[JobRunner, list]:
 def accuracy_on_test_split(runner: JobRunner) -> float:
     digits = load_dataset("digits")
     model = MLP(runner.spec.sizes, runner.spec.activations, runner.spec.loss)
-    return model.evaluate(runner.final_theta(), digits.X_test, digits.y_test)["accuracy"]
+    _, theta = join_exported(ray.get(runner.final_weights()))
+    return model.evaluate(theta, digits.X_test, digits.y_test)["accuracy"]
 
 
 # asp/ssp need the regularised model to clear 0.95 with a margin under a loaded host:

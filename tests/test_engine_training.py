@@ -53,7 +53,7 @@ def train(dataset, sizes, activations, loss, *, epochs, batch, learning_rate, se
         worker_index=0,
         **options,
     )
-    theta = server.get_theta()
+    theta = server.export()[1]
     for step in range(steps):
         epoch, index = divmod(step, plan.steps_per_epoch)
         stats, theta = server.apply_gradients(worker.compute_gradients(theta, epoch, index))

@@ -52,7 +52,7 @@ def make_server(**changes) -> ParameterServer:
 
 
 def test_result_carries_the_per_layer_gradient_norms() -> None:
-    theta = make_server().get_theta()
+    theta = make_server().export()[1]
     result = make_worker().compute_gradients(theta, 0, 1)
     tensors = MLP(SIZES, ACTIVATIONS, "softmax_cross_entropy").layout.to_dict(result.gradient)
     expected = [float(np.linalg.norm(tensors[f"W{layer}"])) for layer in (1, 2, 3)]
@@ -67,7 +67,7 @@ def test_result_defaults_keep_old_constructors_working() -> None:
 
 
 def test_model_options_reach_the_workers_model() -> None:
-    theta = make_server().get_theta()
+    theta = make_server().export()[1]
     X, y = shard()
     options = {"l2": 0.3, "label_smoothing": 0.2}
     result = make_worker(**options).compute_gradients(theta, 0, 0)
@@ -79,7 +79,7 @@ def test_model_options_reach_the_workers_model() -> None:
 
 
 def test_dropout_masks_repeat_per_step_and_differ_between_steps() -> None:
-    theta = make_server().get_theta()
+    theta = make_server().export()[1]
     worker = make_worker(dropout=0.5)
     first = worker.compute_gradients(theta, 1, 2)
     worker.compute_gradients(theta, 0, 0)
@@ -99,7 +99,7 @@ def test_dropout_masks_repeat_per_step_and_differ_between_steps() -> None:
 
 def test_a_float64_theta_gives_a_float64_gradient() -> None:
     server = make_server(dtype="float64")
-    theta = server.get_theta()
+    theta = server.export()[1]
     assert theta.dtype == np.float64
     result = make_worker().compute_gradients(theta, 0, 0)
     assert result.gradient.dtype == np.float64
@@ -131,10 +131,10 @@ def test_unknown_device_is_rejected() -> None:
 def test_server_applies_the_schedules_rate_and_reports_it() -> None:
     schedule = LRSchedule(kind="step", warmup_steps=2, step_size=1, gamma=0.5)
     server = make_server(schedule=schedule)
-    grad = np.ones_like(server.get_theta())
+    grad = np.ones_like(server.export()[1])
     rates = []
     for _ in range(4):
-        before = server.get_theta()
+        before = server.export()[1]
         stats, after = server.apply_gradients(GradientResult(gradient=grad, samples=1, loss=0.0))
         np.testing.assert_allclose(before - after, stats.learning_rate, rtol=1e-5)
         rates.append(stats.learning_rate)
@@ -144,8 +144,8 @@ def test_server_applies_the_schedules_rate_and_reports_it() -> None:
 
 def test_server_clips_by_global_norm_and_reports_the_norm_before_clipping() -> None:
     server = make_server(optimizer=OptimizerConfig(kind="sgd", learning_rate=1.0, clip_norm=0.5))
-    theta0 = server.get_theta().astype(np.float64)
-    grad = np.zeros_like(server.get_theta())
+    theta0 = server.export()[1].astype(np.float64)
+    grad = np.zeros_like(server.export()[1])
     grad[:2] = [3.0, 4.0]
     stats, theta = server.apply_gradients(GradientResult(gradient=grad, samples=1, loss=0.0))
     assert stats.gradient_norm == pytest.approx(5.0)
@@ -154,7 +154,7 @@ def test_server_clips_by_global_norm_and_reports_the_norm_before_clipping() -> N
 
 def test_server_with_he_init_everywhere() -> None:
     server = make_server(init="he", sizes=[400, 300, 3], activations=["tanh", "identity"])
-    (W1, _), _ = server.layout.views(server.get_theta())
+    (W1, _), _ = server.layout.views(server.export()[1])
     assert W1.std() == pytest.approx(math.sqrt(2 / 400), rel=0.03)
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         make_server(dtype="float16")

@@ -21,6 +21,7 @@ from services.jobs.runner import JobRunner
 from services.jobs.runner_options import RunnerOptions
 from services.jobs.runner_pool import RunnerPool, StandbyRunner
 from services.jobs.spec import JobSpec
+from services.jobs.weights import join_exported
 from tests.conftest import digits_spec
 from tests.processes import is_alive
 
@@ -57,10 +58,12 @@ def test_the_next_job_of_the_same_shape_renews_the_kept_workers_and_trains_the_s
     assert all(map(is_alive, first))  # idle, waiting for the next job
     other = dataclasses.replace(BSP, seed=7)  # another job of the same shape
     assert run_job(runner, "job-b", other) == first  # no new process
-    renewed_theta = runner.final_theta()
+    renewed = join_exported(ray.get(runner.final_weights()))
     fresh = JobRunner("job-c", other, UNPOLLED)  # the same job on new workers
     assert fresh.run() is JobState.SUCCEEDED
-    np.testing.assert_array_equal(renewed_theta, fresh.final_theta())
+    _, fresh_theta = join_exported(ray.get(fresh.final_weights()))
+    assert renewed[0] == fresh.poll(0, 0.0).total_steps  # exported after the last step
+    np.testing.assert_array_equal(renewed[1], fresh_theta)
     assert runner.recycle(keep_workers_s=0)
     wait_dead(first)
 

@@ -51,7 +51,7 @@ def make_server(learning_rate: float = 0.1, workers: int = 2) -> ParameterServer
 
 @pytest.fixture
 def theta() -> np.ndarray:
-    return make_server().get_theta()
+    return make_server().export()[1]
 
 
 # --- GradientWorker ------------------------------------------------------------------------
@@ -194,14 +194,14 @@ def test_server_starts_at_version_zero_with_the_seeded_theta() -> None:
     expected = server.layout.init_theta(ACTIVATIONS, 0)
 
     assert server.version == 0
-    assert server.get_theta().shape == (P,)
-    assert server.get_theta().dtype == np.float32
-    np.testing.assert_array_equal(server.get_theta(), expected)
+    assert server.export()[1].shape == (P,)
+    assert server.export()[1].dtype == np.float32
+    np.testing.assert_array_equal(server.export()[1], expected)
 
 
 def test_apply_gradients_averages_by_sample_count_then_takes_one_sgd_step() -> None:
     server = make_server(learning_rate=0.1)
-    theta0 = server.get_theta().astype(np.float64)
+    theta0 = server.export()[1].astype(np.float64)
     g1, g2 = two_gradients()
 
     stats, theta = server.apply_gradients(
@@ -212,7 +212,7 @@ def test_apply_gradients_averages_by_sample_count_then_takes_one_sgd_step() -> N
     g = (1 * g1.astype(np.float64) + 3 * g2.astype(np.float64)) / 4
     expected = theta0 - 0.1 * g
     np.testing.assert_allclose(theta, expected, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(server.get_theta(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(server.export()[1], expected, rtol=1e-6, atol=1e-6)
     # An unweighted mean would land elsewhere: the weighting is what is being checked.
     assert not np.allclose(theta, theta0 - 0.1 * (g1 + g2) / 2, atol=1e-3)
     assert theta.dtype == np.float32
@@ -248,7 +248,7 @@ def test_version_goes_up_by_one_per_call() -> None:
 
 def test_each_step_averages_only_its_own_gradients() -> None:
     server = make_server(learning_rate=0.5)
-    theta0 = server.get_theta().astype(np.float64)
+    theta0 = server.export()[1].astype(np.float64)
     g1, g2 = two_gradients()
 
     server.apply_gradients(
@@ -283,7 +283,7 @@ def test_a_call_with_the_wrong_number_of_results_is_rejected_and_changes_nothing
     count: int,
 ) -> None:
     server = make_server(workers=2)
-    theta0 = server.get_theta()
+    theta0 = server.export()[1]
     g1, _ = two_gradients()
     results = [GradientResult(gradient=g1, samples=1, loss=1.0)] * count
 
@@ -291,17 +291,19 @@ def test_a_call_with_the_wrong_number_of_results_is_rejected_and_changes_nothing
         server.apply_gradients(*results)
 
     assert server.version == 0
-    np.testing.assert_array_equal(server.get_theta(), theta0)
+    np.testing.assert_array_equal(server.export()[1], theta0)
 
 
-def test_get_theta_returns_a_copy() -> None:
+def test_export_returns_the_step_with_a_copy_of_theta() -> None:
     server = make_server()
-    snapshot = server.get_theta()
-    expected = snapshot.copy()
+    step, exported = server.export()
+    expected = exported.copy()
 
-    snapshot += 100.0
+    exported += 100.0
 
-    np.testing.assert_array_equal(server.get_theta(), expected)
+    assert step == 0
+
+    np.testing.assert_array_equal(server.export()[1], expected)
 
 
 def test_theta_returned_by_apply_gradients_is_a_copy() -> None:
@@ -315,7 +317,7 @@ def test_theta_returned_by_apply_gradients_is_a_copy() -> None:
 
     theta[:] = 0.0
 
-    np.testing.assert_array_equal(server.get_theta(), expected)
+    np.testing.assert_array_equal(server.export()[1], expected)
 
 
 def test_gradient_norms_are_the_frobenius_norms_of_each_averaged_w() -> None:
@@ -341,7 +343,7 @@ def test_a_worker_and_the_server_together_take_a_step_that_lowers_the_loss() -> 
     server = make_server(learning_rate=0.5, workers=1)
     worker = make_worker(X, y, local_batch=N)
     model = MLP(SIZES, ACTIVATIONS, "softmax_cross_entropy")
-    theta0 = server.get_theta()
+    theta0 = server.export()[1]
 
     stats, theta = server.apply_gradients(worker.compute_gradients(theta0, 0, 0))
 

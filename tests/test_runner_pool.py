@@ -119,7 +119,7 @@ def test_a_standby_runs_one_job_at_a_time_and_answers_only_for_it(ray_session: N
     runner.cancel("job-b")  # a late cancel meant for an earlier job: ignored
     assert not runner._cancelled.is_set()
     with pytest.raises(LookupError, match="does not run job job-b"):
-        runner.snapshot("job-b")  # never another job's θ
+        runner.latest_weights("job-b")  # never another job's θ
     assert not runner.recycle(timeout_s=0.01)  # its job has not run yet: kept
     assert runner.run() is JobState.SUCCEEDED
     assert runner.recycle()  # forgets job-a ...

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -350,4 +353,19 @@ def test_a_store_file_from_the_first_release_gains_the_new_columns(tmp_path) -> 
     old.close()
     store = JobStore(path)
     assert store.find_submission("anything", owner="local") is None
+    store.close()
+
+
+def test_a_point_stored_before_clock_lead_max_existed_reads_back_with_zero(tmp_path) -> None:
+    path = tmp_path / "jobs.db"
+    store = JobStore(path)
+    store.create(make_record("job-a"))
+    store.close()
+    stored = dataclasses.asdict(make_point(1, staleness_max=2))
+    del stored["clock_lead_max"]  # a point written by an earlier release
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO metrics VALUES ('job-a', 1, ?)", (json.dumps(stored),))
+
+    store = JobStore(path)
+    assert store.metrics_after("job-a", 0) == [make_point(1, staleness_max=2)]
     store.close()

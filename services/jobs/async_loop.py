@@ -96,7 +96,6 @@ def train_async(run: TrainingRun, start: int) -> None:
             clocks.collect(_wait_for_gradients(refs))
             while (stats := clocks.take_round(reported)) is not None:
                 reported += 1
-                run.output.latest = (reported, None)
                 report.finish_step(reported, stats, None)
         except FAULTS as error:
             recovery.stop_if_cancelled()

@@ -19,7 +19,7 @@ def train_bsp(run: TrainingRun, step: int) -> None:
     graph = cohort.compile_step() if run.transport == "graph" else None
     report.start_clock()  # compiling is set-up, not training time
     warming = graph is not None  # a graph's first run starts its actors' channel loops
-    theta_refs = cohort.theta_refs()
+    theta_refs = None  # θ as the parameter server holds it for the next step
     while step < report.steps:
         report.check_limits(step)
         status.wait_for_room(step, run.is_cancelled)
@@ -35,7 +35,6 @@ def train_bsp(run: TrainingRun, step: int) -> None:
                 stats = ray.get(stats_refs, timeout=STEP_TIMEOUT_S)
             step += 1
             theta_refs = next_theta_refs
-            run.output.latest = (step, theta_refs)
             report.finish_step(step, [merge_shards(stats)], theta_refs)
         except FAULTS as error:
             recovery.stop_if_cancelled()
@@ -45,5 +44,5 @@ def train_bsp(run: TrainingRun, step: int) -> None:
             else:
                 resumed = recovery.repair(cohort, step, error)
                 step = step if resumed is None else resumed
-            theta_refs = cohort.theta_refs()
+            theta_refs = None
             status.lead.start(step)

@@ -5,11 +5,15 @@ A dead or unresponsive worker is replaced by a new actor that gets the same shar
 shard has every shard replaced by ones restored from the job's newest intact
 checkpoint at or before the last reported step (so θ's parts never come from different
 steps, and no step goes unreported).
+
+θ leaves the parameter servers for use outside training through `export` only: one
+ObjectRef per shard, which the runner hands on without fetching it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import ray
@@ -59,6 +63,9 @@ class Cohort:
         self.graph = None  # the compiled bsp step, while one is built (see compile_step)
         self._generation = 0  # suffix that keeps a replacement's name unique
         self._shards = []  # (X ref, y ref) per worker
+        # bsp servers run calls in the order sent: an export sent between two steps'
+        # calls finds every shard at the same step
+        self._sending = threading.Lock()
 
     def start(self, resume_at_most: int | None = None) -> int:
         """Create every actor; returns the step to continue from (a checkpoint's, or 0).
@@ -79,29 +86,39 @@ class Cohort:
         """The first parameter-server shard (the only one unless ps_shards > 1)."""
         return self.servers[0]
 
-    def theta_refs(self) -> list[ray.ObjectRef]:
-        """θ now, one ObjectRef per shard."""
-        return [server.get_theta.remote() for server in self.servers]
+    def export(self) -> list[ray.ObjectRef]:
+        """θ for use outside training (final or latest weights, evaluation): one
+        ObjectRef per shard, in shard order, of its `ParameterServer.export` (step, θ
+        part). Returns at once; whoever fetches them gets the bytes from the servers."""
+        if not self.servers:
+            raise RuntimeError(f"job {self.job_id} has no parameter server now")
+        with self._sending:
+            return [server.export.remote() for server in self.servers]
 
     def step(
-        self, theta_refs: list[ray.ObjectRef], step: int
+        self, theta_refs: list[ray.ObjectRef] | None, step: int
     ) -> tuple[list[ray.ObjectRef], list[ray.ObjectRef]]:
-        """Issue one BSP step at θ: every worker's gradient slices, straight into the
+        """Issue one BSP step at θ (`theta_refs`, one per shard; None: as the servers
+        hold it for `step`): every worker's gradient slices, straight into the
         parameter-server shards. Returns (stats refs, θ-after refs), one per shard;
         nothing passes through the runner."""
         shards = len(self.servers)
-        parts = [
-            w.gradients.options(num_returns=shards).remote(step - 1, *theta_refs)
-            for w in self.workers
-        ]
-        if shards == 1:
-            parts = [[p] for p in parts]
-        stats, thetas = [], []
-        for s, server in enumerate(self.servers):
-            slices = [worker_parts[s] for worker_parts in parts]
-            stat, theta = server.apply_gradients.options(num_returns=2).remote(*slices, step=step)
-            stats.append(stat)
-            thetas.append(theta)
+        with self._sending:
+            if theta_refs is None:
+                theta_refs = [server.theta_at.remote(step) for server in self.servers]
+            parts = [
+                w.gradients.options(num_returns=shards).remote(step - 1, *theta_refs)
+                for w in self.workers
+            ]
+            if shards == 1:
+                parts = [[p] for p in parts]
+            stats, thetas = [], []
+            for s, server in enumerate(self.servers):
+                slices = [worker_parts[s] for worker_parts in parts]
+                update = server.apply_gradients.options(num_returns=2)
+                stat, theta = update.remote(*slices, step=step)
+                stats.append(stat)
+                thetas.append(theta)
         return stats, thetas
 
     def compile_step(self):

@@ -5,6 +5,9 @@ statistics in batches; it is not on the step path. A lost worker breaks the mesh
 all of them (the others see `PeerLost` at their next exchange), so a fault restarts
 every worker from the newest checkpoint at or before the last reported step, as a
 compiled graph's restart does.
+
+θ leaves the workers for use outside training through `export` only: an ObjectRef of
+the first worker's (step, θ), which the runner hands on without fetching it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayTaskError
 
@@ -143,7 +145,7 @@ class ColocatedCohort:
             .options(
                 name=f"{self.job_id}/worker-{i}.{self._generation}",
                 num_cpus=self.worker_cpus,
-                max_concurrency=4,  # train, and drain / snapshot / latest_theta beside it
+                max_concurrency=4,  # train, and drain / state_dict / export beside it
                 scheduling_strategy="SPREAD",
                 **GradientWorker.actor_options(self.spec.device),
             )
@@ -192,13 +194,17 @@ class ColocatedCohort:
         refs = [w.drain.remote(period_s, allowed) for w in self.workers]
         return ray.get(refs, timeout=DRAIN_TIMEOUT_S + period_s)
 
-    def latest_theta(self) -> tuple[int, np.ndarray]:
-        """(step, θ after it) from the first worker, taken between two steps."""
-        return ray.get(self.workers[0].latest_theta.remote(), timeout=DRAIN_TIMEOUT_S)
+    def export(self) -> list[ray.ObjectRef]:
+        """θ for use outside training (final or latest weights): one ObjectRef, of the
+        first worker's `export` (step, the whole θ) taken between two steps. Returns at
+        once; whoever fetches it gets the bytes from the worker."""
+        if not self.workers:
+            raise RuntimeError(f"job {self.job_id} has no workers now")
+        return [self.workers[0].export.remote()]
 
-    def snapshot(self) -> ShardState:
-        """asp/ssp: the whole shared parameter server's state, consistent."""
-        return ray.get(self.workers[0].snapshot.remote(), timeout=DRAIN_TIMEOUT_S)
+    def state_dict(self) -> ShardState:
+        """asp/ssp: the whole shared parameter server's state for a checkpoint."""
+        return ray.get(self.workers[0].state_dict.remote(), timeout=DRAIN_TIMEOUT_S)
 
     def profiles(self) -> list[dict]:
         return ray.get([w.profile.remote() for w in self.workers], timeout=DRAIN_TIMEOUT_S)

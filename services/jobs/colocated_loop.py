@@ -4,7 +4,8 @@ DRAIN_PERIOD_S and reports the steps that are complete; it is off the step path.
 restarts every worker from the newest checkpoint at or before the last reported step.
 
 bsp workers keep shard snapshots at checkpoint and evaluation steps; asp/ssp ones share
-one parameter server, snapshotted here when such a step is reported.
+one parameter server, whose state is read here when such a step is reported. The final θ
+is the runner's to export (`ColocatedCohort.export`).
 """
 
 from __future__ import annotations
@@ -98,18 +99,15 @@ class ColocatedLoop:
             stats, states = self._merged(done_step, stats, states)
             theta = joined([s.theta for s in states]) if states else None
             self.reported = done_step
-            self.run.output.latest = (done_step, None)
             report.finish_step(done_step, stats, None, theta, states)
-            if done_step == report.steps:
-                self.run.output.theta = theta
 
     def _merged(
         self, step: int, stats: list[StepStats], states: list[ShardState] | None
     ) -> tuple[list[StepStats], list[ShardState] | None]:
         """A complete step's updates and θ's shard states as `finish_step` takes them:
-        bsp shards' stats merged into one update; asp/ssp's shared server snapshotted
+        bsp shards' stats merged into one update; asp/ssp's shared server's state read
         on a snapshot step."""
         if not self.is_async:
             return [merge_shards(stats)], states
         is_snapshot = step == self.report.steps or any(step % k == 0 for k in self.snapshot_every)
-        return stats, [self.cohort.snapshot()] if is_snapshot else None
+        return stats, [self.cohort.state_dict()] if is_snapshot else None

@@ -4,6 +4,10 @@ It starts the job's runner actor, copies the runner's metric points into the sto
 as they come, records state changes, writes the weights when the job succeeds and
 removes the runner when the job ends. It is the one writer of a job's state after
 submission; cancellation goes through it.
+
+θ (final, or latest on request) comes as the ObjectRefs of the parameter server's (or
+colocated worker's) export, which the runner hands over without waiting: this process
+fetches the bytes from where they were exported, in one `ray.get`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 
 from services.errors import FailedPreconditionError
 from services.jobs.records import JobState
@@ -32,7 +36,7 @@ from services.jobs.runner_options import RunnerOptions
 from services.jobs.runner_pool import RunnerPool, Standby
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore
-from services.jobs.weights import write_weights
+from services.jobs.weights import join_exported, write_weights
 from services.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -108,21 +112,25 @@ class RunnerMonitor:
                     ray.kill(runner, no_restart=True)
         self._thread.join(timeout=CANCEL_TIMEOUT_S + RPC_TIMEOUT_S)
 
-    def snapshot(self) -> tuple[int, np.ndarray]:
-        """(step, θ) of the running job's latest step."""
+    def latest_weights(self) -> tuple[int, np.ndarray]:
+        """(step, θ (P,)) of the running job as it is now."""
         runner = self._runner
         if runner is None:
             raise FailedPreconditionError(f"job {self.job_id} has not started yet")
+        gone = FailedPreconditionError(f"job {self.job_id} is no longer running")
+        not_yet = FailedPreconditionError(f"job {self.job_id} has not finished a step yet")
         try:
-            return ray.get(runner.snapshot.remote(self.job_id), timeout=RPC_TIMEOUT_S)
-        except (RayActorError, GetTimeoutError):
-            raise FailedPreconditionError(f"job {self.job_id} is no longer running") from None
+            refs = ray.get(runner.latest_weights.remote(self.job_id), timeout=RPC_TIMEOUT_S)
+            step, theta = join_exported(ray.get(refs, timeout=RPC_TIMEOUT_S))
+        except (RayActorError, GetTimeoutError, ObjectLostError):  # an actor gone meanwhile
+            raise gone from None
         except RayTaskError as error:
             if isinstance(error.cause, LookupError):  # its runner took another job since
-                raise FailedPreconditionError(f"job {self.job_id} is no longer running") from None
-            raise FailedPreconditionError(
-                f"job {self.job_id} has not finished a step yet"
-            ) from None
+                raise gone from None
+            raise not_yet from None  # no cohort yet, or no step done in time
+        if step == 0:
+            raise not_yet
+        return step, theta
 
     def request_stop(self) -> None:
         """Asks the thread to stop following (it ends after its current poll)."""
@@ -267,7 +275,8 @@ class RunnerMonitor:
         (back to the pool, so that the next job finds it there), then the end is
         recorded."""
         if update.state is JobState.SUCCEEDED:
-            theta = ray.get(runner.final_theta.remote(), timeout=RPC_TIMEOUT_S)
+            refs = ray.get(runner.final_weights.remote(), timeout=RPC_TIMEOUT_S)
+            _, theta = join_exported(ray.get(refs, timeout=RPC_TIMEOUT_S))
             write_weights(self.setup.weights_path, self.spec, theta)
             self.store.update(self.job_id, weights_path=str(self.setup.weights_path))
         self._has_ended = True

@@ -15,7 +15,14 @@ answer while `run` trains). The driver (the API process) is not in the step loop
 
 Each step's checks, metric point and checkpoint are `step_report`'s; the state and the
 points `poll` returns are `run_status`'s; faults and their repair are `faults`'s. Every
-step is reported once. Checkpoints go to the `checkpoint_dir` of the job's
+step is reported once.
+
+Weights leave by one path: `final_weights` and `latest_weights` return the ObjectRefs
+of the cohort's `export` (the parameter-server shards', or the first colocated
+worker's), not arrays: the caller fetches θ from where it was exported. The final refs
+are kept until the runner is released, after the caller has fetched them.
+
+Checkpoints go to the `checkpoint_dir` of the job's
 `RunnerOptions` (services/jobs/runner_options.py) every `checkpoint_every` steps and at
 the end.
 
@@ -50,7 +57,6 @@ from services.jobs.outcomes import JobCancelled, JobFailed, StoppedEarly
 from services.jobs.records import JobState
 from services.jobs.run_status import RunnerUpdate, RunStatus
 from services.jobs.runner_options import TRANSPORTS, RunnerOptions
-from services.jobs.shards import joined
 from services.jobs.spec import JobSpec
 from services.jobs.step_report import StepReporter, is_checkpoint_due
 from services.jobs.training_data import DataError, TrainingData, prepare_data, total_steps
@@ -103,7 +109,6 @@ class JobRunner:
             self._train()
             status.finish(JobState.SUCCEEDED, "")
         except StoppedEarly as stopped:
-            self._output.theta = stopped.theta
             status.finish(JobState.SUCCEEDED, str(stopped))
         except JobCancelled:
             status.finish(JobState.CANCELLED, "cancelled by request")
@@ -143,30 +148,22 @@ class JobRunner:
         self._cancelled.set()
         self._release_actors()
 
-    def final_theta(self) -> np.ndarray:
-        """θ after the last step: (P,) float32. Only once the job SUCCEEDED."""
-        if self._output.theta is None:
+    def final_weights(self) -> list[ray.ObjectRef]:
+        """θ after the last step, once the job SUCCEEDED: the ObjectRefs of one export,
+        (step, θ part) each, in shard order (`weights.join_exported` joins them)."""
+        if self._output.final is None:
             raise RuntimeError("the job has no final θ")
-        return self._output.theta
+        return self._output.final
 
-    def snapshot(self, job_id: str | None = None) -> tuple[int, np.ndarray]:
-        """(step, θ after that step) while the job runs: (P,) float32. With `job_id`,
+    def latest_weights(self, job_id: str | None = None) -> list[ray.ObjectRef]:
+        """θ as the running job holds it now: the ObjectRefs of one export, as
+        `final_weights`'s; returns at once (the caller waits for them). With `job_id`,
         LookupError unless that is this runner's job."""
         if job_id is not None and job_id != getattr(self, "job_id", None):
             raise LookupError(f"this runner does not run job {job_id}")
-        latest = self._output.latest
-        if latest is None:
-            raise RuntimeError("the job has not finished a step yet")
-        if isinstance(self._cohort, ColocatedCohort):
-            return self._cohort.latest_theta()
-        step, theta_refs = latest
-        if theta_refs is None:  # θ lives in the parameter server(s): as it is now
-            if len(self._cohort.servers) == 1:
-                snapshot = self._cohort.ps.snapshot.remote()
-                version, theta = ray.get(snapshot, timeout=STEP_TIMEOUT_S)
-                return (version if self.spec.consistency == "bsp" else step), theta
-            theta_refs = self._cohort.theta_refs()
-        return step, joined(ray.get(theta_refs, timeout=STEP_TIMEOUT_S))
+        if self._cohort is None:
+            raise RuntimeError("the job has not started training")
+        return self._cohort.export()
 
     def process_ids(self) -> dict[str, list[int]]:
         """Process ids of this job's runner, workers and parameter-server actors, for
@@ -210,13 +207,30 @@ class JobRunner:
             report, status, self._recovery, self._output, options.transport, self._cancelled.is_set
         )
         if colocated:
-            train_colocated(run, step)
-            return
-        if spec.consistency == "bsp":
-            train_bsp(run, step)
+            loop = train_colocated
         else:
-            train_async(run, step)
-        self._output.theta = joined(ray.get(cohort.theta_refs()))
+            loop = train_bsp if spec.consistency == "bsp" else train_async
+        try:
+            loop(run, step)
+        except StoppedEarly as stopped:
+            self._output.final = self._exported(cohort, report.reported, stopped.theta)
+            raise
+        self._output.final = self._exported(cohort, report.reported)
+
+    @staticmethod
+    def _exported(
+        cohort: Cohort | ColocatedCohort, step: int, theta: np.ndarray | None = None
+    ) -> list[ray.ObjectRef]:
+        """The final θ's refs, once the export is done (so the actors may go): the
+        cohort's export, or, for colocated workers stopped early at `step`, `theta`
+        (they trained past it: that step's θ is the snapshot the runner drained)."""
+        if theta is not None and isinstance(cohort, ColocatedCohort):
+            return [ray.put((step, theta))]
+        refs = cohort.export()
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=STEP_TIMEOUT_S, fetch_local=False)
+        if len(ready) < len(refs):
+            raise JobFailed(f"the final θ was not exported in {STEP_TIMEOUT_S:.0f} s")
+        return refs
 
     def _discard_unrecorded_checkpoints(self) -> None:
         """Remove the checkpoints past the recorded step (`resume_at_most`)."""

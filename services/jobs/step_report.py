@@ -19,6 +19,7 @@ from services.jobs.faults import FAULTS
 from services.jobs.outcomes import JobCancelled, JobFailed, StoppedEarly
 from services.jobs.records import MetricPoint
 from services.jobs.shards import joined
+from services.jobs.weights import join_exported
 from services.paramserver.colocated import ShardState
 from services.paramserver.server import StepStats
 from worker.model import MLP
@@ -77,6 +78,7 @@ class StepReporter:
         self.theta_bytes = self.model.layout.size * itemsize
         self.started = self.last = time.monotonic()
         self.first_loss: float | None = None
+        self.reported = 0  # the last step published
         self.stopper = EarlyStopper(spec.stop_when)
 
     def start_clock(self) -> None:
@@ -114,7 +116,7 @@ class StepReporter:
         """Checks, publishes and checkpoints a step whose updates are applied. `stats`: its
         updates (one for bsp, one per worker otherwise). θ after the step comes as
         `theta` with its shards' `states` (colocated workers), else from `theta_refs` or
-        the parameter server. Raises JobFailed when the loss diverged, StoppedEarly
+        the parameter server's export. Raises JobFailed when the loss diverged, StoppedEarly
         (θ after the step kept as the final θ) when the spec's `stop_when` is met; a Ray
         fault while checkpointing propagates (the step is reported)."""
         samples = sum(s.samples for s in stats)
@@ -133,7 +135,7 @@ class StepReporter:
         if len(self.data.X_val) and is_evaluation:
             validation, theta = self._validate(step, theta, theta_refs)
         self.publish(self._point(step, stats, now, loss, norms, validation))
-        self.last = now
+        self.last, self.reported = now, step
         # After the point: a lost parameter server surfaces here as a fault the step
         # loop repairs, and the checkpoint never runs ahead of the reported steps.
         if self.checkpoints is not None and self.is_checkpoint_due(step):
@@ -149,10 +151,13 @@ class StepReporter:
                 raise StoppedEarly(reason, self._theta(theta, theta_refs))
 
     def _theta(self, theta: np.ndarray | None, theta_refs: list[ray.ObjectRef] | None):
-        """θ after the step: `theta` if given, else from `theta_refs` or the server."""
+        """θ after the step: `theta` if given, else from `theta_refs` or as the
+        parameter server exports it now."""
         if theta is not None:
             return theta
-        return joined(ray.get(theta_refs or self.cohort.theta_refs(), timeout=60))
+        if theta_refs:
+            return joined(ray.get(theta_refs, timeout=60))
+        return join_exported(ray.get(self.cohort.export(), timeout=60))[1]
 
     def _validate(
         self, step: int, theta: np.ndarray | None, theta_refs: list[ray.ObjectRef] | None

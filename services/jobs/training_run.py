@@ -1,12 +1,11 @@
 """TrainingRun: what a step loop is given (the job's step reporter, its status shared
-with `poll`, its recovery) and TrainingOutput, what it leaves for the runner's callers."""
+with `poll`, its recovery) and TrainingOutput, what the runner keeps for its callers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import ray
 
 from services.jobs.faults import Recovery
@@ -16,10 +15,11 @@ from services.jobs.step_report import StepReporter
 
 @dataclass
 class TrainingOutput:
-    """Filled in while a job trains; `snapshot`, `final_theta` and benchmarks read it."""
+    """Filled in while a job trains; `final_weights` and benchmarks read it."""
 
-    latest: tuple[int, list[ray.ObjectRef] | None] | None = None  # (step, θ's shard refs)
-    theta: np.ndarray | None = None  # θ after the last step: (P,)
+    # θ after the last step: the ObjectRefs of one export, (step, θ part) each, kept
+    # here (their owner) until the runner's caller has fetched them
+    final: list[ray.ObjectRef] | None = None
     profiles: list[dict] = field(default_factory=list)  # colocated workers' `profile()`
 
 

@@ -2,6 +2,9 @@
 
 W^l is (in, out) and b^l is (out,), as in training: a forward pass is
 a = σ_l(a W^l + b^l) layer by layer. The file loads with ``allow_pickle=False``.
+
+θ arrives as the values of one export's ObjectRefs (`JobRunner.final_weights`,
+`JobRunner.latest_weights`): (step, θ's part) per shard holder, in shard order.
 """
 
 from __future__ import annotations
@@ -14,10 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from services.jobs.shards import joined
 from services.jobs.spec import JobSpec
 from worker.layout import ParamLayout
 
 CHUNK_BYTES = 256 * 1024
+
+
+def join_exported(parts: list[tuple[int, np.ndarray]]) -> tuple[int, np.ndarray]:
+    """(step, θ (P,)) from one export's values: the parts joined in shard order; the
+    step is the lowest of theirs (they agree for bsp)."""
+    return min(step for step, _ in parts), joined([theta for _, theta in parts])
 
 
 def write_weights(path: Path, spec: JobSpec, theta: np.ndarray) -> None:

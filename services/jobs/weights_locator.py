@@ -1,9 +1,9 @@
 """WeightsLocator: which .npz file serves a job's weights, by the job's state.
 
 A SUCCEEDED job has its final weights file. On request for the latest weights, a
-RUNNING job answers with θ as of its latest step (asked of its runner), and a job that
-ended without weights (FAILED, CANCELLED) with its last checkpoint; either is written
-once beside the final file's place and kept.
+RUNNING job answers with θ as its parameter server exports it now (its monitor fetches
+the export its runner starts), and a job that ended without weights (FAILED, CANCELLED)
+with its last checkpoint; either is written once beside the final file's place and kept.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from services.jobs.store import JobStore
 from services.jobs.weights import write_weights
 
 
-class Snapshots(Protocol):
+class LatestWeights(Protocol):
     """What a running job's monitor answers (services/jobs/monitor.py)."""
 
-    def snapshot(self) -> tuple[int, np.ndarray]:
-        """(step, θ (P,)) of the job's latest step."""
+    def latest_weights(self) -> tuple[int, np.ndarray]:
+        """(step, θ (P,)) of the job as it is now."""
         ...
 
 
@@ -38,7 +38,7 @@ class WeightsLocator:
         config: JobsConfig,
         store: JobStore,
         *,
-        running: Callable[[str], Snapshots | None],
+        running: Callable[[str], LatestWeights | None],
     ) -> None:
         """`running(job_id)`: the job's monitor while this server follows it, else None
         (or an error saying why it cannot tell)."""
@@ -80,12 +80,12 @@ class WeightsLocator:
         return path
 
     def latest_step(self, record: JobRecord) -> Path:
-        """θ of the running job's latest step, as step-{step}.npz."""
+        """θ of the running job as it is now, as step-{step}.npz."""
         job_id = record.job_id
         monitor = self.running(job_id)
         if monitor is None:
             raise FailedPreconditionError(f"job {job_id} is no longer running")
-        step, theta = monitor.snapshot()
+        step, theta = monitor.latest_weights()
         path = self.config.weights_path(job_id).with_name(f"step-{step}.npz")
         if not path.exists():
             write_weights(path, record.spec, theta)

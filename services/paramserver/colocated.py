@@ -15,7 +15,7 @@ With one worker nothing moves at all. The step loop runs inside the worker (`tra
 the job runner starts it and drains step statistics in batches (`drain`), so no
 coordinator is on the step path. See `collective` for the two transports.
 
-A plain class; the runner makes it a threaded Ray actor (`drain`, `latest_theta` answer
+A plain class; the runner makes it a threaded Ray actor (`drain`, `export` answer
 while `train` runs). Here: set-up and the exchange loop; the shard's state and what
 the runner reads are in `colocated_state`.
 """

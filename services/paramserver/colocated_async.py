@@ -16,7 +16,8 @@ number c goes:
 The update is the parameter server's code over the parameter server's state; the worker
 process only lends it a thread, as BytePS's colocated servers share the worker's host.
 Workers on several nodes use separate parameter-server actors instead (the runner's
-fallback). `snapshot` takes every lock in shard order for a consistent θ and state.
+fallback). `state_dict` (a checkpoint) and `export` (θ for the final or latest
+weights) take every lock in shard order for a consistent θ and state.
 """
 
 from __future__ import annotations
@@ -188,13 +189,23 @@ class AsyncColocatedWorker(ColocatedWorker):
 
     # --- what the runner reads --------------------------------------------------------
 
-    def snapshot(self) -> ShardState:
-        """The whole parameter server's state, consistent (every lock held): θ, the
-        optimizer's buffers and update count; `step` is the slowest worker's clock."""
+    @contextmanager
+    def _holding_all(self):
+        """Every shard's lock, in shard order: θ and the state stand still."""
         for s in range(len(self.bounds)):
             self._locks[s].acquire()
             fcntl.lockf(self._lock_file, fcntl.LOCK_EX, 1, s)
         try:
+            yield
+        finally:
+            for s in reversed(range(len(self.bounds))):
+                fcntl.lockf(self._lock_file, fcntl.LOCK_UN, 1, s)
+                self._locks[s].release()
+
+    def state_dict(self) -> ShardState:
+        """The whole parameter server's state for a checkpoint, consistent: θ, the
+        optimizer's buffers and update count; `step` is the slowest worker's clock."""
+        with self._holding_all():
             shared = self.shared.arrays
             return ShardState(
                 step=int(shared["clocks"].min()),
@@ -202,14 +213,12 @@ class AsyncColocatedWorker(ColocatedWorker):
                 optimizer_step=int(shared["optimizer_steps"][0]),
                 buffers={name: shared[f"buffer:{name}"].copy() for name in self.state.buffers},
             )
-        finally:
-            for s in reversed(range(len(self.bounds))):
-                fcntl.lockf(self._lock_file, fcntl.LOCK_UN, 1, s)
-                self._locks[s].release()
 
-    def latest_theta(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
-        state = self.snapshot()
-        return state.step, state.theta
+    def export(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
+        """(the slowest worker's clock, θ (P,)), consistent; never waits for a step
+        (`timeout_s`: the bsp worker's, unused here)."""
+        with self._holding_all():
+            return int(self.shared.arrays["clocks"].min()), self.theta.copy()
 
     def close(self) -> None:
         super().close()

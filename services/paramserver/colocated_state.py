@@ -3,6 +3,10 @@
 parameter server's configuration it holds (`ServerConfig`), and `ShardKeeper`, the half of
 `ColocatedWorker` that restores, snapshots and reads out that state while the exchange
 loop (`colocated`) runs.
+
+θ leaves a colocated worker by one path for use outside training: `export`, (step, θ),
+whose ObjectRef the runner hands on (final and latest weights). The shard snapshots
+drained with the statistics are checkpoints (θ with the optimizer state), not exports.
 """
 
 from __future__ import annotations
@@ -98,8 +102,9 @@ class ShardKeeper:
             shard=self.index,
         )
 
-    def latest_theta(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
-        """(step, the whole θ after it), taken between two steps; (P,)."""
+    def export(self, timeout_s: float = 10.0) -> tuple[int, np.ndarray]:
+        """(step, the whole θ after it), taken between two steps; (P,). While training,
+        waits up to `timeout_s` for the step under way (TimeoutError after)."""
         with self._lock:
             if not self._training or self._is_held:  # θ is not changing
                 return self.step, self.theta.copy()

@@ -21,6 +21,12 @@ version it was computed on (recorded when the worker read θ); with
 With S shards, shard s holds θ[lo_s : hi_s] (`ParamLayout.shard_bounds`) and updates
 it independently; element-wise optimizers make that the same as one server (global-norm
 clipping is the exception, and a sharded job cannot ask for it).
+
+θ leaves the server by one path for use outside training: `export`, (step, θ), whose
+ObjectRef the runner hands on (final weights, latest weights, evaluation). The other
+reads are training's own: `theta_at` and `apply_gradients`' θ after the step (bsp, the
+next step's input), `read_theta` (asp/ssp), and `state_dict` (checkpoints: θ with the
+optimizer state).
 """
 
 from __future__ import annotations
@@ -92,10 +98,11 @@ class ParameterServer:
 
     # --- reads -------------------------------------------------------------------------
 
-    def get_theta(self) -> np.ndarray:
-        """A snapshot of θ (this shard's part): (hi − lo,) in θ's dtype."""
+    def export(self) -> tuple[int, np.ndarray]:
+        """(step, θ after it) taken together: θ is this shard's part, (hi − lo,) in θ's
+        dtype; step is θ's version (bsp) or the slowest worker's clock (asp/ssp)."""
         with self._lock:
-            return self.theta.copy()
+            return self._step(), self.theta.copy()
 
     def theta_at(self, step: int) -> np.ndarray:
         """θ for bsp step `step` (1-based): the compiled step graph's first node."""
@@ -103,11 +110,6 @@ class ParameterServer:
             if step != self.version + 1 and (self._last is None or step != self.version):
                 raise ValueError(f"step {step} cannot follow version {self.version}")
             return self.theta.copy()
-
-    def snapshot(self) -> tuple[int, np.ndarray]:
-        """(θ's version, θ) taken together."""
-        with self._lock:
-            return self.version, self.theta.copy()
 
     def read_theta(self, worker: int, clock: int) -> np.ndarray:
         """θ for `worker`'s gradient number `clock` (asp/ssp); records the version read
@@ -133,7 +135,7 @@ class ParameterServer:
         """θ, the optimizer state and θ's version, as copies (for a checkpoint)."""
         with self._lock:
             return {
-                "step": self.version if self.consistency == "bsp" else min(self._clocks),
+                "step": self._step(),
                 "theta": self.theta.copy(),
                 "optimizer_step": self.state.step,
                 "buffers": {name: array.copy() for name, array in self.state.buffers.items()},
@@ -161,7 +163,8 @@ class ParameterServer:
     def apply_gradients(
         self, *results: GradientResult, step: int | None = None
     ) -> tuple[StepStats, np.ndarray]:
-        """One BSP step from one result per worker; returns (stats, θ after the step).
+        """One BSP step from one result per worker; returns (stats, θ after the step:
+        the next step's input when steps go as tasks).
 
         With `step`, the call is idempotent: a step already applied (a retried push)
         returns its stats again and changes nothing.
@@ -266,6 +269,10 @@ class ParameterServer:
             return stats
 
     # --- helpers -----------------------------------------------------------------------
+
+    def _step(self) -> int:
+        """The step θ is at: its version (bsp), the slowest worker's clock (asp/ssp)."""
+        return self.version if self.consistency == "bsp" else min(self._clocks)
 
     def _check(self, r: GradientResult) -> None:
         size = r.gradient.size if isinstance(r.gradient, Compressed) else r.gradient.shape[0]
