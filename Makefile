@@ -24,8 +24,8 @@ proto: $(STAMP)
 demo: proto
 	$(PY) examples/demo.py examples/digits.yaml
 
-# Whole test modules run in TEST_PROCESSES parallel processes (pytest-xdist), the modules
-# with `long` tests first (tests/conftest.py): most tests wait on processes, not on a core.
+# Whole test modules run in TEST_PROCESSES parallel processes (pytest-xdist's loadfile): most
+# tests wait on Ray processes, not on a core. TEST_PROCESSES=0 runs them in this process.
 TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile

@@ -28,19 +28,6 @@ def digits_spec(**changes: object) -> dict:
     return {**DIGITS_SPEC, **changes}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with the most `long` tests first, each module's tests kept together and in
-    order: `make test` hands whole modules to its parallel processes (xdist's loadfile)
-    in this order, so the longest work starts first and the processes end together."""
-    long_tests: dict[str, int] = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        long_tests[module] = long_tests.get(module, 0) + int(
-            item.get_closest_marker("long") is not None
-        )
-    items.sort(key=lambda item: -long_tests[item.nodeid.split("::", 1)[0]])  # stable
-
-
 @pytest.fixture
 def cluster() -> Iterator[dict]:
     """A `ray start --head` cluster of its own (processes, token auth on), for tests

@@ -93,9 +93,6 @@ class FakeCohort:
         self._busy_until = [0.0] * spec.workers
         self._theta = np.zeros(MLP.from_config(spec.model).layout.size, np.float32)
 
-    def theta_refs(self) -> list[FakeRef]:
-        return [FakeRef(self._theta, self.ray.now)]
-
     def export(self) -> list[FakeRef]:
         """θ as the servers export it: (step, θ part) per shard."""
         return [FakeRef((self.published[-1], self._theta), self.ray.now)]
@@ -103,7 +100,7 @@ class FakeCohort:
     def step(self, theta_refs: list[FakeRef], step: int) -> tuple[list, list]:
         self.issued.append(step)
         ref = self._update(step, stats(step, loss=self.loss(step)), range(self.spec.workers))
-        return [ref], self.theta_refs()
+        return [ref], [FakeRef(self._theta, self.ray.now)]  # the next step's θ
 
     def compile_step(self) -> FakeGraph | None:
         return FakeGraph(self) if self.has_graph else None
@@ -215,11 +212,9 @@ class FakeColocatedCohort:
     def _state(self, step: int, shard: int) -> ShardState:
         return ShardState(step, np.zeros(3, np.float32), step, {}, shard)
 
-    def snapshot(self) -> ShardState:
+    def state_dict(self) -> ShardState:
         """asp/ssp: the shared parameter server's state."""
         return self._state(min(self.trained), 0)
-
-    state_dict = snapshot
 
     def restart(self, at_most: int) -> int:
         self.restarts.append(at_most)

@@ -60,7 +60,6 @@ def test_a_killed_api_server_comes_back_and_the_stream_resumes_without_gaps(
         assert api.wait(timeout=60) == 0
 
 
-@pytest.mark.long
 def test_with_ray_gone_rpcs_that_need_it_are_unavailable_until_it_is_back(
     cluster: dict, tmp_path: Path
 ) -> None:

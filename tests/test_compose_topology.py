@@ -279,7 +279,6 @@ def per_node_flags() -> list[str]:
     ]
 
 
-@pytest.mark.long
 def test_the_compose_commands_run_a_job_across_two_worker_nodes(topology: Topology) -> None:
     compose = topology.compose
     assert compose["services"]["ray-head"]["command"][:4] == ["ray", "start", "--head", "--block"]

@@ -72,7 +72,6 @@ def test_the_makefile_quick_target_runs_the_quick_bench(tmp_path: Path) -> None:
     assert calls.read_text().splitlines() == ["bench/distributed.py --quick", "unset"]
 
 
-@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
 def test_the_quick_run_reports_every_row(bench, tmp_path: Path) -> None:

@@ -102,7 +102,6 @@ def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
     assert_same_weights(client.weights(job.job_id), reference)
 
 
-@pytest.mark.long
 def test_a_killed_parameter_server_shard_restores_every_shard_and_theta_is_unchanged(
     client: Client, reference: dict
 ) -> None:
@@ -155,7 +154,6 @@ def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
     assert_same_weights(client.weights(job.job_id), reference)
 
 
-@pytest.mark.long
 def test_chaos_twenty_worker_kills_and_the_job_still_succeeds(
     client: Client, server: tuple
 ) -> None:

@@ -136,7 +136,6 @@ def channel(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     manager.shutdown()
 
 
-@pytest.mark.long
 @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(spec=st.one_of(job_specs(), near_valid_specs()))
 def test_fuzzed_specs_get_ok_or_a_documented_code(channel: grpc.Channel, spec: pb.JobSpec) -> None:

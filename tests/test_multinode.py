@@ -72,7 +72,6 @@ def api_client(two_nodes: dict, tmp_path: Path) -> Iterator[Client]:
             api.wait()
 
 
-@pytest.mark.long
 def test_a_two_worker_job_runs_one_worker_on_each_node(two_nodes: dict, api_client: Client) -> None:
     client = api_client
     job = client.submit(digits_spec(epochs=3))

@@ -103,7 +103,6 @@ def prometheus(metered: MeteredServer, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-@pytest.mark.long
 def test_prometheus_reads_back_a_running_jobs_loss(metered: MeteredServer, prometheus: str) -> None:
     with Client(metered.target) as client:
         job = client.submit(digits_spec(epochs=5000))

@@ -45,7 +45,6 @@ def cpu_seconds(pid: int) -> float:
 
 # steps: several seconds of training unbounded (a step is about 1 ms on colocated
 # workers, 7 ms through parameter-server tasks), so a held runner is far from the end.
-@pytest.mark.long
 @pytest.mark.parametrize(
     ("mode", "transport", "steps"),
     [({}, "auto", 3000), ({"consistency": "asp"}, "auto", 3000), ({}, "tasks", 1200)],

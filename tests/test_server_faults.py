@@ -75,7 +75,6 @@ def runner_pids(head_pid: int) -> list[int]:
 STALL_STEPS = 15_000  # about 15 s of steps: a runner that held is far from its end
 
 
-@pytest.mark.long
 def test_a_stalled_api_then_a_killed_runner_and_shard_lose_no_step(
     cluster: dict, tmp_path: Path
 ) -> None:
@@ -117,7 +116,6 @@ def is_gone(process: psutil.Process) -> bool:
         return True
 
 
-@pytest.mark.long
 def test_a_killed_embedded_server_leaves_no_process_and_its_job_resumes_on_restart(
     tmp_path: Path,
 ) -> None:
@@ -152,7 +150,6 @@ def test_a_killed_embedded_server_leaves_no_process_and_its_job_resumes_on_resta
         stop_api(api)
 
 
-@pytest.mark.long
 def test_a_follower_rides_out_three_api_restarts_and_sees_every_step_once(
     cluster: dict, tmp_path: Path
 ) -> None:
