@@ -245,10 +245,8 @@ class RunnerMonitor:
                     return False
                 log.warning("job %s lost its runner: %s", self.job_id, error)
                 return True
-            if update.points:
-                self.store.add_metrics(self.job_id, update.points)
-                self.metrics.points_recorded(self.job_id, update.points)
-                after_step = update.points[-1].step
+            # The workers first, then their steps: a reader never sees a step of workers
+            # the job does not list (after a replacement, the old ones are gone).
             if not is_running and update.state is not JobState.QUEUED:
                 self.store.update(
                     self.job_id,
@@ -263,6 +261,10 @@ class RunnerMonitor:
             elif update.placement != placement:  # a worker was replaced
                 self.store.update(self.job_id, placement=update.placement)
                 placement = update.placement
+            if update.points:
+                self.store.add_metrics(self.job_id, update.points)
+                self.metrics.points_recorded(self.job_id, update.points)
+                after_step = update.points[-1].step
             if update.points or update.state.is_terminal:
                 self.callbacks.on_change()
             if update.state.is_terminal:
