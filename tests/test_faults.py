@@ -4,6 +4,7 @@ the same job run without faults."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -54,19 +55,22 @@ def ps_actor(job: pb.Job, shard: int = 0) -> ray.actor.ActorHandle:
     return worker_actor_of_process(job.workers[shard].pid)
 
 
+def trained_weights(server: tuple, spec: dict) -> dict[str, np.ndarray]:
+    """θ of a fault-free job of `spec` on the module's server."""
+    with Client(f"127.0.0.1:{server[0].port}") as client:
+        job = client.submit(spec)
+        assert job.wait().state == pb.SUCCEEDED
+        return client.weights(job.job_id)
+
+
 @pytest.fixture(scope="module")
 def reference(server: tuple) -> Callable[..., dict[str, np.ndarray]]:
     """θ of the fault-free run every recovered run must equal: `reference(epochs)`,
     LONG_EPOCHS unless given (each length trained once)."""
-    weights: dict[int, dict[str, np.ndarray]] = {}
 
+    @functools.cache
     def after(epochs: int = LONG_EPOCHS) -> dict[str, np.ndarray]:
-        if epochs not in weights:
-            with Client(f"127.0.0.1:{server[0].port}") as client:
-                job = client.submit(digits_spec(epochs=epochs, checkpoint_every=10))
-                assert job.wait().state == pb.SUCCEEDED
-                weights[epochs] = client.weights(job.job_id)
-        return weights[epochs]
+        return trained_weights(server, digits_spec(epochs=epochs, checkpoint_every=10))
 
     return after
 

@@ -12,6 +12,7 @@ and replacing actors survives actors killed while they are being created.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -32,7 +33,12 @@ from services.jobs.runner import RECOVERY_ATTEMPTS, JobRunner
 from services.jobs.runner_options import RunnerOptions
 from tests.conftest import digits_spec
 from tests.processes import worker_actor_of_process
-from tests.test_faults import assert_same_weights, streamed_steps, wait_for_step
+from tests.test_faults import (
+    assert_same_weights,
+    streamed_steps,
+    trained_weights,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -137,15 +143,10 @@ def kill_new_actors(job_id: str, role: str, known: set[str], count: int) -> list
 @pytest.fixture(scope="module")
 def reference(server: tuple) -> Callable[[int], dict[str, np.ndarray]]:
     """θ after `steps` steps of a job without faults (colocated; each count trained once)."""
-    weights: dict[int, dict[str, np.ndarray]] = {}
 
+    @functools.cache
     def after(steps: int) -> dict[str, np.ndarray]:
-        if steps not in weights:
-            with Client(f"127.0.0.1:{server[0].port}") as client:
-                job = client.submit(digits_spec(steps=steps, checkpoint_every=25))
-                assert job.wait().state == pb.SUCCEEDED
-                weights[steps] = client.weights(job.job_id)
-        return weights[steps]
+        return trained_weights(server, digits_spec(steps=steps, checkpoint_every=25))
 
     return after
 
