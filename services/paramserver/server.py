@@ -234,7 +234,7 @@ class ParameterServer:
                     f"worker {result.worker}'s clock {result.clock} was applied before "
                     "and is no longer remembered"
                 )
-            # a push with no read noted (a unit test's) counts as read now
+            # a push whose θ read this server did not note counts as read at the push
             read_version, slowest = self._reads.pop(key, (self.version, result.clock))
             staleness = self.version - read_version
             eta = learning_rate_at(result.clock + 1, self.optimizer.learning_rate, self.schedule)
