@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PROTO := protos/bptrain/v1/training.proto
+PROTO := protos/bptrain/v1/training.proto protos/bptrain/v1/sweeps.proto
 
 .PHONY: demo test proto lint setup clean
 

@@ -13,6 +13,7 @@ from services import cluster, reaper
 from services.api.server import ServerConfig, create_server
 from services.jobs.manager import JobManager, JobsConfig
 from services.metrics import MetricsConfig, MetricsExporter, ServiceMetrics, build_registry
+from services.sweeps.manager import SweepManager
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def serve(
     )
     if not is_embedded:
         cluster.connect_in_background(ray_config, manager.ray_ready, stop)
-    running = create_server(server_config, manager)
+    sweeps = SweepManager(manager)
+    running = create_server(server_config, manager, sweeps)
     log.info(
         "bptrain API listening on %s:%d (storage %s, Ray %s)",
         server_config.host,
@@ -62,6 +64,7 @@ def serve(
     log.info("shutting down")
     running.stop(grace_s=5.0)
     exporter.stop()
+    sweeps.shutdown()
     manager.shutdown()
     if ray.is_initialized():
         ray.shutdown()

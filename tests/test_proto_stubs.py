@@ -10,7 +10,10 @@ import pytest
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED = ("training_pb2.py", "training_pb2.pyi", "training_pb2_grpc.py")
+PROTOS = ("training", "sweeps")
+GENERATED = tuple(
+    f"{proto}{suffix}" for proto in PROTOS for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+)
 
 
 def test_checked_in_stubs_match_the_proto(tmp_path: Path) -> None:
@@ -23,7 +26,7 @@ def test_checked_in_stubs_match_the_proto(tmp_path: Path) -> None:
             f"--python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
-            str(ROOT / "protos/bptrain/v1/training.proto"),
+            *(str(ROOT / f"protos/bptrain/v1/{proto}.proto") for proto in PROTOS),
         ]
     )
     assert status == 0

@@ -212,7 +212,7 @@ class MetricPoint(_message.Message):
     def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., learning_rate: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., gradient_norms: _Optional[_Iterable[float]] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., bytes_pushed: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., clock_lead_max: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers", "queue_position", "queue_reason", "submission_id", "owner")
+    __slots__ = ("job_id", "name", "state", "reason", "spec", "created_at", "started_at", "finished_at", "step", "total_steps", "latest", "workers", "queue_position", "queue_reason", "submission_id", "owner", "sweep_id", "trial_number")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,8 @@ class Job(_message.Message):
     QUEUE_REASON_FIELD_NUMBER: _ClassVar[int]
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_NUMBER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -245,7 +247,9 @@ class Job(_message.Message):
     queue_reason: str
     submission_id: str
     owner: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerPlacement, _Mapping]]] = ..., queue_position: _Optional[int] = ..., queue_reason: _Optional[str] = ..., submission_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    sweep_id: str
+    trial_number: int
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., latest: _Optional[_Union[MetricPoint, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerPlacement, _Mapping]]] = ..., queue_position: _Optional[int] = ..., queue_reason: _Optional[str] = ..., submission_id: _Optional[str] = ..., owner: _Optional[str] = ..., sweep_id: _Optional[str] = ..., trial_number: _Optional[int] = ...) -> None: ...
 
 class WorkerPlacement(_message.Message):
     __slots__ = ("index", "node_id", "hostname", "pid")

@@ -24,12 +24,12 @@ from services.jobs.spec import (
 from services.paramserver.optimizers import OptimizerConfig
 
 
-def _set_fields(message, names: tuple[str, ...]) -> dict:
+def set_fields(message, names: tuple[str, ...]) -> dict:
     """The proto3 `optional` fields the client set, by name (unset ones take defaults)."""
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-def _given_strings(message, names: tuple[str, ...]) -> dict:
+def given_strings(message, names: tuple[str, ...]) -> dict:
     """The plain string fields the client gave, by name: proto3 cannot tell an empty
     string from an unset one, so empty ones are left out and take the spec's defaults."""
     return {name: getattr(message, name) for name in names if getattr(message, name)}
@@ -48,11 +48,11 @@ def spec_from_proto(
             LayerSpec,
             units=layer.units,
             activation=layer.activation,
-            **_set_fields(layer, ("dropout",)),
+            **set_fields(layer, ("dropout",)),
         )
         for i, layer in enumerate(message.layers)
     )
-    optimizer_fields = _set_fields(
+    optimizer_fields = set_fields(
         message.optimizer,
         (
             "learning_rate",
@@ -68,29 +68,27 @@ def spec_from_proto(
     schedule = nested(
         "schedule",
         ScheduleSpec,
-        **_given_strings(message.schedule, ("kind",)),
-        **_set_fields(
-            message.schedule, ("warmup_steps", "step_size", "gamma", "min_learning_rate")
-        ),
+        **given_strings(message.schedule, ("kind",)),
+        **set_fields(message.schedule, ("warmup_steps", "step_size", "gamma", "min_learning_rate")),
     )
     optimizer = nested(
         "optimizer",
         OptimizerConfig,
-        **_given_strings(message.optimizer, ("kind",)),
+        **given_strings(message.optimizer, ("kind",)),
         **optimizer_fields,
     )
     stop_when = nested(
         "stop_when",
         StopWhenSpec,
         metric=message.stop_when.metric,
-        **_set_fields(message.stop_when, ("at_least", "at_most", "patience_evaluations")),
+        **set_fields(message.stop_when, ("at_least", "at_most", "patience_evaluations")),
     )
     dataset_message = message.dataset
     options = nested(
         "dataset",
         DatasetOptions,
         seed=message.seed if message.HasField("seed") and message.seed >= 0 else 0,
-        **_set_fields(dataset_message, ("samples", "features", "classes", "noise")),
+        **set_fields(dataset_message, ("samples", "features", "classes", "noise")),
     )
     uploaded: dict = {}
     if dataset_message.name == UPLOADED and dataset_message.dataset_id and find_dataset:
@@ -103,9 +101,9 @@ def spec_from_proto(
         options=options,
         dataset_id=dataset_message.dataset_id,
         **uploaded,
-        **_set_fields(dataset_message, ("validation_fraction",)),
+        **set_fields(dataset_message, ("validation_fraction",)),
     )
-    top = _set_fields(
+    top = set_fields(
         message,
         (
             "batch_size",
@@ -125,7 +123,7 @@ def spec_from_proto(
             "topk_fraction",
         ),
     )
-    strings = _given_strings(
+    strings = given_strings(
         message, ("name", "loss", "consistency", "init", "dtype", "device", "compression")
     )
     return JobSpec(
@@ -248,6 +246,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         queue_reason=record.queue_reason,
         submission_id=record.submission_id,
         owner=record.owner,
+        sweep_id=record.sweep_id,
+        trial_number=record.trial_number,
     )
     message.created_at.FromNanoseconds(int(record.created_at * 1e9))
     if record.started_at is not None:

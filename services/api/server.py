@@ -13,17 +13,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bptrain.v1 import training_pb2, training_pb2_grpc
+from bptrain.v1 import sweeps_pb2, sweeps_pb2_grpc, training_pb2, training_pb2_grpc
 from services.api.auth import TokenAuthInterceptor
 from services.api.errors import ErrorMappingInterceptor
 from services.api.followers import Followers
 from services.api.rpc_metrics import RpcMetricsInterceptor
 from services.api.servicer import TrainingServicer
 from services.api.streams import StreamLimitInterceptor
+from services.api.sweep_servicer import SweepChanges, SweepServicer
 from services.jobs.manager import JobManager
+from services.sweeps.manager import SweepManager
 from services.tenancy import Principal
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
+SWEEP_SERVICE_NAME = sweeps_pb2.DESCRIPTOR.services_by_name["SweepService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -112,8 +115,11 @@ class RunningServer:
         await self.server.stop(grace_s)
 
 
-def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
-    """Build and start the server on a new event loop thread; returns it with its port."""
+def create_server(
+    config: ServerConfig, manager: JobManager, sweeps: SweepManager | None = None
+) -> RunningServer:
+    """Build and start the server on a new event loop thread; returns it with its port.
+    With `sweeps`, it serves SweepService too."""
     loop = asyncio.new_event_loop()
     loop.set_default_executor(
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="api")
@@ -121,7 +127,7 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
     thread = threading.Thread(target=loop.run_forever, name="grpc-aio", daemon=True)
     thread.start()
     try:
-        return asyncio.run_coroutine_threadsafe(_start(config, manager), loop).result()
+        return asyncio.run_coroutine_threadsafe(_start(config, manager, sweeps), loop).result()
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
@@ -129,7 +135,9 @@ def create_server(config: ServerConfig, manager: JobManager) -> RunningServer:
         raise
 
 
-async def _start(config: ServerConfig, manager: JobManager) -> RunningServer:
+async def _start(
+    config: ServerConfig, manager: JobManager, sweeps: SweepManager | None
+) -> RunningServer:
     server = grpc.aio.server(
         interceptors=[
             RpcMetricsInterceptor(manager.metrics),  # outermost: sees every final status code
@@ -150,10 +158,19 @@ async def _start(config: ServerConfig, manager: JobManager) -> RunningServer:
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingServicer(manager, followers), server
     )
+    services = [SERVICE_NAME]
+    if sweeps is not None:
+        changes = SweepChanges()
+        changes.bind(loop)
+        sweeps.add_listener(changes.changed)
+        sweeps_pb2_grpc.add_SweepServiceServicer_to_server(
+            SweepServicer(sweeps, manager, changes), server
+        )
+        services.append(SWEEP_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{config.host}:{config.port}"
     try:
@@ -166,7 +183,7 @@ async def _start(config: ServerConfig, manager: JobManager) -> RunningServer:
     if port == 0:
         raise OSError(f"could not listen on {address} (is the port in use?)")
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
         server=server,

@@ -24,9 +24,9 @@ from services.errors import InvalidSpecError, UnavailableError
 from services.jobs.config import JobsConfig
 from services.jobs.dataset_guard import refuse_if_in_use
 from services.jobs.export import exported
-from services.jobs.monitor import JobSetup, MonitorCallbacks, RunnerMonitor
+from services.jobs.monitor import CANCEL_REASON, JobSetup, MonitorCallbacks, RunnerMonitor
 from services.jobs.queue import JobQueue
-from services.jobs.records import JobRecord, JobState
+from services.jobs.records import JobRecord, JobState, TrialTag
 from services.jobs.runner_pool import RunnerPool
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore, unknown_job
@@ -109,9 +109,17 @@ class JobManager:
         an unknown id, where it may not): what a spec's uploaded dataset resolves by."""
         return functools.partial(self.datasets.get, principal=principal)
 
-    def submit(self, spec: JobSpec, *, principal: Principal, submission_id: str = "") -> JobRecord:
+    def submit(
+        self,
+        spec: JobSpec,
+        *,
+        principal: Principal,
+        submission_id: str = "",
+        trial: TrialTag | None = None,
+    ) -> JobRecord:
         """Queue a job owned by `principal`; the same `submission_id` (the principal's
         own: each principal has its own ids) and spec again return the first job.
+        `trial` tags a sweep's trial (services/sweeps).
 
         A dataset the principal may not see is NotFoundError, as an unknown one. Beyond
         `max_queued_jobs` waiting jobs, or the principal's queued_jobs quota, the job is
@@ -131,6 +139,8 @@ class JobManager:
                 spec=spec,
                 created_at=time.time(),
                 submission_id=submission_id,
+                sweep_id=trial.sweep_id if trial else "",
+                trial_number=trial.number if trial else 0,
             )
             self.store.create(record)
             self.metrics.job_submitted()
@@ -200,8 +210,11 @@ class JobManager:
         )
         return [self._queue.place(r) for r in records], next_token
 
-    def cancel(self, job_id: str, *, principal: Principal) -> JobRecord:
-        """Ends a queued or running job; returns it once it is recorded as ended."""
+    def cancel(
+        self, job_id: str, *, principal: Principal, reason: str = CANCEL_REASON
+    ) -> JobRecord:
+        """Ends a queued or running job; returns it once it is recorded as ended
+        (CANCELLED with `reason`, unless it ended otherwise first)."""
         record = self._visible_job(job_id, principal)
         if record.is_finished:
             return record
@@ -211,14 +224,14 @@ class JobManager:
                 self.store.update(
                     job_id,
                     state=JobState.CANCELLED,
-                    reason="cancelled by request",
+                    reason=reason,
                     finished_at=time.time(),
                 )
                 self.metrics.job_finished(job_id, JobState.CANCELLED)
             if monitor is None and record.state is JobState.RUNNING:
                 self._require_ray()
         if monitor is not None:
-            monitor.cancel()
+            monitor.cancel(reason)
         self._notify()
         return self.store.get(job_id)
 

@@ -45,6 +45,7 @@ POLL_TIMEOUT_S = 0.5
 RPC_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0  # a poll returns in POLL_TIMEOUT_S, unless the host is very busy
 CANCEL_TIMEOUT_S = 5.0
+CANCEL_REASON = "cancelled by request"
 MAX_RUNNER_REPLACEMENTS = 3  # in a row, with no step recorded between them
 
 
@@ -87,6 +88,7 @@ class RunnerMonitor:
         self._standby: Standby | None = None  # the pool's runner that `_runner` is
         self._has_ended = False  # the runner reported its job's terminal state
         self._is_cancel_requested = False
+        self._cancel_reason = CANCEL_REASON
         self._is_stopping = False
         self._thread = threading.Thread(target=self._run, name=f"monitor-{job_id}", daemon=True)
 
@@ -97,10 +99,12 @@ class RunnerMonitor:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def cancel(self) -> None:
-        """Stops the job; returns once it is recorded as ended (CANCELLED unless it ended first)."""
+    def cancel(self, reason: str = CANCEL_REASON) -> None:
+        """Stops the job; returns once it is recorded as ended (CANCELLED with `reason`,
+        unless it ended first)."""
         with self._lock:
             self._is_cancel_requested = True
+            self._cancel_reason = reason
             runner = self._runner
         if runner is not None:
             try:
@@ -148,7 +152,7 @@ class RunnerMonitor:
         try:
             with self._lock:
                 if self._is_cancel_requested:
-                    self._record_end(JobState.CANCELLED, "cancelled by request")
+                    self._record_end(JobState.CANCELLED, self._cancel_reason)
                     return
                 self._runner = running_runner(self.store.get(self.job_id)) or self._new_runner()
             # Also for a runner found running: an API process killed while its runner was
@@ -167,7 +171,7 @@ class RunnerMonitor:
                 log.warning("job %s lost its runner; starting a new one", self.job_id)
                 with self._lock:
                     if self._is_cancel_requested:
-                        self._record_end(JobState.CANCELLED, "cancelled by request")
+                        self._record_end(JobState.CANCELLED, self._cancel_reason)
                         return
                     self._runner = self._new_runner()
                 self._runner.run.remote()
@@ -241,7 +245,7 @@ class RunnerMonitor:
                 )
             except (RayActorError, GetTimeoutError) as error:
                 if self._is_cancel_requested:
-                    self._record_end(JobState.CANCELLED, "cancelled by request")
+                    self._record_end(JobState.CANCELLED, self._cancel_reason)
                     return False
                 log.warning("job %s lost its runner: %s", self.job_id, error)
                 return True
@@ -286,9 +290,11 @@ class RunnerMonitor:
         self._record_end(update.state, update.reason)
 
     def _record_end(self, state: JobState, reason: str) -> None:
+        if state is JobState.CANCELLED and self._is_cancel_requested:
+            reason = self._cancel_reason  # the runner only knows that it was cancelled
         self.store.update(self.job_id, state=state, reason=reason, finished_at=time.time())
         self.metrics.job_finished(self.job_id, state)
         self.callbacks.on_change()
 
 
-__all__ = ["JobSetup", "MonitorCallbacks", "RunnerMonitor", "runner_actor_name"]
+__all__ = ["CANCEL_REASON", "JobSetup", "MonitorCallbacks", "RunnerMonitor", "runner_actor_name"]

@@ -46,6 +46,14 @@ class MetricPoint:
     compute_seconds: float = 0.0  # mean time a worker took to compute one gradient
 
 
+@dataclass(frozen=True)
+class TrialTag:
+    """What makes a job a sweep's trial: the sweep and the trial's number in it."""
+
+    sweep_id: str
+    number: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobRecord:
     """A job as stored. Times are Unix seconds; None until they happen."""
@@ -64,6 +72,8 @@ class JobRecord:
     placement: tuple[dict, ...] = ()  # per worker: node_id, hostname, pid
     submission_id: str = ""
     runner: str = ""  # the Ray actor name of the job's runner when not "{job_id}/runner"
+    sweep_id: str = ""  # a sweep's trial: the sweep (services/sweeps), else ""
+    trial_number: int = 0  # and its trial number there
     queue_position: int = 0  # 1-based while waiting for a slot (derived, not stored)
     queue_reason: str = ""
     latest: MetricPoint | None = field(default=None, compare=False)

@@ -57,6 +57,8 @@ _ADDED_COLUMNS = (
     # Jobs stored before owners belong to "local" (services/tenancy.py's LOCAL): the single
     # user of a server without tokens; with tokens (where "local" is reserved) admins see them.
     ("jobs", "owner", "TEXT NOT NULL DEFAULT 'local'"),
+    ("jobs", "sweep_id", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "trial_number", "INTEGER NOT NULL DEFAULT 0"),
 )
 # Indexes on added columns, made once those columns exist. A submission id is unique
 # per owner; the index that made it unique server-wide goes.
@@ -108,7 +110,7 @@ class JobStore:
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (job_id, owner, state, reason, spec_json, created_at, "
-                "submission_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "submission_id, sweep_id, trial_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.job_id,
                     record.owner,
@@ -117,6 +119,8 @@ class JobStore:
                     json.dumps(record.spec.to_dict()),
                     record.created_at,
                     record.submission_id or None,
+                    record.sweep_id,
+                    record.trial_number,
                 ),
             )
 
@@ -253,6 +257,8 @@ class JobStore:
             placement=tuple(json.loads(row["placement_json"])),
             submission_id=row["submission_id"] or "",
             runner=row["runner"],
+            sweep_id=row["sweep_id"],
+            trial_number=row["trial_number"],
             latest=latest_point,
         )
 

@@ -26,14 +26,16 @@ CountByState = Callable[[], Mapping["JobState", int]]
 class JobStateCollector(Collector):
     """Collects `bptrain_jobs{state}` from `count_by_state()`, called on each scrape."""
 
-    def __init__(self, count_by_state: CountByState) -> None:
+    def __init__(self, count_by_state: CountByState, *, name: str = NAME, help: str = HELP) -> None:
         self.count_by_state = count_by_state
+        self.name = name
+        self.help = help
 
     def describe(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily(NAME, HELP, labels=["state"])]
+        return [GaugeMetricFamily(self.name, self.help, labels=["state"])]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(NAME, HELP, labels=["state"])
+        family = GaugeMetricFamily(self.name, self.help, labels=["state"])
         for state, count in self.count_by_state().items():
             family.add_metric([state.value], count)
         yield family
