@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from bptrain.client import BptrainError, Client, JobHandle
     from bptrain.model import Model
     from bptrain.specfile import SpecFileError, load_spec_file
+    from bptrain.sweeps import SweepHandle
+    from bptrain.sweepspec import load_sweep_file
 
 _HOMES = {
     "BptrainError": "bptrain.client",
@@ -21,9 +23,20 @@ _HOMES = {
     "Model": "bptrain.model",
     "SpecFileError": "bptrain.specfile",
     "load_spec_file": "bptrain.specfile",
+    "SweepHandle": "bptrain.sweeps",
+    "load_sweep_file": "bptrain.sweepspec",
 }
 
-__all__ = ["BptrainError", "Client", "JobHandle", "Model", "SpecFileError", "load_spec_file"]
+__all__ = [
+    "BptrainError",
+    "Client",
+    "JobHandle",
+    "Model",
+    "SpecFileError",
+    "SweepHandle",
+    "load_spec_file",
+    "load_sweep_file",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,49 +1,29 @@
-"""The `bptrain` command: run the server, submit and follow jobs, fetch weights."""
+"""The `bptrain` command: run the server, submit and follow jobs, fetch weights (sweeps:
+bptrain/sweep_cli.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-from bptrain.client import DEFAULT_SERVER, BptrainError, Client
+from bptrain.cli_options import (
+    connected,
+    output_option,
+    reconnect_option,
+    server_option,
+    weights_format,
+    weights_format_option,
+    weights_out_option,
+)
 from bptrain.render import job_dict, print_datasets, print_gradcheck, print_jobs
-from bptrain.specfile import SpecFileError, load_spec_file
+from bptrain.specfile import load_spec_file
+from bptrain.sweep_cli import sweep
 from bptrain.v1 import training_pb2 as pb
-
-server_option = click.option(
-    "--server",
-    envvar="BPTRAIN_SERVER",
-    default=DEFAULT_SERVER,
-    show_default=True,
-    help="host:port of the bptrain API ($BPTRAIN_SERVER).",
-)
-output_option = click.option(
-    "--output", "-O", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-@contextlib.contextmanager
-def connected(server: str) -> Iterator[Client]:
-    """A client of `server`; a client-side error inside (a status from the server, a
-    bad spec file, a file that cannot be written) is one line on stderr and exit 1."""
-    try:
-        with Client(server) as client:
-            yield client
-    except (BptrainError, SpecFileError, OSError) as error:
-        _fail(str(error))
 
 
 @click.group()
@@ -70,16 +50,6 @@ def serve(context: click.Context, arguments: tuple[str, ...]) -> None:
     level = level if level.upper() not in ("WARNING", "ERROR", "CRITICAL") else "INFO"
     command = [sys.executable, "-m", "services", "--log-level", level, *arguments]
     os.execv(sys.executable, command)
-
-
-reconnect_option = click.option(
-    "--reconnect-for",
-    "reconnect_for",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="While following: give up after this many seconds without an answer "
-    "(default: keep reconnecting until the job ends).",
-)
 
 
 @main.command()
@@ -178,20 +148,11 @@ def cancel(job_id: str, server: str, output: str) -> None:
 @main.command()
 @click.argument("job_id")
 @server_option
-@click.option(
-    "-o", "--out", "path", default="model.npz", show_default=True, type=click.Path(path_type=Path)
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["npz", "safetensors", "onnx"]),
-    default=None,
-    help="Default: from the output file's suffix, else npz.",
-)
+@weights_out_option
+@weights_format_option
 def weights(job_id: str, server: str, path: Path, fmt: str | None) -> None:
     """Download a finished job's weights (sha256-checked)."""
-    suffix = path.suffix.lstrip(".").lower()
-    fmt = fmt or (suffix if suffix in ("npz", "safetensors", "onnx") else "npz")
+    fmt = weights_format(path, fmt)
     with connected(server) as client:
         digest = client.download_weights(job_id, path, format=fmt)
     click.echo(f"wrote {path} (sha256 {digest})")
@@ -243,6 +204,8 @@ def datasets_delete(dataset_id: str, server: str) -> None:
         client.delete_dataset(dataset_id)
     click.echo(f"deleted {dataset_id}")
 
+
+main.add_command(sweep)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,29 +14,28 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bptrain.channel import (
-    RECONNECT_PAUSE_S,
     BearerToken,
     BptrainError,
+    Resumable,
     call,
+    follow,
     open_channel,
     raise_from,
 )
 from bptrain.handle import JobHandle
 from bptrain.model import Model
 from bptrain.specfile import load_spec_file, spec_from_dict
+from bptrain.sweeps import SweepCalls
+from bptrain.v1 import sweeps_pb2_grpc, training_pb2_grpc
 from bptrain.v1 import training_pb2 as pb
-from bptrain.v1 import training_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "localhost:50051"
 UPLOAD_CHUNK_BYTES = 1024 * 1024
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 TERMINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 
 
-class Client:
-    """Talks to one bptrain server.
+class Client(SweepCalls):
+    """Talks to one bptrain server (jobs here, sweeps: bptrain.sweeps.SweepCalls).
 
     target: "host:port" (default $BPTRAIN_SERVER, then localhost:50051).
     token: bearer token (default $BPTRAIN_TOKEN). tls_ca: the CA that signed the
@@ -66,6 +64,7 @@ class Client:
             self._channel = grpc.intercept_channel(self._channel, BearerToken(token))
         self._stub = training_pb2_grpc.TrainingServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._sweeps = sweeps_pb2_grpc.SweepServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -155,32 +154,16 @@ class Client:
         can show that it is reconnecting. Errors that are not about reaching the
         server (NOT_FOUND, PERMISSION_DENIED, ...) end the stream at once.
         """
-        cursor = after_step
-        pause, longest = RECONNECT_PAUSE_S
-        last_event = time.monotonic()
-        while True:
-            request = pb.StreamMetricsRequest(job_id=job_id, after_step=cursor)
-            try:
-                for event in self._stub.StreamMetrics(request):
-                    pause, last_event = RECONNECT_PAUSE_S[0], time.monotonic()
-                    if event.HasField("point"):
-                        cursor = event.point.step
-                    yield event
-                    if event.HasField("final"):
-                        return
-                code, details = "UNAVAILABLE", "the metrics stream ended before the job did"
-            except grpc.RpcError as error:
-                if error.code() not in _RETRYABLE:
-                    raise raise_from(error) from None
-                code, details = error.code().name, error.details() or ""
-            waited = time.monotonic() - last_event
-            if reconnect_for_s is not None and waited + pause > reconnect_for_s:
-                raise BptrainError(code, f"{details} (no answer for {waited:.0f} s)")
-            log.info("metrics stream dropped (%s); resuming after step %d", code, cursor)
-            if on_reconnect is not None:
-                on_reconnect(code, cursor)
-            time.sleep(pause)
-            pause = min(2 * pause, longest)
+        source = Resumable(
+            open_after=lambda step: self._stub.StreamMetrics(
+                pb.StreamMetricsRequest(job_id=job_id, after_step=step)
+            ),
+            position=lambda event: event.point.step if event.HasField("point") else None,
+            stream="metrics stream",
+            unit="step",
+            owner="job",
+        )
+        return follow(source, after_step, reconnect_for_s, on_reconnect)
 
     def metrics(
         self, job_id: str, after_step: int = 0, *, reconnect_for_s: float | None = None

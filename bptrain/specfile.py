@@ -28,8 +28,9 @@ def spec_from_dict(data: dict[str, Any], *, source: str = "spec") -> pb.JobSpec:
         raise SpecFileError(f"{source}: {error}") from None
 
 
-def load_spec_file(path: str | Path) -> pb.JobSpec:
-    """Read a .yaml/.yml or .json file into a JobSpec message."""
+def read_spec_data(path: str | Path, loader: type = yaml.SafeLoader) -> Any:
+    """The parsed contents of a .yaml/.yml or .json file (SpecFileError if it cannot be);
+    `loader`: a safe YAML loader (yaml.SafeLoader or a subclass)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -38,9 +39,13 @@ def load_spec_file(path: str | Path) -> pb.JobSpec:
     except UnicodeDecodeError as error:
         raise SpecFileError(f"{path}: not UTF-8 text: {error.reason}") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=loader)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise SpecFileError(
             f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {error}"
         ) from None
-    return spec_from_dict(data, source=str(path))
+
+
+def load_spec_file(path: str | Path) -> pb.JobSpec:
+    """Read a .yaml/.yml or .json file into a JobSpec message."""
+    return spec_from_dict(read_spec_data(path), source=str(path))
