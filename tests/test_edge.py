@@ -1,4 +1,5 @@
-"""Hostile input at the edge, over a real port and every RPC of TrainingService: strings of
+"""Hostile input at the edge, over a real port and every RPC of TrainingService and
+SweepService: strings of
 1 KB, 100 KB and 10 MB in each string field, bodies that are not protobuf, strings that
 are not UTF-8, out-of-range numbers. Each answer is a documented code (never INTERNAL or
 UNKNOWN), its message at most 1000 bytes, and it is counted in the RPC metrics. Beyond
@@ -16,15 +17,19 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bptrain import Client
+from bptrain.v1 import sweeps_pb2 as spb
 from bptrain.v1 import training_pb2 as pb
 from bptrain.v1 import training_pb2_grpc
 from services.api.edge import MAX_MESSAGE_BYTES, MAX_REPEATED, MAX_STRING_CHARS, check_bounds
 from services.api.server import ServerConfig, create_server
 from services.errors import InvalidSpecError
 from services.jobs.manager import JobManager, JobsConfig
+from services.sweeps.manager import SweepManager
 from tests.conftest import digits_spec
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TrainingService"]
+SERVICES = (SERVICE, spb.DESCRIPTOR.services_by_name["SweepService"])
+METHODS = tuple(method for service in SERVICES for method in service.methods)
 DOCUMENTED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,7 +45,8 @@ NOT_UTF8 = b"\x0a\x02\xff\xfe"  # field 1, length 2, bytes that are no UTF-8
 @pytest.fixture(scope="module")
 def served(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     manager = JobManager(JobsConfig(storage=tmp_path_factory.mktemp("edge")))
-    running = create_server(ServerConfig(port=0), manager)
+    sweeps = SweepManager(manager)
+    running = create_server(ServerConfig(port=0), manager, sweeps)
     channel = grpc.insecure_channel(
         f"127.0.0.1:{running.port}",
         options=[("grpc.max_send_message_length", 32 * 1024 * 1024)],
@@ -48,12 +54,13 @@ def served(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield running, manager, channel
     channel.close()
     running.stop(grace_s=1.0)
+    sweeps.shutdown()
     manager.shutdown()
 
 
 def _raw_call(channel: grpc.Channel, method, body: bytes) -> tuple[grpc.StatusCode, str]:
     """Send `body` as the request of `method`; its status code and message."""
-    path = f"/{SERVICE.full_name}/{method.name}"
+    path = f"/{method.containing_service.full_name}/{method.name}"
     request_stream = method.client_streaming
     response_stream = method.server_streaming
     kind = {
@@ -78,13 +85,31 @@ def _string_paths(descriptor, prefix: tuple = ()) -> Iterator[tuple]:
     """Paths (field names; "[]" for one item of a repeated message) to every string field."""
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_STRING:
-            yield (*prefix, field.name)
+            yield (*prefix, field.name, "[]") if field.is_repeated else (*prefix, field.name)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and len(prefix) < 4:
             step = (field.name, "[]") if field.is_repeated else (field.name,)
             yield from _string_paths(field.message_type, (*prefix, *step))
 
 
+def _node(message: Message, path: tuple) -> Message:
+    """The message at `path` (made on the way; "[]" adds one item of a repeated field)."""
+    node = message
+    i = 0
+    while i < len(path):
+        name = path[i]
+        if i + 1 < len(path) and path[i + 1] == "[]":
+            node = getattr(node, name).add()
+            i += 2
+        else:
+            node = getattr(node, name)
+            i += 1
+    return node
+
+
 def _with_string(message: Message, path: tuple, value: str) -> Message:
+    if path[-1] == "[]":  # one item of a repeated string field
+        getattr(_node(message, path[:-2]), path[-2]).append(value)
+        return message
     node = message
     i = 0
     while i < len(path) - 1:
@@ -100,7 +125,7 @@ def _with_string(message: Message, path: tuple, value: str) -> Message:
 
 
 def _cases() -> Iterator[tuple]:
-    for method in SERVICE.methods:
+    for method in METHODS:
         request_type = method.input_type
         if method.client_streaming:  # UploadDataset: the header's fields, then sha256
             yield method, ("header", "name")
@@ -113,7 +138,7 @@ def _cases() -> Iterator[tuple]:
 def _counted(manager: JobManager, method, code: grpc.StatusCode, least: float = 1) -> float:
     """bptrain_rpc_handled_total{method, code}, once it is at least `least` (or after 5 s:
     the server counts a call as its handler unwinds, just after the client has the answer)."""
-    labels = {"method": f"{SERVICE.full_name}/{method.name}", "code": code.name}
+    labels = {"method": f"{method.containing_service.full_name}/{method.name}", "code": code.name}
     deadline = time.monotonic() + 5
     while True:
         count = manager.metrics.registry.get_sample_value("bptrain_rpc_handled_total", labels)
@@ -153,7 +178,8 @@ def test_long_strings_in_every_field_of_every_rpc_get_a_short_documented_answer(
         assert len(details.encode()) <= MAX_MESSAGE_BYTES, where
         if length > MAX_STRING_CHARS and not method.client_streaming:
             assert code is grpc.StatusCode.INVALID_ARGUMENT, f"{where}: {code}"
-            assert path[-1] in details and "at most" in details, details
+            field = path[-2] if path[-1] == "[]" else path[-1]
+            assert field in details and "at most" in details, details
         assert _counted(manager, method, code) >= 1, where
     print(f"slowest answer with {length}-character strings: {slowest * 1e3:.1f} ms")
 
@@ -167,7 +193,7 @@ def test_bodies_that_are_not_protobuf_are_invalid_argument_naming_the_type(
     served: tuple, body: bytes
 ) -> None:
     _, manager, channel = served
-    for method in SERVICE.methods:
+    for method in METHODS:
         sent = body
         if body == NOT_UTF8:  # into the request's first string field, where there is one
             fields = method.input_type.fields
@@ -207,6 +233,17 @@ def test_a_malformed_health_check_is_invalid_argument_too(served: tuple) -> None
         (pb.StreamMetricsRequest(job_id="nope", after_step=-(2**63)), "StreamMetrics"),
         (pb.GetWeightsRequest(job_id="nope", format=12345), "GetWeights"),
         (pb.ListJobsRequest(state=777), "ListJobs"),
+        (spb.ListSweepsRequest(page_token="9" * 30), "ListSweeps"),
+        (spb.ListSweepsRequest(page_token="-5"), "ListSweeps"),
+        (spb.ListSweepsRequest(page_size=-(2**31), state=777), "ListSweeps"),
+        (spb.StreamSweepRequest(sweep_id="nope", after_seq=2**63 - 1), "StreamSweep"),
+        (spb.StreamSweepRequest(sweep_id="nope", after_seq=-(2**63)), "StreamSweep"),
+        (
+            spb.SubmitSweepRequest(
+                spec=spb.SweepSpec(max_trials=-(2**31), parallel_trials=2**31 - 1, seed=-1)
+            ),
+            "SubmitSweep",
+        ),
     ],
     ids=lambda value: value if isinstance(value, str) else type(value).__name__,
 )
@@ -214,7 +251,8 @@ def test_out_of_range_numbers_get_documented_codes(
     served: tuple, request_: Message, call: str
 ) -> None:
     _, _, channel = served
-    code, details = _raw_call(channel, SERVICE.methods_by_name[call], request_.SerializeToString())
+    method = next(m for m in METHODS if m.name == call)
+    code, details = _raw_call(channel, method, request_.SerializeToString())
     assert code in DOCUMENTED, f"{code}: {details}"
 
 

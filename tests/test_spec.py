@@ -420,7 +420,7 @@ def test_spec_from_dict_validates_again() -> None:
     with pytest.raises(InvalidSpecError) as caught:
         JobSpec.from_dict(data)
 
-    assert caught.value.field == "learning_rate"
+    assert caught.value.field == "optimizer.learning_rate"  # the whole path
 
 
 # --- jobs, points, states ------------------------------------------------------------------

@@ -8,6 +8,7 @@ and ends with the sweep in its final state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -45,7 +46,9 @@ class SweepChanges:
 
     def changed(self) -> None:
         """From any thread."""
-        if self._loop is not None and self._moved is not None:
+        if self._loop is None or self._moved is None or self._loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: server stopped
             self._loop.call_soon_threadsafe(self._moved.set)
 
     async def wait(self) -> None:

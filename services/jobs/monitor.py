@@ -1,13 +1,11 @@
 """RunnerMonitor: the API process's side of one running job.
 
-It starts the job's runner actor, copies the runner's metric points into the store
-as they come, records state changes, writes the weights when the job succeeds and
-removes the runner when the job ends. It is the one writer of a job's state after
-submission; cancellation goes through it.
+It starts the job's runner actor, copies the runner's metric points into the store as they
+come, records state changes, writes the weights when the job succeeds and removes the
+runner when the job ends. The one writer of a job's state after submission; cancels too.
 
-θ (final, or latest on request) comes as the ObjectRefs of the parameter server's (or
-colocated worker's) export, which the runner hands over without waiting: this process
-fetches the bytes from where they were exported, in one `ray.get`.
+θ (final, or latest on request) comes as ObjectRefs of the parameter server's (or colocated
+workers') export from the runner: this process fetches the bytes in one `ray.get`.
 """
 
 from __future__ import annotations
@@ -87,6 +85,7 @@ class RunnerMonitor:
         self._runner: ray.actor.ActorHandle | None = None
         self._standby: Standby | None = None  # the pool's runner that `_runner` is
         self._has_ended = False  # the runner reported its job's terminal state
+        self._is_finishing = False  # ... and its end is being recorded
         self._is_cancel_requested = False
         self._cancel_reason = CANCEL_REASON
         self._is_stopping = False
@@ -100,12 +99,11 @@ class RunnerMonitor:
         return self._thread.is_alive()
 
     def cancel(self, reason: str = CANCEL_REASON) -> None:
-        """Stops the job; returns once it is recorded as ended (CANCELLED with `reason`,
-        unless it ended first)."""
+        """Stops the job; returns once it is recorded ended (CANCELLED: `reason`, or its end)."""
         with self._lock:
             self._is_cancel_requested = True
             self._cancel_reason = reason
-            runner = self._runner
+            runner = None if self._is_finishing else self._runner  # its weights are due
         if runner is not None:
             try:
                 ray.get(runner.cancel.remote(self.job_id), timeout=CANCEL_TIMEOUT_S)
@@ -272,6 +270,8 @@ class RunnerMonitor:
             if update.points or update.state.is_terminal:
                 self.callbacks.on_change()
             if update.state.is_terminal:
+                with self._lock:  # a cancel from now on leaves the runner to finish
+                    self._is_finishing = True
                 self._finish(runner, update)
                 return False
         return False

@@ -224,14 +224,17 @@ class JobSpec:
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         """Inverse of `to_dict` (for specs read back from the store)."""
         dataset = dict(data["dataset"])
-        dataset["options"] = DatasetOptions(**dataset["options"])
+        dataset["options"] = nested("dataset", DatasetOptions, **dataset["options"])
         return cls(
             **{
                 **data,
-                "layers": tuple(LayerSpec(**layer) for layer in data["layers"]),
-                "optimizer": OptimizerConfig(**data["optimizer"]),
-                "schedule": ScheduleSpec(**data.get("schedule", {})),
-                "stop_when": StopWhenSpec(**data.get("stop_when", {})),
-                "dataset": DatasetSpec(**dataset),
+                "layers": tuple(
+                    nested(f"layers[{i}]", LayerSpec, **layer)
+                    for i, layer in enumerate(data["layers"])
+                ),
+                "optimizer": nested("optimizer", OptimizerConfig, **data["optimizer"]),
+                "schedule": nested("schedule", ScheduleSpec, **data.get("schedule", {})),
+                "stop_when": nested("stop_when", StopWhenSpec, **data.get("stop_when", {})),
+                "dataset": nested("dataset", DatasetSpec, **dataset),
             }
         )

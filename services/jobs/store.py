@@ -70,6 +70,15 @@ _ADDED_INDEXES = (
 )
 
 
+def page_before(page_token: str) -> int | None:
+    """The sequence number a page token names (None for the first page). A token is a
+    row's sequence number: decimal digits that fit SQLite's int64."""
+    is_token = page_token.isascii() and page_token.isdigit() and int(page_token) < 2**63
+    if page_token and not is_token:
+        raise InvalidSpecError("page_token", "is not a token this server gave")
+    return int(page_token) if page_token else None
+
+
 def unknown_job(job_id: str) -> NotFoundError:
     """The one answer for a job id that does not exist or that the caller may not see."""
     return NotFoundError(f"unknown job {quoted(job_id)}")
@@ -158,11 +167,7 @@ class JobStore:
     ) -> tuple[list[JobRecord], str]:
         """Jobs newest first, of one `owner` or (None) everyone's; returns (page, token
         of the next page or "")."""
-        # A token is a row's sequence number: decimal digits that fit SQLite's int64.
-        is_token = page_token.isascii() and page_token.isdigit() and int(page_token) < 2**63
-        if page_token and not is_token:
-            raise InvalidSpecError("page_token", "is not a token this server gave")
-        before = int(page_token) if page_token else None
+        before = page_before(page_token)
         clauses, args = [], []
         if owner is not None:
             clauses.append("owner = ?")

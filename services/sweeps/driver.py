@@ -104,17 +104,20 @@ class SweepDriver:
     def _read_evaluations(
         self, sweep: SweepRecord, search: Search, trial: TrialRecord, job: JobRecord
     ) -> TrialRecord:
-        """Report each new evaluation of the trial's job; a stop ends the reading."""
+        """Report each new evaluation of the trial's job. After a stop the search hears
+        no more, but the trial keeps its latest metric: a job that ends before the
+        cancel reaches it is a finished trial, with its last evaluation's metric."""
         seen = max(self._seen.get(job.job_id, 0), trial.metric_step)
-        while not trial.stopped_early:
+        while True:
             points = self.jobs.store.metrics_after(job.job_id, seen, POINTS_PER_READ)
             for point in points:
                 value = _metric(point, sweep.spec.metric)
                 if value is None:
                     continue
-                trial = self._report(sweep, search, trial, point.step, value)
                 if trial.stopped_early:
-                    break
+                    trial = dataclasses.replace(trial, metric=value, metric_step=point.step)
+                else:
+                    trial = self._report(sweep, search, trial, point.step, value)
             if points:
                 seen = points[-1].step
             if len(points) < POINTS_PER_READ:
@@ -126,7 +129,7 @@ class SweepDriver:
         self, sweep: SweepRecord, search: Search, trial: TrialRecord, step: int, value: float
     ) -> TrialRecord:
         evaluation = trial.evaluations + 1
-        verdict = search.report(trial.number, evaluation, value)
+        verdict = search.report(trial.number, evaluation, value, rungs=trial.rung)
         trial = dataclasses.replace(
             trial, evaluations=evaluation, metric=value, metric_step=step, rung=verdict.rung
         )
@@ -177,6 +180,8 @@ class SweepDriver:
         if state is JobState.SUCCEEDED and trial.metric is not None:
             search.tell(trial.number, value=trial.metric, state=TrialState.COMPLETE)
             outcome = "completed"
+            if trial.stopped_early:  # its job ended before the cancel reached it
+                reason = f"{trial.reason} (its job had finished already)"
         elif trial.stopped_early:
             search.tell(trial.number, value=None, state=TrialState.PRUNED)
             outcome, reason = "stopped", trial.reason

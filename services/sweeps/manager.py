@@ -52,6 +52,7 @@ class SweepManager:
         self.storage = open_storage(optuna_path or database.with_name("sweeps-optuna.db"))
         self.metrics = metrics or SweepMetrics(jobs.metrics.registry)
         self.metrics.track_sweep_states(self.store.count_by_state)
+        self._searches: dict[str, Search] = {}  # by sweep id, while it runs
         self._cancels = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sweep-cancel")
         self.driver = SweepDriver(
             jobs=jobs,
@@ -69,7 +70,12 @@ class SweepManager:
         self._thread.start()
 
     def _search(self, record: SweepRecord) -> Search:
-        return Search(self.storage, record.sweep_id, record.spec)
+        search = self._searches.get(record.sweep_id)
+        if search is None:
+            search = self._searches[record.sweep_id] = Search(
+                self.storage, record.sweep_id, record.spec
+            )
+        return search
 
     # --- the API's calls ----------------------------------------------------------------
 
@@ -167,7 +173,8 @@ class SweepManager:
                     return
                 try:
                     with self._lock:
-                        self.driver.advance(sweep_id)
+                        if self.driver.advance(sweep_id).is_finished:
+                            self._searches.pop(sweep_id, None)
                 except Exception:  # one sweep's trouble must not stop the others
                     log.exception("sweep %s: a pass failed; the next one tries again", sweep_id)
             for listener in self._listeners:

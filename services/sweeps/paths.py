@@ -91,14 +91,14 @@ def parse(text: str) -> FieldPath:
         )
     names = [name for name, _ in rest]
     if head == "layers":
-        return _leaf(text, LayerSpec, names, ("layers", int(index)))
+        return _leaf(text, LayerSpec, names, ("layers", int(index)), "a layer has")
     if head in _PARTS:
-        return _leaf(text, _PARTS[head], names, (head,))
+        return _leaf(text, _PARTS[head], names, (head,), f"{head} has")
     if head == "dataset":
         return _dataset_leaf(text, names)
     if names or head in _NOT_TUNABLE:
         raise _unknown(text, "a sweep can set", _tunable(JobSpec) - _NOT_TUNABLE)
-    return _leaf(text, JobSpec, [head], ())
+    return _leaf(text, JobSpec, [head], (), "a sweep can set")
 
 
 def _dataset_leaf(text: str, names: list[str]) -> FieldPath:
@@ -110,10 +110,12 @@ def _dataset_leaf(text: str, names: list[str]) -> FieldPath:
     raise _unknown(text, "dataset has", {"validation_fraction", *_DATASET_OPTIONS})
 
 
-def _leaf(text: str, owner: type, names: list[str], prefix: tuple[str | int, ...]) -> FieldPath:
+def _leaf(
+    text: str, owner: type, names: list[str], prefix: tuple[str | int, ...], where: str
+) -> FieldPath:
     fields = _scalar_fields(owner)
     if len(names) != 1 or names[0] not in fields:
-        raise _unknown(text, f"{owner.__name__} has", set(fields))
+        raise _unknown(text, where, set(fields))
     return FieldPath(text, (*prefix, names[0]), fields[names[0]])
 
 

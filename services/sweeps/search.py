@@ -65,9 +65,9 @@ def trial_seed(seed: int, number: int) -> int:
 
 
 class Search:
-    """One sweep's study. Every call reads and writes Optuna's storage; nothing is
-    kept in memory between calls, so a new Search over the same storage (a restarted
-    server) goes on where the last one stopped."""
+    """One sweep's study. Every call reads and writes Optuna's storage (the study
+    object is loaded once; it holds no state of its own), so a new Search over the same
+    storage (a restarted server) goes on where the last one stopped."""
 
     def __init__(
         self, storage: optuna.storages.BaseStorage, sweep_id: str, spec: SweepSpec
@@ -76,6 +76,7 @@ class Search:
         self.name = sweep_id
         self.spec = spec
         self.distributions = {p.path: distribution(p) for p in spec.parameters}
+        self._loaded: optuna.Study | None = None
 
     def create(self) -> None:
         optuna.create_study(
@@ -86,18 +87,20 @@ class Search:
         )
 
     def _study(self, number: int = 0) -> optuna.Study:
-        return optuna.load_study(
-            study_name=self.name,
-            storage=self.storage,
-            sampler=self._sampler(number),
-            pruner=self._pruner(),
-        )
+        """The study, its sampler seeded for trial `number`."""
+        if self._loaded is None:
+            self._loaded = optuna.load_study(
+                study_name=self.name, storage=self.storage, pruner=self._pruner()
+            )
+        self._loaded.sampler = self._sampler(number)
+        return self._loaded
 
     def _sampler(self, number: int) -> optuna.samplers.BaseSampler:
         seed = trial_seed(self.spec.seed, number)
         if self.spec.sampler == "grid":
             space = {p.path: list(p.values) for p in self.spec.parameters}
-            return optuna.samplers.GridSampler(space, seed=seed)
+            # Trial n takes the n-th point of the grid as the sweep's seed shuffles it.
+            return optuna.samplers.GridSampler(space, seed=self.spec.seed)
         if self.spec.sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)
@@ -123,9 +126,23 @@ class Search:
             raise RuntimeError(f"sweep {self.name}: trial {number} asked before {len(trials)}")
         return dict(study.ask(self.distributions).params)
 
-    def report(self, number: int, evaluation: int, value: float) -> Verdict:
-        """Trial `number`'s metric at its `evaluation`-th evaluation; whether the pruner
-        stops it there."""
+    def is_rung(self, evaluation: int) -> bool:
+        """Whether ASHA decides at this evaluation (grace_period × reduction_factor^k)."""
+        scheduler = self.spec.scheduler
+        if scheduler.kind != "asha" or evaluation % scheduler.grace_period:
+            return False
+        ratio = evaluation // scheduler.grace_period
+        while ratio % scheduler.reduction_factor == 0:
+            ratio //= scheduler.reduction_factor
+        return ratio == 1
+
+    def report(self, number: int, evaluation: int, value: float, *, rungs: int = 0) -> Verdict:
+        """Trial `number`'s metric at its `evaluation`-th evaluation (`rungs`: those it
+        passed before); whether the pruner stops it there. Only a rung's evaluation
+        reaches Optuna: its pruner decides nowhere else, and each report costs a few
+        storage round trips."""
+        if not self.is_rung(evaluation):
+            return Verdict(stop=False, rung=rungs)
         study = self._study()
         study_id = self.storage.get_study_id_from_name(self.name)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)

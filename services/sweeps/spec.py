@@ -43,12 +43,18 @@ class ParameterSpec:
     step: int = 1
 
     def __post_init__(self) -> None:
-        parse(self.path)
+        kind = parse(self.path).kind
         check_choice("domain", self.domain, DOMAINS)
         if self.domain in ("grid", "choice"):
             self._check_values()
-        else:
-            self._check_range()
+            return
+        if kind in (str, bool):
+            raise InvalidSpecError(self.domain, f"{self.path} takes texts: use choice or grid")
+        if kind is int and self.domain != "integer":
+            raise InvalidSpecError(
+                self.domain, f"{self.path} takes integers: use integer, choice or grid"
+            )
+        self._check_range()
 
     def _check_values(self) -> None:
         name = f"{self.domain}.values"

@@ -14,8 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from services.errors import InvalidSpecError, NotFoundError, quoted
+from services.errors import NotFoundError, quoted
 from services.jobs.records import JobState
+from services.jobs.store import page_before
 from services.sweeps.records import EventKind, SweepEvent, SweepRecord, TrialRecord
 from services.sweeps.spec import SweepSpec
 
@@ -125,12 +126,8 @@ class SweepStore:
         self, *, owner: str | None, state: JobState | None, limit: int, page_token: str
     ) -> tuple[list[SweepRecord], str]:
         """Newest first; the token is the last listed sweep's sequence number."""
-        try:
-            before = int(page_token) if page_token else 2**62
-        except ValueError:
-            raise InvalidSpecError(
-                "page_token", f"is not one this server gave: {quoted(page_token)}"
-            ) from None
+        before = page_before(page_token)
+        before = 2**63 - 1 if before is None else before
         query = "SELECT * FROM sweeps WHERE seq < ?"
         args: list[Any] = [before]
         if owner is not None:
