@@ -50,11 +50,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-# steps: several seconds of training unbounded (a step is about 1 ms on colocated
-# workers, 7 ms through parameter-server tasks), so a held runner is far from the end.
+# steps: over twice the step a runner holds at. Held 0.5 s of training past step 0, colocated
+# workers (about 1 ms a step) stopped at steps 190 to 530 here, parameter-server tasks
+# (about 7 ms) at 32 to 50; a runner that did not hold would stop only at its last step.
+# Past the hold, steps are recorded a lead (32 to 60 steps) at a time, about twice a
+# second, so each step more costs: 3000 steps took 25 to 50 s on two busy cores.
 @pytest.mark.parametrize(
     ("mode", "transport", "steps"),
-    [({}, "auto", 3000), ({"consistency": "asp"}, "auto", 3000), ({}, "tasks", 1200)],
+    [({}, "auto", 1800), ({"consistency": "asp"}, "auto", 1800), ({}, "tasks", 400)],
     ids=["bsp-colocated", "asp-colocated", "bsp-parameter-server"],
 )
 def test_an_unpolled_runner_holds_at_its_lead_without_spinning_and_goes_on_when_recorded(
@@ -151,11 +154,12 @@ def reference(server: tuple) -> Callable[[int], dict[str, np.ndarray]]:
     return after
 
 
-# steps: past the fault at step 60 and its repairs; the parameter-server actors' task path
-# takes about 7 ms a step, so its job is shorter.
+# steps: past the fault at step 60 and its repairs. Colocated workers report in 0.5 s
+# batches (about 500 steps), so the first report of step 60 or more may come hundreds of
+# steps on; the parameter-server actors' task path reports each step (about 7 ms).
 @pytest.mark.parametrize(
     ("changes", "role", "steps"),
-    [({}, "worker", 3000), ({"ps_shards": 2}, "ps", 600)],
+    [({}, "worker", 1500), ({"ps_shards": 2}, "ps", 300)],
     ids=["colocated-workers", "parameter-server-actors"],
 )
 def test_replacements_killed_while_created_are_created_again_and_nothing_changes(
@@ -167,6 +171,7 @@ def test_replacements_killed_while_created_are_created_again_and_nothing_changes
 ) -> None:
     job = client.submit(digits_spec(steps=steps, checkpoint_every=25, **changes))
     running = wait_for_step(client, job.job_id, 60)
+    assert running.state == pb.RUNNING, "the job ended before its fault"
     known = named(job.job_id, role)
     if role == "worker":  # by process: workers kept from an earlier job keep its names
         victim = worker_actor_of_process(running.workers[0].pid)
@@ -174,7 +179,7 @@ def test_replacements_killed_while_created_are_created_again_and_nothing_changes
         victim = ray.get_actor(sorted(known)[0], namespace=NAMESPACE)
     ray.kill(victim, no_restart=True)  # the fault; then the first two repairs' actors
     killed = kill_new_actors(job.job_id, role, known, count=2)
-    print(f"killed while created: {killed}")
+    print(f"fault at step {running.step}; killed while created: {killed}")
     final = job.wait()
     assert final.state == pb.SUCCEEDED, final.reason
     assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
