@@ -91,3 +91,9 @@ bench-latency: $(STAMP)
 .PHONY: bench-load
 bench-load: $(STAMP)
 	$(PY) bench/load.py
+
+# bench-sweep: examples/sweep.yaml (16 trials, ASHA) on a warm `bptrain serve`: wall time,
+# steps trained against every trial in full, and the best trial's test accuracy.
+.PHONY: bench-sweep
+bench-sweep: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/sweep.py

@@ -25,6 +25,8 @@ from services import probe
 from services.jobs.records import MetricPoint
 from services.jobs.store import JobStore
 from services.metrics import ServiceMetrics, build_registry
+from services.metrics.sweeps import SweepMetrics
+from services.sweeps.store import SweepStore
 from tests.dockerfile import option, read_dockerfile, run_stage
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -155,6 +157,9 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
     metrics = ServiceMetrics(build_registry())
     store = JobStore(tmp_path_factory.mktemp("store") / "bptrain.db")
     metrics.track_job_states(store.count_by_state)
+    sweep_metrics = SweepMetrics(metrics.registry)
+    sweep_metrics.track_sweep_states(SweepStore(store.path).count_by_state)
+    sweep_metrics.trial_ended("stopped")
     metrics.rpc_completed("bptrain.v1.TrainingService/GetJob", "OK", 0.01)
     point = MetricPoint(
         step=1,

@@ -1,4 +1,5 @@
-"""Property-based fuzzing of SubmitJob specs and UploadDataset streams over a real port.
+"""Property-based fuzzing of SubmitJob and SubmitSweep specs and UploadDataset streams over
+a real port.
 
 Every answer must be OK or a documented status code; never UNKNOWN or INTERNAL, and
 the server keeps answering SERVING.
@@ -18,10 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from bptrain.v1 import sweeps_pb2 as spb
+from bptrain.v1 import sweeps_pb2_grpc, training_pb2_grpc
 from bptrain.v1 import training_pb2 as pb
-from bptrain.v1 import training_pb2_grpc
 from services.api.server import ServerConfig, create_server
 from services.jobs.manager import JobManager, JobsConfig
+from services.sweeps.manager import SweepManager
 
 pytestmark = pytest.mark.slow
 
@@ -127,12 +130,14 @@ def near_valid_specs(draw) -> pb.JobSpec:
 def channel(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     config = JobsConfig(storage=tmp_path_factory.mktemp("fuzz"), max_dataset_bytes=64_000)
     manager = JobManager(config)
-    running = create_server(ServerConfig(port=0), manager)
+    sweeps = SweepManager(manager)
+    running = create_server(ServerConfig(port=0), manager, sweeps)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield channel
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     running.stop(0)
+    sweeps.shutdown()
     manager.shutdown()
 
 
@@ -197,3 +202,84 @@ def test_fuzzed_uploads_get_ok_or_a_documented_code(
         stub.UploadDataset(parts(), timeout=10)
     except grpc.RpcError as error:
         assert error.code() in DOCUMENTED, (error.code(), error.details())
+
+
+PATHS = st.one_of(
+    st.sampled_from(
+        [
+            "optimizer.learning_rate",
+            "layers[0].units",
+            "layers[1].units",
+            "layers[0].dropout",
+            "layers[7].dropout",
+            "layers[0].activation",
+            "batch_size",
+            "optimizer.kind",
+            "staleness_aware_lr",
+            "dataset.noise",
+            "dataset.name",
+            "name",
+            "layers.units",
+            "",
+        ]
+    ),
+    st.text(max_size=30),
+)
+NUMBERS = st.lists(REAL, max_size=5)
+
+
+@st.composite
+def sweep_parameters(draw) -> spb.SweepParameter:
+    parameter = spb.SweepParameter(path=draw(PATHS))
+    domain = draw(st.sampled_from(["grid", "choice", "uniform", "log_uniform", "integer", None]))
+    if domain in ("grid", "choice"):
+        values = getattr(parameter, domain)
+        values.numbers.extend(draw(NUMBERS))
+        values.texts.extend(draw(st.lists(WORDS, max_size=3)))
+    elif domain == "integer":
+        parameter.integer.low, parameter.integer.high = draw(INT32), draw(INT32)
+        if draw(st.booleans()):
+            parameter.integer.step = draw(st.integers(-(2**63), 2**63 - 1))
+    elif domain is not None:
+        getattr(parameter, domain).low, getattr(parameter, domain).high = draw(REAL), draw(REAL)
+    return parameter
+
+
+@st.composite
+def sweep_specs(draw) -> spb.SweepSpec:
+    spec = spb.SweepSpec(name=draw(st.text(max_size=250)))
+    if draw(st.booleans()):
+        spec.base.CopyFrom(draw(st.one_of(st.just(valid_spec()), near_valid_specs(), job_specs())))
+    spec.parameters.extend(draw(st.lists(sweep_parameters(), max_size=4)))
+    spec.metric = draw(
+        st.sampled_from(["", "validation_accuracy", "validation_loss", "loss", "f1"])
+    )
+    spec.direction = draw(st.sampled_from(["", "maximize", "minimize", "up"]))
+    spec.sampler = draw(st.sampled_from(["", "random", "tpe", "grid", "bayes"]))
+    spec.scheduler.kind = draw(st.sampled_from(["", "none", "asha", "hyperband"]))
+    for name, strategy in (("max_trials", SMALL), ("parallel_trials", SMALL)):
+        value = draw(maybe(strategy))
+        if value is not None:
+            setattr(spec, name, value)
+    for name in ("grace_period", "reduction_factor"):
+        value = draw(maybe(SMALL))
+        if value is not None:
+            setattr(spec.scheduler, name, value)
+    if draw(st.booleans()):
+        spec.seed = draw(st.integers(-(2**63), 2**63 - 1))
+    return spec
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=sweep_specs())
+def test_fuzzed_sweep_specs_get_ok_or_a_documented_code(
+    channel: grpc.Channel, spec: spb.SweepSpec
+) -> None:
+    stub = sweeps_pb2_grpc.SweepServiceStub(channel)
+    try:
+        answer = stub.SubmitSweep(spb.SubmitSweepRequest(spec=spec, validate_only=True), timeout=10)
+    except grpc.RpcError as error:
+        assert error.code() in DOCUMENTED, (error.code(), error.details())
+        assert "Traceback" not in (error.details() or "")
+    else:
+        assert answer.sweep_id == "" and answer.spec.parameters  # valid: defaults filled

@@ -56,10 +56,12 @@ def metered_server(storage: Path) -> Iterator[MeteredServer]:
     """`bptrain serve`'s wiring in-process: manager, gRPC server and exporter on free ports."""
     from services.api.server import ServerConfig, create_server
     from services.jobs.manager import JobManager, JobsConfig
+    from services.sweeps.manager import SweepManager
 
     metrics = ServiceMetrics(build_registry())
     manager = JobManager(JobsConfig(storage=storage), metrics=metrics)
-    running = create_server(ServerConfig(port=0), manager)
+    sweeps = SweepManager(manager)
+    running = create_server(ServerConfig(port=0), manager, sweeps)
     exporter = MetricsExporter.start(MetricsConfig(port=0), metrics.registry)
     try:
         yield MeteredServer(
@@ -71,6 +73,7 @@ def metered_server(storage: Path) -> Iterator[MeteredServer]:
     finally:
         exporter.stop()
         running.stop(grace_s=1.0)
+        sweeps.shutdown()
         manager.shutdown()
 
 

@@ -153,9 +153,12 @@ class SweepStore:
         return [row["sweep_id"] for row in rows]
 
     def count_by_state(self) -> dict[JobState, int]:
+        """{state: how many sweeps are in it} for every state (0 where none)."""
+        counts = dict.fromkeys(JobState, 0)
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) AS n FROM sweeps GROUP BY state")
-            return {JobState(row["state"]): row["n"] for row in rows}
+            counts.update({JobState(row["state"]): row["n"] for row in rows})
+        return counts
 
     def put_trial(self, sweep_id: str, trial: TrialRecord) -> None:
         """Insert or replace the trial (by its number)."""
