@@ -155,3 +155,25 @@ def test_a_sweep_metric_needs_evaluations_and_fits_the_task() -> None:
     regression.base.layers[-1].units = 1
     with pytest.raises(InvalidSpecError, match=r"^metric validation_accuracy applies only"):
         sweep_spec_from_proto(regression)
+
+
+def test_a_trials_runner_drains_sooner_than_a_plain_jobs() -> None:
+    from pathlib import Path
+
+    from services.jobs.manager import TRIAL_DRAIN_PERIOD_S
+    from services.jobs.run_status import DRAIN_PERIOD_S
+    from services.jobs.runner_launch import JobSetup, runner_options
+    from services.jobs.runner_options import RunnerOptions
+
+    setup = JobSetup(
+        weights_path=Path("w.npz"),
+        checkpoint_dir=Path("c"),
+        datasets_dir=Path("d"),
+        worker_cpus=1.0,
+        drain_period_s=TRIAL_DRAIN_PERIOD_S,
+    )
+    assert runner_options(setup, resume_at_most=0).drain_period_s == TRIAL_DRAIN_PERIOD_S
+    assert TRIAL_DRAIN_PERIOD_S < DRAIN_PERIOD_S == RunnerOptions().drain_period_s
+    for bad in (0.0, 0.01, 6.0, float("nan")):
+        with pytest.raises(ValueError, match="drain_period_s must be in"):
+            RunnerOptions(drain_period_s=bad)

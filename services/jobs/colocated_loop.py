@@ -1,6 +1,6 @@
 """The colocated workers' loop: the runner launches their step loop once
 (`ColocatedCohort.launch`), then drains their statistics and snapshots in batches every
-DRAIN_PERIOD_S and reports the steps that are complete; it is off the step path. A fault
+RunStatus.drain_period_s and reports the steps that are complete; it is off the step path. A fault
 restarts every worker from the newest checkpoint at or before the last reported step.
 
 bsp workers keep shard snapshots at checkpoint and evaluation steps; asp/ssp ones share
@@ -19,7 +19,6 @@ from services.jobs.colocated_cohort import ColocatedCohort
 from services.jobs.faults import FAULTS, STEP_TIMEOUT_S, is_recoverable
 from services.jobs.outcomes import JobFailed
 from services.jobs.pending_steps import PendingSteps
-from services.jobs.run_status import DRAIN_PERIOD_S
 from services.jobs.shards import joined, merge_shards
 from services.jobs.training_run import TrainingRun
 from services.paramserver.colocated import ShardState
@@ -78,7 +77,8 @@ class ColocatedLoop:
     def _drain(self) -> None:
         """One drain: report the steps it completes, and follow the lead and the loops."""
         status = self.run.status
-        batches = self.cohort.drain(DRAIN_PERIOD_S if self.running else 0.0, self.allowed)
+        period = status.drain_period_s if self.running else 0.0
+        batches = self.cohort.drain(period, self.allowed)
         for drained in batches:
             self.pending.add(drained.stats, drained.snapshots)
         with status.batch():  # the drained steps reach `poll` together

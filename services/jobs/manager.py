@@ -27,6 +27,7 @@ from services.jobs.export import exported
 from services.jobs.monitor import CANCEL_REASON, JobSetup, MonitorCallbacks, RunnerMonitor
 from services.jobs.queue import JobQueue
 from services.jobs.records import JobRecord, JobState, TrialTag
+from services.jobs.run_status import DRAIN_PERIOD_S
 from services.jobs.runner_pool import RunnerPool
 from services.jobs.spec import JobSpec
 from services.jobs.store import JobStore, unknown_job
@@ -39,6 +40,7 @@ __all__ = ["JobManager", "JobsConfig"]  # JobsConfig lives in services/jobs/conf
 
 log = logging.getLogger(__name__)
 
+TRIAL_DRAIN_PERIOD_S = 0.1
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 
@@ -166,6 +168,8 @@ class JobManager:
                 checkpoint_dir=self.config.checkpoint_dir(job_id),
                 datasets_dir=self.config.datasets_dir,
                 worker_cpus=self.config.worker_cpus,
+                # a trial's points reach its sweep's scheduler sooner, its verdict the trial
+                drain_period_s=TRIAL_DRAIN_PERIOD_S if record.sweep_id else DRAIN_PERIOD_S,
             ),
             callbacks=MonitorCallbacks(on_change=self._notify, on_end=self._job_ended),
             metrics=self.metrics,

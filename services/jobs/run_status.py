@@ -14,8 +14,8 @@ from services.jobs.lead import Lead
 from services.jobs.outcomes import JobCancelled
 from services.jobs.records import JobState, MetricPoint
 
-# Colocated workers' statistics are drained this often (at once at the end); a step loop
-# held back by its lead checks this often whether it was cancelled.
+# Colocated workers' statistics are drained this often by default (at once at the end); a
+# step loop held back by its lead checks this often whether it was cancelled.
 DRAIN_PERIOD_S = 0.5
 POINTS_PER_WAKE = 64  # while publishing a drained batch: wake `poll` this often
 
@@ -38,8 +38,11 @@ class RunStatus:
     `poll` when they change and the step loop when the store records more.
     `last_published`: the last step already reported (a step is published once)."""
 
-    def __init__(self, lead: Lead, last_published: int) -> None:
+    def __init__(
+        self, lead: Lead, last_published: int, drain_period_s: float = DRAIN_PERIOD_S
+    ) -> None:
         self.lead = lead
+        self.drain_period_s = drain_period_s
         self.state = JobState.QUEUED
         self.reason = ""
         self.total_steps = 0
@@ -136,7 +139,7 @@ class RunStatus:
             while reported + 1 > self.lead.limit(reported):
                 if is_cancelled():
                     raise JobCancelled
-                self._changed.wait(timeout=DRAIN_PERIOD_S)
+                self._changed.wait(timeout=self.drain_period_s)
 
     def wait_for_record(
         self, reported: int, allowed: int, is_cancelled: Callable[[], bool]
@@ -146,5 +149,5 @@ class RunStatus:
         with self._changed:
             self._changed.wait_for(
                 lambda: self.lead.limit(reported) > allowed or is_cancelled(),
-                timeout=DRAIN_PERIOD_S,
+                timeout=self.drain_period_s,
             )

@@ -84,7 +84,9 @@ class JobRunner:
         self.checkpoints = CheckpointStore(Path(checkpoint_dir)) if checkpoint_dir else None
         lead = Lead(0, max_s=options.max_lead_s)
         lead.record(options.resume_at_most)
-        self._status = RunStatus(lead, last_published=options.resume_at_most)
+        self._status = RunStatus(
+            lead, last_published=options.resume_at_most, drain_period_s=options.drain_period_s
+        )
         self._cancelled = threading.Event()
         self._recovery = Recovery(job_id, self._cancelled.is_set)
         self._cohort: Cohort | ColocatedCohort | None = None

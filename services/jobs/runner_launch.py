@@ -10,6 +10,7 @@ import ray
 
 from services.cluster import remote_class
 from services.jobs.records import JobRecord
+from services.jobs.run_status import DRAIN_PERIOD_S
 from services.jobs.runner import JobRunner
 from services.jobs.runner_options import RunnerOptions
 from services.jobs.spec import JobSpec
@@ -39,12 +40,14 @@ class JobSetup:
     - `checkpoint_dir`: the job's checkpoints (its runners resume from them).
     - `datasets_dir`: where uploaded datasets are.
     - `worker_cpus`: the CPUs each of the job's workers reserves.
+    - `drain_period_s`: how often its runner drains the workers' statistics.
     """
 
     weights_path: Path
     checkpoint_dir: Path
     datasets_dir: Path
     worker_cpus: float
+    drain_period_s: float = DRAIN_PERIOD_S
 
 
 def runner_options(setup: JobSetup, *, resume_at_most: int) -> RunnerOptions:
@@ -55,6 +58,7 @@ def runner_options(setup: JobSetup, *, resume_at_most: int) -> RunnerOptions:
         datasets_dir=setup.datasets_dir.resolve(),
         checkpoint_dir=setup.checkpoint_dir.resolve(),
         resume_at_most=resume_at_most,
+        drain_period_s=setup.drain_period_s,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.jobs.lead import MAX_LEAD_S
+from services.jobs.run_status import DRAIN_PERIOD_S
 
 TRANSPORTS = ("auto", "colocated", "graph", "tasks")
 
@@ -32,6 +33,9 @@ class RunnerOptions:
     - `max_lead_s`: how far (in seconds of training) the runner may run past the last
       step a `poll` acknowledged (> 0); None when nobody polls (the runner then trains
       straight to the end).
+    - `drain_period_s`: how often colocated workers' statistics are drained, so how
+      soon a step's point (and its evaluation) reaches `poll` (in [0.05, 5]); a sweep's
+      trials drain more often, so that a scheduler's verdict reaches them sooner.
     """
 
     worker_cpus: float = 1.0
@@ -40,6 +44,7 @@ class RunnerOptions:
     resume_at_most: int = 0
     transport: str = "auto"
     max_lead_s: float | None = MAX_LEAD_S
+    drain_period_s: float = DRAIN_PERIOD_S
 
     def __post_init__(self) -> None:
         if not self.worker_cpus > 0:
@@ -50,3 +55,5 @@ class RunnerOptions:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
         if self.max_lead_s is not None and not self.max_lead_s > 0:
             raise ValueError(f"max_lead_s must be > 0 or None, got {self.max_lead_s}")
+        if not 0.05 <= self.drain_period_s <= 5.0:
+            raise ValueError(f"drain_period_s must be in [0.05, 5], got {self.drain_period_s}")
