@@ -70,10 +70,14 @@ def test_a_standby_lost_with_its_job_is_replaced_and_the_job_goes_on(
     manager: JobManager,
 ) -> None:
     (name,) = standby_names()
-    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=300))), principal=LOCAL)
+    # 100 epochs (2,300 steps, retrained from step 0: no checkpoints): past the first
+    # report of step 20 or more, some hundred steps on (0.5 s batches).
+    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=100))), principal=LOCAL)
     deadline = time.monotonic() + 60
-    while manager.get(job.job_id, principal=LOCAL).step < 20 and time.monotonic() < deadline:
+    while (running := manager.get(job.job_id, principal=LOCAL)).step < 20:
+        assert time.monotonic() < deadline, f"the job never reached step 20: {running}"
         time.sleep(0.05)
+    assert running.state is JobState.RUNNING, "the job ended before its standby was killed"
     ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
     assert wait_until_finished(manager, job.job_id) is JobState.SUCCEEDED
     record = manager.get(job.job_id, principal=LOCAL)
