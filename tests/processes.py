@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -74,6 +74,7 @@ class WorkerNode:
     temp_dir: Path
     log: Path  # the output of `ray start`
     owns_temp_dir: bool  # start_worker_node made temp_dir, so stop_worker_node removes it
+    nodes: dict[str, int] = field(default_factory=dict)  # alive_nodes once this one was up
 
 
 def start_worker_node(
@@ -108,7 +109,7 @@ def start_worker_node(
         stop_worker_node(node)
         raise
     (node_id,) = [node_id for node_id, port in nodes.items() if port == node_manager_port]
-    return replace(node, node_id=node_id)
+    return replace(node, node_id=node_id, nodes=nodes)
 
 
 def stop_worker_node(node: WorkerNode) -> None:

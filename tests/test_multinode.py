@@ -20,7 +20,6 @@ from bptrain import Client
 from bptrain.v1 import training_pb2 as pb
 from tests.conftest import digits_spec
 from tests.processes import (
-    alive_nodes,
     free_port,
     ray_env,
     short_temp_dir,
@@ -44,7 +43,7 @@ def two_nodes() -> Iterator[dict]:
     try:
         worker_node = start_worker_node(address, num_cpus=1, env=env)
         try:
-            nodes = alive_nodes(address, env)
+            nodes = worker_node.nodes  # listed once it was up: no second driver to ask
             assert len(nodes) == 2 and worker_node.node_id in nodes, nodes
             yield {"address": address, "env": env, "nodes": nodes}
         finally:
