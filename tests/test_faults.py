@@ -25,10 +25,9 @@ pytestmark = pytest.mark.slow
 
 # Long enough that kills land mid-run: a digits step takes about a millisecond on
 # colocated workers and their steps are reported in 0.5 s batches, so six epochs (138
-# steps) end before a test can see step 30, the first report of step 30 or more may be
-# some hundred steps on, and a test's second kill comes some thousand steps after its
-# first. A job killed once trains KILL_EPOCHS (2,300 steps), one killed twice LONG_EPOCHS.
-KILL_EPOCHS = 100
+# steps) end before a test can see step 30; the workers train on ahead of the report (a
+# 1500-step job had ended its training by the time its step 60 was seen), and a test's
+# second kill comes some thousand steps after its first.
 LONG_EPOCHS = 150
 
 
@@ -68,10 +67,10 @@ def trained_weights(server: tuple, spec: dict) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def reference(server: tuple) -> Callable[..., dict[str, np.ndarray]]:
     """θ of the fault-free run every recovered run must equal: `reference(epochs)`,
-    KILL_EPOCHS unless given (each length trained once)."""
+    LONG_EPOCHS unless given (each length trained once)."""
 
     @functools.cache
-    def after(epochs: int = KILL_EPOCHS) -> dict[str, np.ndarray]:
+    def after(epochs: int = LONG_EPOCHS) -> dict[str, np.ndarray]:
         return trained_weights(server, digits_spec(epochs=epochs, checkpoint_every=10))
 
     return after
@@ -85,7 +84,7 @@ def assert_same_weights(weights: dict, reference: dict) -> None:
 def test_a_killed_worker_is_replaced_and_the_job_ends_as_without_faults(
     client: Client, reference: Callable[..., dict]
 ) -> None:
-    job = client.submit(digits_spec(epochs=KILL_EPOCHS, checkpoint_every=10))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
     running = wait_for_step(client, job.job_id, 30)
     assert running.state == pb.RUNNING, "the job ended before the kill"
     victim = running.workers[1]
@@ -106,7 +105,7 @@ def test_a_killed_worker_is_replaced_and_the_job_ends_as_without_faults(
 def test_a_killed_parameter_server_is_restored_from_its_checkpoint(
     client: Client, reference: Callable[..., dict]
 ) -> None:
-    job = client.submit(digits_spec(epochs=KILL_EPOCHS, checkpoint_every=10))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
     running = wait_for_step(client, job.job_id, 45)
     assert running.state == pb.RUNNING, "the job ended before the kill"
     killed_at = time.monotonic()
@@ -161,7 +160,7 @@ def test_an_async_job_survives_a_killed_worker_and_a_killed_parameter_server(
 def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
     client: Client, reference: Callable[..., dict], server: tuple
 ) -> None:
-    job = client.submit(digits_spec(epochs=KILL_EPOCHS, checkpoint_every=10))
+    job = client.submit(digits_spec(epochs=LONG_EPOCHS, checkpoint_every=10))
     running = wait_for_step(client, job.job_id, 35)
     assert running.state == pb.RUNNING, "the job ended before the kill"
     killed_at = time.monotonic()

@@ -70,9 +70,9 @@ def test_a_standby_lost_with_its_job_is_replaced_and_the_job_goes_on(
     manager: JobManager,
 ) -> None:
     (name,) = standby_names()
-    # 100 epochs (2,300 steps, retrained from step 0: no checkpoints): past the first
-    # report of step 20 or more, some hundred steps on (0.5 s batches).
-    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=100))), principal=LOCAL)
+    # 150 epochs (3,450 steps, retrained from step 0: no checkpoints): the colocated
+    # workers train on ahead of their 0.5 s reports, up to 1,500 steps by step 20's.
+    job = manager.submit(spec_from_proto(spec_from_dict(digits_spec(epochs=150))), principal=LOCAL)
     deadline = time.monotonic() + 60
     while (running := manager.get(job.job_id, principal=LOCAL)).step < 20:
         assert time.monotonic() < deadline, f"the job never reached step 20: {running}"
