@@ -109,18 +109,8 @@ def _node(message: Message, path: tuple) -> Message:
 def _with_string(message: Message, path: tuple, value: str) -> Message:
     if path[-1] == "[]":  # one item of a repeated string field
         getattr(_node(message, path[:-2]), path[-2]).append(value)
-        return message
-    node = message
-    i = 0
-    while i < len(path) - 1:
-        name = path[i]
-        if i + 1 < len(path) and path[i + 1] == "[]":
-            node = getattr(node, name).add()
-            i += 2
-        else:
-            node = getattr(node, name)
-            i += 1
-    setattr(node, path[-1], value)
+    else:
+        setattr(_node(message, path[:-1]), path[-1], value)
     return message
 
 

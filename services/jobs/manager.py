@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.datasets.uploads import DatasetInfo, DatasetRegistry
-from services.errors import InvalidSpecError, UnavailableError
+from services.errors import UnavailableError
 from services.jobs.config import JobsConfig
 from services.jobs.dataset_guard import refuse_if_in_use
 from services.jobs.export import exported
@@ -30,7 +30,7 @@ from services.jobs.records import JobRecord, JobState, TrialTag
 from services.jobs.run_status import DRAIN_PERIOD_S
 from services.jobs.runner_pool import RunnerPool
 from services.jobs.spec import JobSpec
-from services.jobs.store import JobStore, unknown_job
+from services.jobs.store import JobStore, page_limit, unknown_job
 from services.jobs.submissions import check_submission_id, earlier_submission
 from services.jobs.weights_locator import WeightsLocator
 from services.metrics import ServiceMetrics
@@ -41,8 +41,6 @@ __all__ = ["JobManager", "JobsConfig"]  # JobsConfig lives in services/jobs/conf
 log = logging.getLogger(__name__)
 
 TRIAL_DRAIN_PERIOD_S = 0.1
-MAX_PAGE_SIZE = 500
-DEFAULT_PAGE_SIZE = 50
 
 
 class JobManager:
@@ -205,9 +203,7 @@ class JobManager:
         page_token: str = "",
     ) -> tuple[list[JobRecord], str]:
         """The principal's jobs, newest first (an admin's list holds everyone's)."""
-        if page_size < 0:
-            raise InvalidSpecError("page_size", f"must be >= 0, got {page_size}")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = page_limit(page_size)
         owner = None if principal.is_admin else principal.name
         records, next_token = self.store.list(
             owner=owner, state=state, limit=size, page_token=page_token

@@ -70,6 +70,17 @@ _ADDED_INDEXES = (
 )
 
 
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+def page_limit(page_size: int) -> int:
+    """How many rows a page holds: `page_size` (0: the default), at most MAX_PAGE_SIZE."""
+    if page_size < 0:
+        raise InvalidSpecError("page_size", f"must be >= 0, got {page_size}")
+    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
 def page_before(page_token: str) -> int | None:
     """The sequence number a page token names (None for the first page). A token is a
     row's sequence number: decimal digits that fit SQLite's int64."""

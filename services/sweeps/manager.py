@@ -17,9 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.errors import AlreadyExistsError, InvalidSpecError
-from services.jobs.manager import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobManager
+from services.errors import AlreadyExistsError
+from services.jobs.manager import JobManager
 from services.jobs.records import JobState
+from services.jobs.store import page_limit
 from services.jobs.submissions import check_submission_id
 from services.metrics.sweeps import SweepMetrics
 from services.sweeps.driver import SweepDriver
@@ -122,12 +123,11 @@ class SweepManager:
         page_size: int = 0,
         page_token: str = "",
     ) -> tuple[list[SweepRecord], str]:
-        if page_size < 0:
-            raise InvalidSpecError("page_size", f"must be >= 0, got {page_size}")
+        """The principal's sweeps, newest first (an admin's list holds everyone's)."""
         return self.store.list(
             owner=None if principal.is_admin else principal.name,
             state=state,
-            limit=min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+            limit=page_limit(page_size),
             page_token=page_token,
         )
 
