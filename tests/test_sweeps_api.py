@@ -278,6 +278,7 @@ def test_sweeps_are_their_owners_and_lists_page(served: tuple, alice: Caller) ->
         root(root.sweeps, "GetSweep", spb.GetSweepRequest(sweep_id=mine.sweep_id)).owner == "alice"
     )
 
+    newer = alice(alice.sweeps, "SubmitSweep", spb.SubmitSweepRequest(spec=spec))
     listed, token = [], ""
     while True:
         page = alice(
@@ -287,6 +288,8 @@ def test_sweeps_are_their_owners_and_lists_page(served: tuple, alice: Caller) ->
         token = page.next_page_token
         if not token:
             break
-    assert listed[0] == mine.sweep_id and len(listed) == len(set(listed)) >= 2  # newest first
+    assert listed[:2] == [newer.sweep_id, mine.sweep_id]  # newest first
+    assert len(listed) == len(set(listed))
+    follow(alice, newer.sweep_id)
     done = alice(alice.sweeps, "ListSweeps", spb.ListSweepsRequest(state=pb.SUCCEEDED))
     assert mine.sweep_id in [s.sweep_id for s in done.sweeps]
