@@ -13,6 +13,7 @@ from bptrain.v1 import training_pb2 as pb
 from services.api.convert import spec_from_proto, spec_to_proto
 from services.errors import InvalidSpecError
 from services.jobs.early_stopping import EarlyStopper, StopWhenSpec
+from services.jobs.training_data import prepare_data
 from tests.conftest import digits_spec
 
 # --- the rule --------------------------------------------------------------------------
@@ -140,7 +141,13 @@ def test_a_job_that_reaches_its_target_succeeds_early_with_the_reason(
     assert points[-1].validation_accuracy >= 0.9
     assert all(not p.HasField("validation_accuracy") or p.validation_accuracy < 0.9
                for p in points[:-1])  # fmt: skip
-    assert client.weights(job.job_id)["W1"].shape == (64, 64)
+    # The weights are θ after the stopping step: they score exactly that step's
+    # validation accuracy on the job's own validation split.
+    data = prepare_data(spec_from_proto(final.spec))
+    predicted = client.model(job.job_id).predict_classes(data.X_val)
+    assert float((predicted == data.y_val).mean()) == pytest.approx(
+        points[-1].validation_accuracy, abs=1e-9
+    )
     assert client.get(job.job_id).spec.stop_when.metric == "validation_accuracy"
 
 
