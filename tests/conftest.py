@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +29,10 @@ def digits_spec(**changes: object) -> dict:
     return {**DIGITS_SPEC, **changes}
 
 
-@pytest.fixture
-def cluster() -> Iterator[dict]:
-    """A `ray start --head` cluster of its own (processes, token auth on), for tests
-    that run `bptrain serve` against a cluster."""
+@contextlib.contextmanager
+def ray_cluster() -> Iterator[dict]:
+    """A `ray start --head` cluster of its own (processes, token auth on): its port,
+    temp_dir, env, address and head (a test that restarts the head puts the new one there)."""
     import shutil
 
     from tests.processes import free_port, ray_env, short_temp_dir, start_head, stop_head
@@ -39,9 +40,20 @@ def cluster() -> Iterator[dict]:
     port, temp_dir, env = free_port(), short_temp_dir(), ray_env()
     state = {"port": port, "temp_dir": temp_dir, "env": env, "address": f"127.0.0.1:{port}"}
     state["head"] = start_head(port, temp_dir, env)
-    yield state
-    stop_head(state["head"], port, temp_dir)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        yield state
+    finally:
+        stop_head(state["head"], port, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[dict]:
+    """A cluster of the test's own (`ray_cluster`), for tests that run `bptrain serve`
+    against a cluster. A module whose tests each start and stop their own API servers
+    (each on its own storage) may share one: a module-scoped `cluster` of its own."""
+    with ray_cluster() as state:
+        yield state
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bptrain import BptrainError, Client
 from bptrain.v1 import training_pb2 as pb
-from tests.conftest import digits_spec
+from tests.conftest import digits_spec, ray_cluster
 from tests.processes import (
     start_api,
     start_head,
@@ -25,6 +26,14 @@ from tests.processes import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict]:
+    """One cluster for both tests (starting one costs some CPU seconds): each runs its own
+    API server on its own storage; the second kills the head and starts it again."""
+    with ray_cluster() as state:
+        yield state
 
 
 def follow_until(client: Client, job_id: str, step: int) -> list[int]:

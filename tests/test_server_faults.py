@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -25,11 +25,20 @@ import pytest
 
 from bptrain import Client
 from bptrain.v1 import training_pb2 as pb
-from tests.conftest import digits_spec
+from tests.conftest import digits_spec, ray_cluster
 from tests.processes import free_port, start_api
 from tests.test_faults import assert_same_weights, streamed_steps, wait_for_step
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict]:
+    """One cluster for the tests that use one (starting one costs some CPU seconds): each
+    runs its own API servers on its own storage, the stalled one first (it tells the
+    job's runner by its process title)."""
+    with ray_cluster() as state:
+        yield state
 
 
 def stop_api(api) -> None:
