@@ -62,6 +62,7 @@ class SweepStore:
 
     def __init__(self, path: Path | str) -> None:
         self._lock = threading.Lock()
+        self._specs: dict[str, SweepSpec] = {}  # by sweep id (_spec)
         self._db = sqlite3.connect(Path(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         with self._lock:
@@ -210,6 +211,15 @@ class SweepStore:
             )
         return events
 
+    def _spec(self, sweep_id: str, text: str) -> SweepSpec:
+        """A sweep's spec, parsed and checked once: it never changes once stored, and
+        building it validates the base job and every parameter's extremes (several
+        JobSpecs), while the driver reads its sweeps many times a second."""
+        spec = self._specs.get(sweep_id)
+        if spec is None:
+            spec = self._specs[sweep_id] = SweepSpec.from_dict(json.loads(text))
+        return spec
+
     def _record(self, row: sqlite3.Row) -> SweepRecord:
         trials = self._db.execute(
             "SELECT trial FROM sweep_trials WHERE sweep_id = ? ORDER BY number",
@@ -217,7 +227,7 @@ class SweepStore:
         ).fetchall()
         return SweepRecord(
             sweep_id=row["sweep_id"],
-            spec=SweepSpec.from_dict(json.loads(row["spec_json"])),
+            spec=self._spec(row["sweep_id"], row["spec_json"]),
             owner=row["owner"],
             owner_is_admin=bool(row["owner_is_admin"]),
             state=JobState(row["state"]),
