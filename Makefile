@@ -45,7 +45,7 @@ lint: $(STAMP) $(HADOLINT) $(DCLINT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(HADOLINT) Dockerfile
+	$(HADOLINT) Dockerfile deploy/prometheus/Dockerfile
 	$(PY) deploy/lint/validate_compose.py docker-compose.yml
 	$(DCLINT) --config deploy/lint/.dclintrc.json --max-warnings 0 docker-compose.yml
 	@if command -v promtool >/dev/null; then promtool check config deploy/prometheus.yml; \
@@ -97,3 +97,18 @@ bench-load: $(STAMP)
 .PHONY: bench-sweep
 bench-sweep: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/sweep.py
+
+# The docker-compose cluster for real (deploy/cluster/cluster.py; as root where the engine must
+# be installed or started): build the images here (a Debian-bootstrapped base where Docker Hub
+# cannot be reached, wheels cached on the host for an air-gapped build), bring up ray-head, two
+# ray-workers, the api and prometheus, wait for their health checks. cluster-test then runs
+# tests/cluster (a job across the containers, Prometheus, worker and api faults) and tears down.
+.PHONY: cluster-up cluster-test cluster-down
+cluster-up: $(STAMP)
+	$(PY) deploy/cluster/cluster.py up
+
+cluster-test: $(STAMP)
+	$(PY) deploy/cluster/cluster.py test
+
+cluster-down: $(STAMP)
+	$(PY) deploy/cluster/cluster.py down

@@ -56,11 +56,14 @@ def test_the_build_installs_the_tested_ray_and_cupy_only_for_gpu(
 ) -> None:
     built = run_stage(BUILD, tmp_path, None if variant is None else {"VARIANT": variant})
     assert built.returncode == 0, built.stderr
-    installed = {a for call in built.of("pip") if call[0] == "install" for a in call[1:]}
-    requirements = {a for a in installed if not a.startswith("-")}
+    calls = [call[1:] for call in built.of("pip") if call[0] == "install"]
+    installed = {a for call in calls for a in call}
+    files = {call[i + 1] for call in calls for i, a in enumerate(call[:-1]) if a == "-r"}
+    requirements = {a for a in installed if not a.startswith("-")} - files
     cupy = {r for r in requirements if r.startswith("cupy")}
     ray_pin = f"ray[default]=={BUILD.args()['RAY_VERSION']}"
     assert requirements - cupy == {ray_pin, "./"}  # bptrain itself, and Ray
+    assert len(files) == 1  # bptrain's dependencies, read from pyproject.toml
     assert re.fullmatch(r"ray\[default\]==\d+\.\d+\.\d+", ray_pin)  # an exact version
     if variant == "gpu":
         [pin] = cupy
@@ -132,10 +135,15 @@ def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
 
     copies = [args for stage in IMAGE.stages for args in stage.all("COPY")]
     copied = [src for args in copies if "--from" not in args for src in args.split()[:-1]]
-    assert copied == ["pyproject.toml", "README.md", "bptrain", "services", "worker"]
-    for source in copied:
+    wheelhouse = "${WHEELHOUSE}/"
+    assert sorted(copied) == sorted(
+        [wheelhouse, "pyproject.toml", "README.md", "bptrain", "services", "worker"]
+    )
+    # The wheel folders: the default (a README only) and the one `make cluster-up` fills.
+    wheel_folders = [BUILD.args()["WHEELHOUSE"], ".cluster/wheelhouse"]
+    for source in [s for s in copied if s != wheelhouse] + wheel_folders:
         assert is_sent(source), source
-    for kept_out in (".venv", ".git", "tests", ".bptrain", "services/__pycache__"):
+    for kept_out in (".venv", ".git", "tests", ".bptrain", "services/__pycache__", ".cluster"):
         assert not is_sent(kept_out), kept_out
 
 
@@ -234,6 +242,32 @@ def test_the_dashboard_charts_what_the_issue_asks_for() -> None:
     assert all(p.get("targets") for p in charted)
     names = {n for p in charted for t in p["targets"] for n in metric_names(t["expr"])}
     assert not ASKED_FOR - names, ASKED_FOR - names
+
+
+def test_the_dashboard_loads_as_grafanas_own_model_and_keeps_every_field() -> None:
+    """Grafana's schema for the version compose runs (grafana-foundation-sdk 11.2, generated
+    from it): the file parses into its Dashboard model, each panel's queries into Prometheus
+    queries, and no key the file sets is unknown to the model (the model drops those, so a
+    misspelt key shows as missing on the way back)."""
+    from grafana_foundation_sdk.cog import plugins
+    from grafana_foundation_sdk.models import dashboard, prometheus
+
+    plugins.register_default_plugins()
+    model = dashboard.Dashboard.from_json(DASHBOARD)
+    back = json.loads(json.dumps(model.to_json(), default=lambda part: part.to_json()))
+
+    assert set(DASHBOARD) <= set(back)
+    assert len(model.panels) == len(DASHBOARD["panels"])
+    for given, parsed, returned in zip(
+        DASHBOARD["panels"], model.panels, back["panels"], strict=True
+    ):
+        assert set(given) - set(returned) == set(), given["title"]
+        assert parsed.targets and all(isinstance(t, prometheus.Dataquery) for t in parsed.targets)
+        assert [t["expr"] for t in returned["targets"]] == [t["expr"] for t in given["targets"]]
+    for given, returned in zip(
+        DASHBOARD["templating"]["list"], back["templating"]["list"], strict=True
+    ):
+        assert set(given) - set(returned) == set(), given["name"]
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:

@@ -431,3 +431,25 @@ def test_the_running_jobs_quota_holds_a_principals_jobs_while_others_start(
         for job in (first, held, bobs):
             manager.cancel(job.job_id, principal=ROOT)
         manager.shutdown()
+
+
+def test_a_stream_closed_from_another_context_restores_nothing_and_raises_nothing() -> None:
+    """A follower that leaves mid-stream: asyncio's generator finalizer closes the stream's
+    scope in a context of its own, where the principal was never set."""
+    import asyncio
+    import contextvars
+
+    from services.api import auth
+
+    async def stream():
+        async with auth._as(Principal("alice", is_admin=False)):
+            yield auth.caller()
+
+    async def follow_then_leave() -> str:
+        follower = stream()
+        first = await follower.__anext__()
+        loop = asyncio.get_running_loop()
+        await loop.create_task(follower.aclose(), context=contextvars.Context())
+        return first.name
+
+    assert asyncio.run(follow_then_leave()) == "alice"

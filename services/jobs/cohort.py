@@ -23,6 +23,7 @@ from services.jobs.cohort_actors import (
     PING_TIMEOUT_S,
     PLACEMENT_TIMEOUT_S,
     PlacementError,
+    actor_incarnation,
     answers,
     kill,
     new_gradient_worker,
@@ -61,7 +62,8 @@ class Cohort:
         self.placement: list[dict] = []
         self.replacements = 0  # actors replaced so far
         self.graph = None  # the compiled bsp step, while one is built (see compile_step)
-        self._generation = 0  # suffix that keeps a replacement's name unique
+        self._generation = 0  # with the incarnation, keeps a replacement's name unique
+        self._incarnation = actor_incarnation()
         self._shards = []  # (X ref, y ref) per worker
         # bsp servers run calls in the order sent: an export sent between two steps'
         # calls finds every shard at the same step
@@ -218,7 +220,7 @@ class Cohort:
     def _start_ps(self, at_most: int | None = None) -> int:
         self._generation += 1
         self.servers = new_parameter_servers(
-            self.job_id, self.spec, self.schedule, self._generation
+            self.job_id, self.spec, self.schedule, f"{self._generation}-{self._incarnation}"
         )
         latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
         if latest is None:
@@ -230,7 +232,7 @@ class Cohort:
     def _new_worker(self, i: int) -> ray.actor.ActorHandle:
         self._generation += 1
         return new_gradient_worker(
-            name=f"{self.job_id}/worker-{i}.{self._generation}",
+            name=f"{self.job_id}/worker-{i}.{self._generation}-{self._incarnation}",
             spec=self.spec,
             data=self.data,
             shard=self._shards[i],

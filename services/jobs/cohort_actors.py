@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -29,10 +31,19 @@ class PlacementError(Exception):
         )
 
 
+def actor_incarnation() -> str:
+    """A short random id for the actor names of one cohort object. A new runner counts its
+    generations from 1 again, while the actors of the runner it replaces may still hold
+    their names: when a node vanishes (a container killed), Ray frees them only once it
+    declares the node dead, seconds after the new runner has started."""
+    return uuid.uuid4().hex[:6]
+
+
 def new_parameter_servers(
-    job_id: str, spec: JobSpec, schedule: LRSchedule, generation: int
+    job_id: str, spec: JobSpec, schedule: LRSchedule, generation: str
 ) -> list[ray.actor.ActorHandle]:
-    """One parameter-server actor per θ shard, at θ's initial values."""
+    """One parameter-server actor per θ shard, at θ's initial values; `generation` keeps
+    the names of replacements unique."""
     # bsp steps come one at a time; asp/ssp pushes must not queue behind one whose
     # gradient is not there yet, so those servers take calls on several threads.
     concurrency = 1 if spec.consistency == "bsp" else 2 * spec.workers + 4

@@ -21,6 +21,7 @@ from ray.exceptions import GetTimeoutError, RayTaskError
 from services.cluster import remote_class
 from services.jobs.checkpoints import CheckpointStore, split_shards
 from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
+from services.jobs.cohort_actors import actor_incarnation
 from services.jobs.faults import FAULTS
 from services.jobs.kept_workers import KeptWorkers
 from services.jobs.spec import JobSpec
@@ -74,7 +75,8 @@ class ColocatedCohort:
         self.placement: list[dict] = []
         self.transport = ""
         self.replacements = 0
-        self._generation = 0
+        self._generation = 0  # with the incarnation, keeps a replacement's name unique
+        self._incarnation = actor_incarnation()
         self._shards: list[tuple[ray.ObjectRef, ray.ObjectRef]] = []
         self._kept = kept
 
@@ -143,7 +145,7 @@ class ColocatedCohort:
         return (
             remote_class(self._kind)
             .options(
-                name=f"{self.job_id}/worker-{i}.{self._generation}",
+                name=f"{self.job_id}/worker-{i}.{self._generation}-{self._incarnation}",
                 num_cpus=self.worker_cpus,
                 max_concurrency=4,  # train, and drain / state_dict / export beside it
                 scheduling_strategy="SPREAD",
