@@ -28,6 +28,7 @@ from bptrain import Client
 from bptrain.specfile import spec_from_dict
 from bptrain.v1 import training_pb2 as pb
 from services.api.convert import spec_from_proto
+from services.jobs.cohort_actors import kill_strays
 from services.jobs.records import JobState
 from services.jobs.runner import RECOVERY_ATTEMPTS, JobRunner
 from services.jobs.runner_options import RunnerOptions
@@ -119,7 +120,8 @@ def named(job_id: str, role: str) -> set[str]:
 
 
 def generation(name: str) -> int:
-    return int(name.rsplit(".", 1)[1])  # "{job}/worker-1.3": the 3rd set of actors
+    # "{job}/worker-1.3-5e0f1a": the 3rd set of actors of the cohort object 5e0f1a
+    return int(name.rsplit(".", 1)[1].split("-")[0])
 
 
 def kill_new_actors(job_id: str, role: str, known: set[str], count: int) -> list[str]:
@@ -273,3 +275,31 @@ def test_run_called_twice_trains_once(ray_session: None) -> None:
     update = ray.get(runner.poll.remote(0, 0.0))
     assert update.state is JobState.SUCCEEDED
     assert [p.step for p in update.points] == list(range(1, 201))
+
+
+@ray.remote(num_cpus=0)
+class _Named:
+    def ping(self) -> bool:
+        return True
+
+
+def test_a_new_cohort_kills_what_the_runner_it_replaces_left_and_nothing_else(
+    ray_session: None,
+) -> None:
+    """A runner whose node vanished leaves its actors on other nodes alive (holding their
+    CPUs) until Ray declares that node dead; the next cohort of the job kills them when it
+    starts: only that job's workers and parameter servers of other incarnations."""
+    job = "job-0000strays"
+    strays = [f"{job}/worker-0.1-aaaaaa", f"{job}/ps-1.2-aaaaaa"]
+    kept = [f"{job}/worker-0.1-bbbbbb", f"{job}/runner", "job-0000others/worker-0.1-aaaaaa"]
+    actors = {name: _Named.options(name=name).remote() for name in strays + kept}
+    assert all(ray.get([actor.ping.remote() for actor in actors.values()], timeout=60))
+
+    assert sorted(kill_strays(job, "bbbbbb")) == sorted(strays)
+
+    for name in strays:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actors[name].ping.remote(), timeout=60)
+    assert all(ray.get([actors[name].ping.remote() for name in kept], timeout=60))
+    for actor in actors.values():
+        ray.kill(actor)

@@ -26,6 +26,7 @@ from services.jobs.cohort_actors import (
     actor_incarnation,
     answers,
     kill,
+    kill_strays,
     new_gradient_worker,
     new_parameter_servers,
     restore_parameter_servers,
@@ -78,6 +79,8 @@ class Cohort:
         self._shards = [
             tuple(ray.put(part) for part in self.data.shard(i)) for i in range(self.spec.workers)
         ]
+        if strays := kill_strays(self.job_id, self._incarnation):
+            log.info("job %s: killed %s, left by the runner this one replaces", self.job_id, strays)
         resumed = self._start_ps(resume_at_most)
         self.workers = [self._new_worker(i) for i in range(self.spec.workers)]
         self.placement = wait_placed(self.workers, self.worker_cpus)

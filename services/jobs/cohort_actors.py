@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import ray
@@ -127,3 +128,19 @@ def answers(method) -> bool:
 
 def kill(actor: ray.actor.ActorHandle) -> None:
     ray.kill(actor, no_restart=True)  # a no-op for an actor that is already dead
+
+
+def kill_strays(job_id: str, incarnation: str) -> list[str]:
+    """Kill the job's workers and parameter servers that another cohort object made (the
+    runner this one replaces); returns their names. Ray kills a dead runner's actors with
+    it, but when the runner's whole node vanished (a container or machine gone) only once
+    it declares the node dead, tens of seconds later: until then the survivors elsewhere
+    hold their CPUs, which the new cohort's workers wait for."""
+    stray = re.compile(rf"{re.escape(job_id)}/(worker|ps)-\d+\.\d+-(?!{incarnation}$)\w+")
+    names = [name for name in ray.util.list_named_actors() if stray.fullmatch(name)]
+    for name in names:
+        try:
+            kill(ray.get_actor(name))
+        except ValueError:  # ended meanwhile
+            continue
+    return names

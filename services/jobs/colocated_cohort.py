@@ -21,7 +21,7 @@ from ray.exceptions import GetTimeoutError, RayTaskError
 from services.cluster import remote_class
 from services.jobs.checkpoints import CheckpointStore, split_shards
 from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
-from services.jobs.cohort_actors import actor_incarnation
+from services.jobs.cohort_actors import actor_incarnation, kill_strays
 from services.jobs.faults import FAULTS
 from services.jobs.kept_workers import KeptWorkers
 from services.jobs.spec import JobSpec
@@ -84,6 +84,8 @@ class ColocatedCohort:
         """Create and connect every worker; returns the step they continue from."""
         n = self.spec.workers
         self._shards = [tuple(ray.put(part) for part in self.data.shard(i)) for i in range(n)]
+        if strays := kill_strays(self.job_id, self._incarnation):
+            log.info("job %s: killed %s, left by the runner this one replaces", self.job_id, strays)
         return self._start(resume_at_most)
 
     def _start(self, at_most: int | None) -> int:
