@@ -19,6 +19,7 @@ import click
 from services.api.server import ServerConfig, TlsConfig
 from services.cluster import RayConfig
 from services.errors import UnavailableError
+from services.jobs.lead import MAX_LEAD_S
 from services.jobs.manager import JobsConfig
 from services.metrics import MetricsConfig
 from services.serve import serve
@@ -53,6 +54,14 @@ from services.tenancy import Quotas, parse_principals
     type=float,
     help="Seconds a standby runner keeps its last job's workers for a job of the same shape "
     "(0: never; kept workers hold their CPUs, and are dropped when another job needs them).",
+)
+@click.option(
+    "--max-lead-s",
+    default=MAX_LEAD_S,
+    show_default=True,
+    type=float,
+    help="Seconds of training a job's runner may run past the last step the store holds "
+    "(0.5-3600): what a stalled or restarted API server costs in steps trained again.",
 )
 @click.option(
     "--max-dataset-bytes", default=1 << 30, show_default=True, type=int, help="Upload size limit."
@@ -154,6 +163,7 @@ def _configs(o: dict[str, Any]) -> tuple[ServerConfig, JobsConfig, RayConfig, Me
         max_queued_jobs=o["max_queued_jobs"],
         standby_runners=o["standby_runners"],
         keep_workers_s=o["keep_workers_s"],
+        max_lead_s=o["max_lead_s"],
         max_dataset_bytes=o["max_dataset_bytes"],
         quotas=quotas,
     )

@@ -216,10 +216,12 @@ def start_api(
     port: int = 0,
     num_cpus: int | None = None,
     standby_runners: int | None = None,
+    max_lead_s: float | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """`bptrain serve --ray-address ADDRESS` (address None: on an embedded Ray with
     `num_cpus`) on `port` (0: a free one); returns (process, port). `standby_runners`
-    0 lets a test tell the job's runner by its process title (no idle standby beside it)."""
+    0 lets a test tell the job's runner by its process title (no idle standby beside it);
+    a short `max_lead_s` holds a runner past a stalled API sooner (fewer steps needed)."""
     port_file = storage / "port"
     port_file.unlink(missing_ok=True)
     log = open(storage / "server.log", "a")  # noqa: SIM115
@@ -231,6 +233,8 @@ def start_api(
         command += ["--num-cpus", str(num_cpus)]
     if standby_runners is not None:
         command += ["--standby-runners", str(standby_runners)]
+    if max_lead_s is not None:
+        command += ["--max-lead-s", str(max_lead_s)]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (port_file.exists() and port_file.read_text().strip()):

@@ -191,6 +191,7 @@ def test_serve_refuses_a_standby_runner_count_out_of_range(count: str) -> None:
     [
         ("--max-streams", "0", "max_streams must be in [1, max_concurrent_rpcs = 4096], got 0"),
         ("--threads", "0", "threads must be in [1, 1024], got 0"),
+        ("--max-lead-s", "0.1", "max_lead_s must be in [0.5, 3600], got 0.1"),
         ("--quota-queued-jobs", "0", "quota queued_jobs must be >= 1 or unset, got 0"),
         ("--quota-dataset-bytes", "-5", "quota dataset_bytes must be >= 0 or unset, got -5"),
     ],

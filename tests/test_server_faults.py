@@ -81,15 +81,19 @@ def runner_pids(head_pid: int) -> list[int]:
     ]
 
 
-# A runner holds about 5 s of training past the stored step (at 300): 4,950 to 8,800 steps
-# past it here (the stopped API leaves the cores to the workers), short of this end.
-STALL_STEPS = 15_000
+# With --max-lead-s 1, a runner holds about 1 s of training past the stored step (at 300):
+# 1,000 to 1,800 steps past it here (the stopped API leaves the cores to the workers), well
+# short of this end, which leaves steps for the new runner's workers to be killed in.
+STALL_LEAD_S = 1.0
+STALL_STEPS = 6_000
 
 
 def test_a_stalled_api_then_a_killed_runner_and_shard_lose_no_step(
     cluster: dict, tmp_path: Path
 ) -> None:
-    api, port = start_api(tmp_path, cluster["address"], cluster["env"], standby_runners=0)
+    api, port = start_api(
+        tmp_path, cluster["address"], cluster["env"], standby_runners=0, max_lead_s=STALL_LEAD_S
+    )
     try:
         with Client(f"127.0.0.1:{port}") as client:
             spec = digits_spec(steps=STALL_STEPS, checkpoint_every=50)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.jobs.lead import MAX_LEAD_S
 from services.tenancy import Quotas
 
 
@@ -24,6 +25,7 @@ class JobsConfig:
     max_dataset_bytes: int = 1 << 30
     standby_runners: int = 1  # runners kept booted for the next job (services/jobs/runner_pool.py)
     keep_workers_s: float = 60.0  # a standby keeps its last job's workers (kept_workers.py)
+    max_lead_s: float = MAX_LEAD_S  # how far a runner trains past the stored step (lead.py)
     quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
@@ -39,6 +41,8 @@ class JobsConfig:
             raise ValueError(f"standby_runners must be in [0, 8], got {self.standby_runners}")
         if not 0 <= self.keep_workers_s <= 86_400:
             raise ValueError(f"keep_workers_s must be in [0, 86400], got {self.keep_workers_s}")
+        if not 0.5 <= self.max_lead_s <= 3600:
+            raise ValueError(f"max_lead_s must be in [0.5, 3600], got {self.max_lead_s}")
 
     @property
     def database(self) -> Path:

@@ -168,6 +168,7 @@ class JobManager:
                 worker_cpus=self.config.worker_cpus,
                 # a trial's points reach its sweep's scheduler sooner, its verdict the trial
                 drain_period_s=TRIAL_DRAIN_PERIOD_S if record.sweep_id else DRAIN_PERIOD_S,
+                max_lead_s=self.config.max_lead_s,
             ),
             callbacks=MonitorCallbacks(on_change=self._notify, on_end=self._job_ended),
             metrics=self.metrics,

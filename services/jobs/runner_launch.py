@@ -9,6 +9,7 @@ from pathlib import Path
 import ray
 
 from services.cluster import remote_class
+from services.jobs.lead import MAX_LEAD_S
 from services.jobs.records import JobRecord
 from services.jobs.run_status import DRAIN_PERIOD_S
 from services.jobs.runner import JobRunner
@@ -41,6 +42,7 @@ class JobSetup:
     - `datasets_dir`: where uploaded datasets are.
     - `worker_cpus`: the CPUs each of the job's workers reserves.
     - `drain_period_s`: how often its runner drains the workers' statistics.
+    - `max_lead_s`: how far (in seconds of training) its runner may run past the stored step.
     """
 
     weights_path: Path
@@ -48,6 +50,7 @@ class JobSetup:
     datasets_dir: Path
     worker_cpus: float
     drain_period_s: float = DRAIN_PERIOD_S
+    max_lead_s: float = MAX_LEAD_S
 
 
 def runner_options(setup: JobSetup, *, resume_at_most: int) -> RunnerOptions:
@@ -59,6 +62,7 @@ def runner_options(setup: JobSetup, *, resume_at_most: int) -> RunnerOptions:
         checkpoint_dir=setup.checkpoint_dir.resolve(),
         resume_at_most=resume_at_most,
         drain_period_s=setup.drain_period_s,
+        max_lead_s=setup.max_lead_s,
     )
 
 
