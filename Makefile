@@ -26,9 +26,10 @@ demo: proto
 
 # Whole test modules run in TEST_PROCESSES parallel processes (pytest-xdist's loadfile): most
 # tests wait on Ray processes, not on a core. TEST_PROCESSES=0 runs them in this process.
+# The longest modules first (tests/conftest.py, LONGEST_FIRST; xdist keeps that order).
 TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 # 100 random SIGKILLs (workers, runners, the API) over long bsp, ssp and asp jobs: every step
 # streamed once, bsp θ as without faults; prints the recovery times. Minutes; CI runs it too.
