@@ -297,9 +297,12 @@ def test_a_new_cohort_kills_what_the_runner_it_replaces_left_and_nothing_else(
 
     assert sorted(kill_strays(job, "bbbbbb")) == sorted(strays)
 
-    for name in strays:
+    for name in strays:  # ray.kill returns before the kill: a call sent at once may pass
+        deadline = time.monotonic() + 60
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actors[name].ping.remote(), timeout=60)
+            while time.monotonic() < deadline:
+                ray.get(actors[name].ping.remote(), timeout=60)
+                time.sleep(0.1)
     assert all(ray.get([actors[name].ping.remote() for name in kept], timeout=60))
     for actor in actors.values():
         ray.kill(actor)

@@ -52,6 +52,7 @@ LOCAL_PROMETHEUS = "bptrain-prometheus:debian"
 BPTRAIN_IMAGE = "bptrain:0.1.0"
 IMAGE_LABEL = "org.opencontainers.image.title=bptrain"  # the Dockerfile's runtime stage
 SERVICES = ("ray-head", "ray-worker", "api", "prometheus")  # grafana: no image here
+SECRETS = ("RAY_AUTH_TOKEN", "BPTRAIN_TOKEN", "GRAFANA_ADMIN_PASSWORD")  # compose requires
 PULL_TIMEOUT_S = 60.0
 UP_TIMEOUT_S = 300
 
@@ -83,14 +84,12 @@ class Phases:
         return "\n".join(lines)
 
 
-def run(*command: str, check: bool = True, quiet: bool = False, **kwargs) -> str:
+def run(*command: str, check: bool = True, **kwargs) -> str:
     """Run a command; its stdout, or ClusterError with the tail of its output."""
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         tail = (result.stdout + result.stderr).strip()[-3000:]
         raise ClusterError(f"{' '.join(command[:4])} ... failed ({result.returncode}):\n{tail}")
-    if not quiet and result.returncode != 0:
-        print(result.stderr.strip()[-500:], file=sys.stderr)
     return result.stdout
 
 
@@ -140,9 +139,13 @@ class Cluster:
     project: str
 
     def compose(self, *args: str, **kwargs) -> str:
+        env_file, placeholders = ENV_FILE, {}
+        if not ENV_FILE.is_file():  # never up here: enough for compose to read the file
+            env_file, placeholders = Path(os.devnull), {name: "-" for name in SECRETS}
         return run(
-            "docker", "compose", "--env-file", str(ENV_FILE), "-p", self.project,
-            "-f", str(ROOT / "docker-compose.yml"), *args, cwd=ROOT, **kwargs,
+            "docker", "compose", "--env-file", str(env_file), "-p", self.project,
+            "-f", str(ROOT / "docker-compose.yml"), *args,
+            cwd=ROOT, env={**placeholders, **os.environ}, **kwargs,
         )  # fmt: skip
 
     def leftovers(self) -> list[str]:
@@ -263,8 +266,6 @@ def up(cluster: Cluster, phases: Phases) -> None:
 
 def down(cluster: Cluster, phases: Phases) -> None:
     with phases.phase("down") as detail:
-        if not ENV_FILE.is_file():  # compose needs the variables only to read the file
-            write_env({"RAY_AUTH_TOKEN": "-", "BPTRAIN_TOKEN": "-", "GRAFANA_ADMIN_PASSWORD": "-"})
         cluster.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
         left = cluster.leftovers()
         if left:

@@ -24,6 +24,7 @@ from services.jobs.cohort_actors import (
     PLACEMENT_TIMEOUT_S,
     PlacementError,
     actor_incarnation,
+    actor_name,
     answers,
     kill,
     kill_strays,
@@ -79,8 +80,7 @@ class Cohort:
         self._shards = [
             tuple(ray.put(part) for part in self.data.shard(i)) for i in range(self.spec.workers)
         ]
-        if strays := kill_strays(self.job_id, self._incarnation):
-            log.info("job %s: killed %s, left by the runner this one replaces", self.job_id, strays)
+        kill_strays(self.job_id, self._incarnation)
         resumed = self._start_ps(resume_at_most)
         self.workers = [self._new_worker(i) for i in range(self.spec.workers)]
         self.placement = wait_placed(self.workers, self.worker_cpus)
@@ -223,7 +223,7 @@ class Cohort:
     def _start_ps(self, at_most: int | None = None) -> int:
         self._generation += 1
         self.servers = new_parameter_servers(
-            self.job_id, self.spec, self.schedule, f"{self._generation}-{self._incarnation}"
+            self.job_id, self.spec, self.schedule, self._generation, self._incarnation
         )
         latest = self.checkpoints.latest(at_most) if self.checkpoints is not None else None
         if latest is None:
@@ -235,7 +235,7 @@ class Cohort:
     def _new_worker(self, i: int) -> ray.actor.ActorHandle:
         self._generation += 1
         return new_gradient_worker(
-            name=f"{self.job_id}/worker-{i}.{self._generation}-{self._incarnation}",
+            name=actor_name(self.job_id, "worker", i, self._generation, self._incarnation),
             spec=self.spec,
             data=self.data,
             shard=self._shards[i],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
@@ -15,6 +16,8 @@ from services.paramserver.optimizers import LRSchedule
 from services.paramserver.server import ParameterServer
 from worker.gradient_worker import GradientWorker
 from worker.layout import ParamLayout
+
+log = logging.getLogger(__name__)
 
 PLACEMENT_TIMEOUT_S = 120.0
 PING_TIMEOUT_S = 5.0
@@ -40,18 +43,23 @@ def actor_incarnation() -> str:
     return uuid.uuid4().hex[:6]
 
 
+def actor_name(job_id: str, role: str, index: int, generation: int, incarnation: str) -> str:
+    """`{job}/{role}-{index}.{generation}-{incarnation}` (role worker or ps): unique across
+    replacements (generation) and runners (incarnation); `kill_strays` reads it back."""
+    return f"{job_id}/{role}-{index}.{generation}-{incarnation}"
+
+
 def new_parameter_servers(
-    job_id: str, spec: JobSpec, schedule: LRSchedule, generation: str
+    job_id: str, spec: JobSpec, schedule: LRSchedule, generation: int, incarnation: str
 ) -> list[ray.actor.ActorHandle]:
-    """One parameter-server actor per θ shard, at θ's initial values; `generation` keeps
-    the names of replacements unique."""
+    """One parameter-server actor per θ shard, at θ's initial values."""
     # bsp steps come one at a time; asp/ssp pushes must not queue behind one whose
     # gradient is not there yet, so those servers take calls on several threads.
     concurrency = 1 if spec.consistency == "bsp" else 2 * spec.workers + 4
     return [
         ray.remote(ParameterServer)
         .options(
-            name=f"{job_id}/ps-{s}.{generation}",
+            name=actor_name(job_id, "ps", s, generation, incarnation),
             num_cpus=0,
             max_concurrency=concurrency,
         )
@@ -143,4 +151,6 @@ def kill_strays(job_id: str, incarnation: str) -> list[str]:
             kill(ray.get_actor(name))
         except ValueError:  # ended meanwhile
             continue
+    if names:
+        log.info("job %s: killed %s, left by the runner this one replaces", job_id, names)
     return names

@@ -21,7 +21,7 @@ from ray.exceptions import GetTimeoutError, RayTaskError
 from services.cluster import remote_class
 from services.jobs.checkpoints import CheckpointStore, split_shards
 from services.jobs.cohort import PLACEMENT_TIMEOUT_S, PlacementError
-from services.jobs.cohort_actors import actor_incarnation, kill_strays
+from services.jobs.cohort_actors import actor_incarnation, actor_name, kill_strays
 from services.jobs.faults import FAULTS
 from services.jobs.kept_workers import KeptWorkers
 from services.jobs.spec import JobSpec
@@ -84,8 +84,7 @@ class ColocatedCohort:
         """Create and connect every worker; returns the step they continue from."""
         n = self.spec.workers
         self._shards = [tuple(ray.put(part) for part in self.data.shard(i)) for i in range(n)]
-        if strays := kill_strays(self.job_id, self._incarnation):
-            log.info("job %s: killed %s, left by the runner this one replaces", self.job_id, strays)
+        kill_strays(self.job_id, self._incarnation)
         return self._start(resume_at_most)
 
     def _start(self, at_most: int | None) -> int:
@@ -147,7 +146,7 @@ class ColocatedCohort:
         return (
             remote_class(self._kind)
             .options(
-                name=f"{self.job_id}/worker-{i}.{self._generation}-{self._incarnation}",
+                name=actor_name(self.job_id, "worker", i, self._generation, self._incarnation),
                 num_cpus=self.worker_cpus,
                 max_concurrency=4,  # train, and drain / state_dict / export beside it
                 scheduling_strategy="SPREAD",

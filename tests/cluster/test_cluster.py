@@ -12,9 +12,11 @@ its recovery time.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -39,18 +41,26 @@ if PROJECT is None:
     pytest.skip("run by `make cluster-test` (a compose cluster)", allow_module_level=True)
 
 
+def cluster_driver():
+    """deploy/cluster/cluster.py, the driver that brought the cluster up (not a package)."""
+    path = ROOT / "deploy" / "cluster" / "cluster.py"
+    spec = importlib.util.spec_from_file_location("cluster_driver", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+DRIVER = cluster_driver()
+
+
 @dataclass(frozen=True)
 class ComposeCluster:
     project: str
-    env: dict[str, str]
+    env: dict[str, str]  # .cluster/env: secrets and published ports
 
-    def compose(self, *args: str, check: bool = True) -> str:
-        command = ["docker", "compose", "--env-file", str(ROOT / ".cluster" / "env")]
-        command += ["-p", self.project, "-f", str(ROOT / "docker-compose.yml"), *args]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)}: {result.stdout}{result.stderr}")
-        return result.stdout
+    def compose(self, *args: str) -> str:
+        return DRIVER.Cluster(self.project).compose(*args)
 
     def containers(self, service: str) -> list[str]:
         """Full ids of the service's running containers, in a stable order."""
@@ -98,9 +108,7 @@ def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 120.0)
 
 @pytest.fixture(scope="module")
 def cluster() -> ComposeCluster:
-    lines = (ROOT / ".cluster" / "env").read_text().splitlines()
-    env = dict(line.split("=", 1) for line in lines if "=" in line)
-    return ComposeCluster(PROJECT, env)
+    return ComposeCluster(PROJECT, DRIVER.read_env())
 
 
 @dataclass
