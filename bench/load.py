@@ -2,24 +2,28 @@
 
 A real `bptrain serve` (embedded Ray, a free loopback port, a fresh storage directory)
 runs one job (digits through a 64-2048-2048-10 MLP: a few steps a second, so that a
-thousand followers get a few thousand messages a second). This process, an asyncio gRPC
-client, then opens
+thousand followers get a few thousand messages a second). Then two client processes:
 
-  followers   StreamMetrics from after_step 0, spread over `--channels` connections
-  clients     each a loop of SubmitJob(validate_only) then GetJob, `--rate` rounds a
-              second (10: 1,000 calls a second from 50 clients), or back to back with
-              --rate 0, which measures saturation: each call then waits for the other
-              clients' (latency = clients / throughput)
-  health      one loop of grpc.health.v1 Check, every 20 ms
+  followers   (a process of their own) StreamMetrics from after_step 0, spread over
+              `--channels` connections
+  clients     (this process, asyncio) each a loop of SubmitJob(validate_only) then
+              GetJob, `--rate` rounds a second (10: 1,000 calls a second from 50
+              clients), or back to back with --rate 0, which measures saturation: each
+              call then waits for the other clients' (latency = clients / throughput)
+  health      (this process) one loop of grpc.health.v1 Check, every 20 ms
 
-until the job ends, and reports
+until the job ends. The followers receive several thousand messages a second: in a
+process of their own, their reading does not queue the measured calls behind it (the
+clients' own event-loop lag is reported beside the latencies to show it). It reports
 
-  - p50/p99 latency of health Check, GetJob and SubmitJob(validate_only), and errors;
+  - p50/p99 latency of health Check, GetJob and SubmitJob(validate_only), and errors,
+    and the clients' event-loop lag;
   - whether every follower received every stored step exactly once, then the final job;
   - fan-out lag: for each step, when each follower received it, minus when the first
     follower did (what serving many followers adds; the job's points reach the API in
     batches every 0.5 s, by design, which no follower can see sooner);
-  - the server's resident memory before the followers and with them all open.
+  - the server's resident memory before the followers and with them all open, and the
+    CPU seconds of the server and of each client process.
 
     python bench/load.py                       # 1000 followers, 50 clients
     python bench/load.py --followers 100 --clients 5 --steps 60 --json out.json
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
@@ -52,6 +58,7 @@ from examples.demo import start_server  # noqa: E402
 
 GOALS_MS = {"health": 100.0, "get_job": 50.0, "submit_validate": 20.0, "fan_out_lag": 50.0}
 HEALTH_PERIOD_S = 0.02
+LAG_PROBE_S = 0.01
 
 
 def job_spec(steps: int) -> dict:
@@ -76,14 +83,19 @@ def job_spec(steps: int) -> dict:
 class Follower:
     steps: list[int] = field(default_factory=list)
     received_at: list[float] = field(default_factory=list)
-    final: pb.Job | None = None
+    ended: bool = False  # the final job came
     error: str = ""
 
 
 @dataclass
 class Timings:
     seconds: dict[str, list[float]] = field(
-        default_factory=lambda: {"health": [], "get_job": [], "submit_validate": []}
+        default_factory=lambda: {
+            "health": [],
+            "get_job": [],
+            "submit_validate": [],
+            "client_loop_lag": [],
+        }
     )
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -116,7 +128,7 @@ async def follow(stub: training_pb2_grpc.TrainingServiceStub, job_id: str, out: 
     try:
         async for answer in stub.StreamMetrics(pb.StreamMetricsRequest(job_id=job_id)):
             if answer.HasField("final"):
-                out.final = answer.final
+                out.ended = True
             else:
                 out.steps.append(answer.point.step)
                 out.received_at.append(time.perf_counter())
@@ -163,9 +175,48 @@ async def health_loop(channel: grpc.aio.Channel, timings: Timings, done: asyncio
         await asyncio.sleep(HEALTH_PERIOD_S)
 
 
+async def loop_lag(timings: Timings, done: asyncio.Event) -> None:
+    """How late this process's event loop wakes from a 10 ms sleep: near 0 shows that
+    the latencies measured here are the server's, not this process's queue."""
+    while not done.is_set():
+        began = time.perf_counter()
+        await asyncio.sleep(LAG_PROBE_S)
+        timings.seconds["client_loop_lag"].append(time.perf_counter() - began - LAG_PROBE_S)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def followers_process(
+    target: str, job_id: str, count: int, channels: int, conn: Connection
+) -> None:
+    """The followers, in a process of their own: they open, say "ready" (with this
+    process's CPU seconds) once each has had a point, and send their receipts at the end."""
+    receipts = asyncio.run(follow_all(target, job_id, count, channels, conn))
+    conn.send((receipts, time.process_time()))
+    conn.close()
+
+
+async def follow_all(
+    target: str, job_id: str, count: int, channels: int, conn: Connection
+) -> list[Follower]:
+    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+    stubs = [training_pb2_grpc.TrainingServiceStub(c) for c in opened]
+    followers = [Follower() for _ in range(count)]
+    tasks = [
+        asyncio.create_task(follow(stubs[i % len(stubs)], job_id, out))
+        for i, out in enumerate(followers)
+    ]
+    deadline = time.perf_counter() + 60
+    while any(not f.steps for f in followers) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)  # every stream is open once it has had its first point
+    conn.send(("ready", time.process_time()))
+    await asyncio.gather(*tasks)
+    for channel in opened:
+        await channel.close()
+    return followers
 
 
 async def run(args: argparse.Namespace, port: int, server_pid: int) -> dict:
@@ -175,14 +226,15 @@ async def run(args: argparse.Namespace, port: int, server_pid: int) -> dict:
     spec = spec_from_dict(job_spec(args.steps))
     rss_idle = rss_bytes(server_pid)
     job = await stubs[0].SubmitJob(pb.SubmitJobRequest(spec=spec), timeout=60)
-    followers = [Follower() for _ in range(args.followers)]
-    tasks = [
-        asyncio.create_task(follow(stubs[i % len(stubs)], job.job_id, out))
-        for i, out in enumerate(followers)
-    ]
-    deadline = time.perf_counter() + 60
-    while any(not f.steps for f in followers) and time.perf_counter() < deadline:
-        await asyncio.sleep(0.1)  # every stream is open once it has had its first point
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=followers_process,
+        args=(target, job.job_id, args.followers, args.channels, sender),
+        name="followers",
+    )
+    process.start()
+    _, followers_cpu_ready = await asyncio.to_thread(receiver.recv)
     rss_followed = rss_bytes(server_pid)
     timings, done = Timings(), asyncio.Event()
     began = (
@@ -198,7 +250,9 @@ async def run(args: argparse.Namespace, port: int, server_pid: int) -> dict:
         for i in range(args.clients)
     ]
     load.append(asyncio.create_task(health_loop(channels[0], timings, done)))
-    await asyncio.gather(*tasks)
+    load.append(asyncio.create_task(loop_lag(timings, done)))
+    followers, followers_cpu_end = await asyncio.to_thread(receiver.recv)
+    process.join(timeout=60)
     done.set()
     await asyncio.gather(*load)
     wall = time.perf_counter() - began[0]
@@ -207,6 +261,7 @@ async def run(args: argparse.Namespace, port: int, server_pid: int) -> dict:
         "wall_s": wall,
         "server_cpu_s": cpu_seconds(server_pid) - began[1],
         "clients_cpu_s": time.process_time() - began[2],
+        "followers_cpu_s": followers_cpu_end - followers_cpu_ready,
         "machine_busy_fraction": busy[0] / busy[1],
         "cores": os.cpu_count(),
     }
@@ -230,7 +285,7 @@ def summary(
     rss_idle: int,
     rss_followed: int,
 ) -> dict:
-    exact = sum(1 for f in followers if f.steps == stored and f.final is not None)
+    exact = sum(1 for f in followers if f.steps == stored and f.ended)
     first: dict[int, float] = {}
     for f in followers:
         for step, at in zip(f.steps, f.received_at, strict=True):
@@ -288,7 +343,7 @@ def print_table(result: dict) -> None:
         met = "" if goal is None else ("  met" if row["p99_ms"] <= goal else "  NOT met")
         print(
             f"{what:<16} {row['calls']:>8} {row['calls'] / wall:>7.0f} {row['p50_ms']:>8.1f} "
-            f"{row['p99_ms']:>8.1f} {goal:>8.0f}{met}"
+            f"{row['p99_ms']:>8.1f} {'-' if goal is None else f'{goal:.0f}':>8}{met}"
         )
     print(
         f"followers with every step exactly once and the final job: "
@@ -299,7 +354,8 @@ def print_table(result: dict) -> None:
     cpu = result["cpu"]
     print(
         f"under load for {cpu['wall_s']:.1f} s: the API process used {cpu['server_cpu_s']:.1f} "
-        f"CPU s, this process (followers and clients) {cpu['clients_cpu_s']:.1f} CPU s; "
+        f"CPU s, the followers' process {cpu['followers_cpu_s']:.1f} CPU s, the clients' "
+        f"process {cpu['clients_cpu_s']:.1f} CPU s; "
         f"the machine's "
         f"{cpu['cores']} cores were {cpu['machine_busy_fraction']:.0%} busy"
     )
