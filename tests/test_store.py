@@ -75,6 +75,23 @@ def test_created_job_reads_back_equal(store: JobStore) -> None:
     assert stored.step == 0
 
 
+def test_records_of_one_stored_spec_share_one_parsed_spec_and_others_differ(
+    store: JobStore,
+) -> None:
+    other = dataclasses.replace(SPEC, seed=4)
+    store.create(make_record("job-a"))
+    store.create(make_record("job-b"))
+    store.create(JobRecord(job_id="job-c", spec=other, created_at=101.0))
+
+    a, b, c = (store.get(job_id).spec for job_id in ("job-a", "job-b", "job-c"))
+    listed = {record.job_id: record.spec for record in store.list()[0]}
+
+    assert a is b is listed["job-a"] is listed["job-b"]  # parsed once, shared
+    assert c == other and c is not a and listed["job-c"] is c
+    with pytest.raises(dataclasses.FrozenInstanceError):  # so sharing it is safe
+        a.seed = 5  # type: ignore[misc]
+
+
 def test_store_creates_missing_parent_folders(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "jobs.db"
 
