@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +92,46 @@ def test_records_of_one_stored_spec_share_one_parsed_spec_and_others_differ(
     assert c == other and c is not a and listed["job-c"] is c
     with pytest.raises(dataclasses.FrozenInstanceError):  # so sharing it is safe
         a.seed = 5  # type: ignore[misc]
+
+
+def test_a_read_does_not_wait_for_a_write_in_progress(store: JobStore) -> None:
+    store.create(make_record("job-a"))
+    read: list[JobRecord] = []
+    with store._lock:  # a writer holding the write connection (a long transaction)
+        reader = threading.Thread(target=lambda: read.append(store.get("job-a")))
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "the read waited for the writer"
+    assert read[0].job_id == "job-a"
+
+
+def test_a_threads_read_connection_goes_with_the_thread_and_close_ends_reads(
+    store: JobStore,
+) -> None:
+    store.create(make_record("job-a"))
+    workers = [threading.Thread(target=store.get, args=("job-a",)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+        worker.join()
+    gc.collect()
+    assert len(store._readers) == 0  # no connection left behind by the ended threads
+
+    assert store.get("job-a").job_id == "job-a"  # this thread's own
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.get("job-a")  # its connection was closed with the store
+    after_close: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _expect_error(store, after_close))
+    worker.start()
+    worker.join()
+    assert isinstance(after_close[0], sqlite3.ProgrammingError)  # a new thread gets none
+
+
+def _expect_error(store: JobStore, errors: list[BaseException]) -> None:
+    try:
+        store.get("job-a")
+    except BaseException as error:  # handed to the test thread
+        errors.append(error)
 
 
 def test_store_creates_missing_parent_folders(tmp_path: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import sqlite3
 import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,16 @@ def unknown_job(job_id: str) -> NotFoundError:
     return NotFoundError(f"unknown job {quoted(job_id)}")
 
 
+class _Reader:
+    """A thread's read connection; held by that thread only (thread-local), so it is
+    closed when the thread ends, or with the store."""
+
+    __slots__ = ("__weakref__", "db")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+
 SPEC_CACHE_SIZE = 256  # distinct stored specs kept parsed
 
 
@@ -112,6 +125,11 @@ class JobStore:
 
     A metric point is keyed by (job, step): writing a step again replaces it, so a
     step recomputed after a restore is shown once, with its newest value.
+
+    Writes go through one connection under a lock. Reads of jobs and points use a
+    connection of the reading thread's own, each read in one transaction: in WAL mode
+    a reader sees the last commit and never waits for the writer, so a read is cheap
+    enough to run on the API's event loop (GetJob does).
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -120,6 +138,10 @@ class JobStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        self._local = threading.local()  # .reader: this thread's _Reader
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()  # live threads' readers
+        self._readers_lock = threading.Lock()  # not the writer's: a read never waits for it
+        self._closed = False
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -135,8 +157,30 @@ class JobStore:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
+        with self._readers_lock:
+            self._closed = True
+            for reader in list(self._readers):
+                reader.db.close()
         with self._lock:
             self._db.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection, inside one read transaction (one snapshot)."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            with self._readers_lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("the job store is closed")
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.row_factory = sqlite3.Row
+                reader = self._local.reader = _Reader(db)
+                self._readers.add(reader)
+        reader.db.execute("BEGIN")
+        try:
+            yield reader.db
+        finally:
+            reader.db.execute("COMMIT")
 
     def create(self, record: JobRecord) -> None:
         with self._lock:
@@ -174,11 +218,11 @@ class JobStore:
             raise unknown_job(job_id)
 
     def get(self, job_id: str) -> JobRecord:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise unknown_job(job_id)
-            return self._record(row)
+            return _record(db, row)
 
     def list(
         self,
@@ -202,21 +246,21 @@ class JobStore:
             clauses.append("seq < ?")
             args.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
             ).fetchall()
-            records = [self._record(row) for row in rows[:limit]]
+            records = [_record(db, row) for row in rows[:limit]]
         next_token = str(rows[limit - 1]["seq"]) if len(rows) > limit else ""
         return records, next_token
 
     def find_submission(self, submission_id: str, *, owner: str) -> JobRecord | None:
         """The job `owner` created with this idempotency key, if any."""
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT * FROM jobs WHERE owner = ? AND submission_id = ?", (owner, submission_id)
             ).fetchone()
-            return self._record(row) if row is not None else None
+            return _record(db, row) if row is not None else None
 
     def owners_in_states(self, states: tuple[JobState, ...]) -> dict[str, str]:
         """{job id: owner} of the jobs in `states`, oldest first."""
@@ -257,38 +301,39 @@ class JobStore:
 
     def metrics_after(self, job_id: str, after_step: int, limit: int = 1000) -> list[MetricPoint]:
         """Stored points with step > after_step, in step order."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT point FROM metrics WHERE job_id = ? AND step > ? ORDER BY step LIMIT ?",
                 (job_id, after_step, limit),
             ).fetchall()
         return [_point(row["point"]) for row in rows]
 
-    def _record(self, row: sqlite3.Row) -> JobRecord:
-        latest = self._db.execute(
-            "SELECT point FROM metrics WHERE job_id = ? ORDER BY step DESC LIMIT 1",
-            (row["job_id"],),
-        ).fetchone()
-        latest_point = _point(latest["point"]) if latest else None
-        return JobRecord(
-            job_id=row["job_id"],
-            owner=row["owner"],
-            spec=stored_spec(row["spec_json"]),
-            state=JobState(row["state"]),
-            reason=row["reason"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            total_steps=row["total_steps"],
-            step=latest_point.step if latest_point else 0,
-            weights_path=row["weights_path"],
-            placement=tuple(json.loads(row["placement_json"])),
-            submission_id=row["submission_id"] or "",
-            runner=row["runner"],
-            sweep_id=row["sweep_id"],
-            trial_number=row["trial_number"],
-            latest=latest_point,
-        )
+
+def _record(db: sqlite3.Connection, row: sqlite3.Row) -> JobRecord:
+    latest = db.execute(
+        "SELECT point FROM metrics WHERE job_id = ? ORDER BY step DESC LIMIT 1",
+        (row["job_id"],),
+    ).fetchone()
+    latest_point = _point(latest["point"]) if latest else None
+    return JobRecord(
+        job_id=row["job_id"],
+        owner=row["owner"],
+        spec=stored_spec(row["spec_json"]),
+        state=JobState(row["state"]),
+        reason=row["reason"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        total_steps=row["total_steps"],
+        step=latest_point.step if latest_point else 0,
+        weights_path=row["weights_path"],
+        placement=tuple(json.loads(row["placement_json"])),
+        submission_id=row["submission_id"] or "",
+        runner=row["runner"],
+        sweep_id=row["sweep_id"],
+        trial_number=row["trial_number"],
+        latest=latest_point,
+    )
 
 
 _POINT_FIELDS = tuple(f.name for f in dataclasses.fields(MetricPoint))
