@@ -45,6 +45,34 @@ def test_throughput_is_timed_from_the_end_of_the_warm_up(bench) -> None:
         bench.summarise(records[:2], warmup=1)
 
 
+def test_a_goal_row_is_the_pair_of_median_ratio_and_keeps_every_ratio(bench, monkeypatch) -> None:
+    # Three paired runs: references 100, 100, 50 samples/s; the row 80, 100, 45: ratios
+    # 0.8, 1.0, 0.9 -> the third pair (0.9), whatever order the runs came in.
+    references = iter([100.0, 100.0, 50.0])
+    measured = iter([80.0, 100.0, 45.0])
+
+    def fake(throughput: float):
+        return bench.Measurement(throughput, step_ms_median=1000 / throughput, timed_steps=2)
+
+    monkeypatch.setattr(bench, "measure_single", lambda *a: fake(next(references)))
+    monkeypatch.setattr(bench, "measure", lambda *a: fake(next(measured)))
+    settings = bench.Settings(warmup=1, steps=2, samples=1000, repeats=3)
+    reference, measurement, ratios = bench.measure_paired(
+        bench.Plan("bptrain", "bsp", 2), None, None, settings
+    )
+    assert ratios == pytest.approx([0.8, 1.0, 0.9])
+    assert (reference.samples_per_s, measurement.samples_per_s) == (50.0, 45.0)
+
+
+def test_only_the_goal_rows_of_the_base_model_are_repeated(bench) -> None:
+    settings = bench.Settings(warmup=1, steps=2, samples=1000, repeats=3)
+    assert bench.repeats_of(bench.Plan("bptrain", "asp", 2), settings) == 3
+    assert bench.repeats_of(bench.Plan("ray_train_torch", "ddp", 1), settings) == 3
+    assert bench.repeats_of(bench.Plan("bptrain", "bsp", 2, model="big"), settings) == 1
+    assert bench.repeats_of(bench.Plan("naive_ray_ps", "sync", 2), settings) == 1
+    assert bench.repeats_of(bench.Plan("single", "sgd", 1), settings) == 1
+
+
 def test_a_spec_the_service_rejects_makes_the_row_unavailable(bench) -> None:
     settings = bench.Settings(warmup=1, steps=2, samples=1000)
     with pytest.raises(bench.Unavailable, match="consistency"):
