@@ -949,7 +949,7 @@ def format_goals(rows: Sequence[Row]) -> str:
             f"{title} {ratio:.2f}x ({_label(ours)} {ours.efficiency_vs_single:.2f}x vs "
             f"{theirs.efficiency_vs_single:.2f}x single; raw {ours.samples_per_s:.0f} vs "
             f"{theirs.samples_per_s:.0f} samples/s = {raw:.2f}x; from median steps "
-            f"{median_ratio:.2f}x{_runs(ours)}{_runs(theirs).replace('runs', 'theirs')}) "
+            f"{median_ratio:.2f}x{_runs(ours)}{_runs(theirs, 'theirs')}) "
             f"{verdict(ratio >= 2.0)}"
         )
     return "\n".join(lines)

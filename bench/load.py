@@ -199,6 +199,15 @@ def followers_process(
     conn.close()
 
 
+def report_of(receiver: Connection, process: multiprocessing.process.BaseProcess) -> tuple:
+    """The followers' process's next report; exits with a message if it ended without it."""
+    try:
+        return receiver.recv()
+    except EOFError:
+        process.join(timeout=10)
+        sys.exit(f"the followers' process ended without its report (exit code {process.exitcode})")
+
+
 async def follow_all(
     target: str, job_id: str, count: int, channels: int, conn: Connection
 ) -> list[Follower]:
@@ -234,7 +243,7 @@ async def run(args: argparse.Namespace, port: int, server_pid: int) -> dict:
         name="followers",
     )
     process.start()
-    _, followers_cpu_ready = await asyncio.to_thread(receiver.recv)
+    _, followers_cpu_ready = await asyncio.to_thread(report_of, receiver, process)
     rss_followed = rss_bytes(server_pid)
     timings, done = Timings(), asyncio.Event()
     began = (
@@ -251,7 +260,7 @@ async def run(args: argparse.Namespace, port: int, server_pid: int) -> dict:
     ]
     load.append(asyncio.create_task(health_loop(channels[0], timings, done)))
     load.append(asyncio.create_task(loop_lag(timings, done)))
-    followers, followers_cpu_end = await asyncio.to_thread(receiver.recv)
+    followers, followers_cpu_end = await asyncio.to_thread(report_of, receiver, process)
     process.join(timeout=60)
     done.set()
     await asyncio.gather(*load)

@@ -265,8 +265,8 @@ class JobStore:
     def owners_in_states(self, states: tuple[JobState, ...]) -> dict[str, str]:
         """{job id: owner} of the jobs in `states`, oldest first."""
         marks = ", ".join("?" for _ in states)
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT job_id, owner FROM jobs WHERE state IN ({marks}) ORDER BY seq",
                 [s.value for s in states],
             ).fetchall()
@@ -279,8 +279,8 @@ class JobStore:
     def count_by_state(self) -> dict[JobState, int]:
         """{state: how many jobs are in it} for every state (0 where none)."""
         counts = dict.fromkeys(JobState, 0)
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         for state, count in rows:
             counts[JobState(state)] = count
         return counts
