@@ -67,6 +67,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from services.datasets import DatasetOptions, load_dataset
+from services.paramserver.colocated_state import thread_runqueue_seconds
 from services.paramserver.optimizers import OptimizerConfig, apply_update, init_state
 from worker.layout import ParamLayout
 from worker.model import MLP
@@ -262,12 +263,13 @@ def measure_single(
     records = []
     compute = update = 0.0
     with threadpool_limits(limits=1):
-        cpu = time.process_time()
+        cpu, queued = time.process_time(), thread_runqueue_seconds()
         start = time.perf_counter()
         for step in range(settings.warmup + settings.steps):
             if step == settings.warmup:
                 compute = update = 0.0
                 cpu = time.process_time()
+                queued = thread_runqueue_seconds()
             rows = batches.next()
             began = time.perf_counter()
             model.loss_and_gradient(theta, X[rows], y[rows], grad=grad)
@@ -277,9 +279,12 @@ def measure_single(
             compute, update = compute + computed - began, update + now - computed
             records.append(StepRecord(now - start, LOCAL_BATCH, bytes_moved=0))
         cpu = time.process_time() - cpu
+        queued_after = thread_runqueue_seconds()
     measurement = summarise(records, settings.warmup)
     steps = settings.steps
     breakdown = {"compute": 1e3 * compute / steps, "update": 1e3 * update / steps}
+    if queued is not None and queued_after is not None:
+        breakdown["preempted"] = 1e3 * (queued_after - queued) / steps
     return dataclasses.replace(
         measurement,
         comm_fraction=0.0,
@@ -510,10 +515,14 @@ def breakdown(
     workers') and the rest of the median step is communication, waiting and update
     together, reported as communication."""
     if profiles:
-        return {
+        phases = {
             name: 1e3 * statistics.fmean(p[f"{name}_s"] for p in profiles)
             for name in ("compute", "communication", "waiting", "update")
         }
+        preempted = [p.get("preempted_s") for p in profiles]
+        if preempted and None not in preempted:
+            phases["preempted"] = 1e3 * statistics.fmean(preempted)
+        return phases
     compute = statistics.median(r.compute_s for r in records if r.compute_s is not None)
     return {
         "compute": 1e3 * compute,
@@ -843,6 +852,9 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 PHASES = ("compute", "communication", "waiting", "update")
+# Not a phase: the ms per step a step loop was ready to run but waited for a CPU (Linux
+# schedstat of its thread), inside whichever phase it fell in.
+PREEMPTED = "preempted"
 PROCESSES = ("workers", "servers", "runner", "driver")
 
 
@@ -852,7 +864,7 @@ def format_breakdown(rows: Sequence[Row]) -> str:
     runner, the bench's driver)."""
     header = (
         f"{'impl':<16}{'mode':<6}{'model':<6}{'workers':>8}{'shards':>7}"
-        + "".join(f"{name[:7] + ' ms':>11}" for name in PHASES)
+        + "".join(f"{name[:7] + ' ms':>11}" for name in (*PHASES, PREEMPTED))
         + "".join(f"{'cpu ' + name[:6]:>12}" for name in PROCESSES)
     )
     lines = [header, "-" * len(header)]
@@ -863,7 +875,7 @@ def format_breakdown(rows: Sequence[Row]) -> str:
         cpu = row.cpu_per_step or {}
         lines.append(
             f"{row.impl:<16}{row.mode:<6}{row.model:<6}{row.workers:>8}{row.shards:>7}"
-            + "".join(f"{_number(phases.get(name), '.2f'):>11}" for name in PHASES)
+            + "".join(f"{_number(phases.get(name), '.2f'):>11}" for name in (*PHASES, PREEMPTED))
             + "".join(
                 f"{_number(None if name not in cpu else 1e3 * cpu[name], '.2f', ' ms'):>12}"
                 for name in PROCESSES

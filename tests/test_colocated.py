@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from services.paramserver.collective import PeerLost
 from services.paramserver.colocated import ColocatedWorker, ServerConfig, ShardState
+from services.paramserver.colocated_state import thread_runqueue_seconds
 from services.paramserver.optimizers import LRSchedule, OptimizerConfig
 from tests.test_collective import run_all
 from worker.configs import LocalBatches, ModelConfig, WorkerConfig
@@ -162,6 +167,45 @@ def test_profiles_split_a_step_into_its_phases() -> None:
     assert profile["steps"] == 6
     assert profile["compute_s"] > 0 and profile["update_s"] > 0
     assert profile["waiting_s"] >= 0 and profile["communication_s"] >= 0
+    if sys.platform == "linux":  # the step loop's wait for a CPU, from its schedstat
+        assert profile["preempted_s"] is not None and profile["preempted_s"] >= 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/thread-self/schedstat is Linux's")
+def test_runqueue_seconds_count_the_time_a_thread_waits_for_its_cpu() -> None:
+    """This thread and a busy process on one CPU: this thread is ready to run for the
+    whole window but holds the CPU about half of it, and the other half is counted."""
+    cpu = min(os.sched_getaffinity(0))
+    allowed = os.sched_getaffinity(0)
+    rival = multiprocessing.get_context("fork").Process(target=_spin_on, args=(cpu, 5.0))
+    os.sched_setaffinity(0, {cpu})
+    try:
+        rival.start()
+        time.sleep(0.2)  # the rival runs
+        before, wall = thread_runqueue_seconds(), time.perf_counter()
+        while time.perf_counter() - wall < 0.4:
+            pass  # ready to run all along
+        waited = thread_runqueue_seconds() - before
+    finally:
+        rival.kill()
+        rival.join()
+        os.sched_setaffinity(0, allowed)
+    assert 0.05 < waited < 0.4
+
+
+def _spin_on(cpu: int, seconds: float) -> None:
+    os.sched_setaffinity(0, {cpu})
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_runqueue_seconds_is_none_where_the_kernel_does_not_say(monkeypatch) -> None:
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("/proc/thread-self/schedstat")
+
+    monkeypatch.setattr("builtins.open", missing)
+    assert thread_runqueue_seconds() is None
 
 
 @pytest.mark.parametrize(

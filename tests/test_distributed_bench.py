@@ -155,6 +155,9 @@ def test_the_quick_run_reports_every_row(bench, tmp_path: Path) -> None:
     assert 0 <= naive["comm_fraction"] <= 1
     for workers in (1, 2):
         assert by_key[("bptrain", "bsp", workers)]["status"] == "ok"
+    if sys.platform == "linux":  # how long each step loop waited for a CPU, per step
+        for row in (single, by_key[("bptrain", "bsp", 1)], by_key[("bptrain", "bsp", 2)]):
+            assert 0 <= row["breakdown"]["preempted"] < row["step_ms_median"]
     # --quick skips TorchTrainer, and says so rather than dropping the rows.
     for workers in (1, 2):
         torch_row = by_key[("ray_train_torch", "ddp", workers)]

@@ -30,7 +30,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from services.paramserver.collective import Endpoint, Mesh, PeerLost, SharedArrays, SharedMemoryFull
-from services.paramserver.colocated_state import Drained, ShardKeeper, ShardState
+from services.paramserver.colocated_state import (
+    Drained,
+    ShardKeeper,
+    ShardState,
+    thread_runqueue_seconds,
+)
 from services.paramserver.optimizers import apply_update, global_norm, init_state, learning_rate_at
 from services.paramserver.server_config import ServerConfig
 from services.paramserver.step_stats import StepStats
@@ -94,6 +99,7 @@ class ColocatedWorker(ShardKeeper):
         self._profile = np.zeros(4)  # Σ seconds: compute, communication, waiting, update
         self._profile_steps = 0
         self._cpu_at_start = time.process_time()
+        self._preempted_s = None if thread_runqueue_seconds() is None else 0.0
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -162,10 +168,14 @@ class ColocatedWorker(ShardKeeper):
             self._allowed = allowed
             if not self._profile_steps:  # CPU per step counts from the first step
                 self._cpu_at_start = time.process_time()
+        queued_before = thread_runqueue_seconds()
         try:
             self._train(stop, snapshot_every, total_steps)
         finally:
+            queued_after = thread_runqueue_seconds()
             with self._lock:
+                if None not in (queued_before, queued_after, self._preempted_s):
+                    self._preempted_s += queued_after - queued_before
                 self._training, self._ended = False, True
                 self._lock.notify_all()
         return self.step

@@ -43,6 +43,16 @@ class Drained:
     is_held: bool = False  # the loop waits for `drain` to allow its next step
 
 
+def thread_runqueue_seconds() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux's
+    /proc/thread-self/schedstat, its second field); None where the kernel does not say."""
+    try:
+        with open("/proc/thread-self/schedstat") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class ShardKeeper:
     """What a `ColocatedWorker` keeps of its shard and hands the runner. A mixin:
     `ColocatedWorker.__init__` sets every attribute it reads (annotated here)."""
@@ -64,6 +74,7 @@ class ShardKeeper:
     _profile: np.ndarray  # (4,)
     _profile_steps: int
     _cpu_at_start: float
+    _preempted_s: float | None  # the step loop's thread runnable but not running, Σ
 
     def _restore(self, resume: ShardState, theta: np.ndarray) -> None:
         if resume.theta.shape != (self.hi - self.lo,) or set(resume.buffers) != set(
@@ -120,12 +131,16 @@ class ShardKeeper:
             return self._latest
 
     def profile(self) -> dict[str, float]:
-        """Mean seconds per step in compute, communication, waiting and update, and this
-        process's CPU seconds per step since its first step."""
+        """Mean seconds per step in compute, communication, waiting and update, this
+        process's CPU seconds per step since its first step, and the seconds per step its
+        step loop was ready to run but waited for a CPU (preempted; over the step loops
+        that have returned; None where the kernel does not say). Preemption is inside
+        the phases, not beside them: it lengthens whichever phase it falls in."""
         with self._lock:
             steps = max(self._profile_steps, 1)
             compute, communication, waiting, update = self._profile / steps
             cpu = (time.process_time() - self._cpu_at_start) / steps
+            preempted = None if self._preempted_s is None else self._preempted_s / steps
         return {
             "steps": self._profile_steps,
             "compute_s": float(compute),
@@ -133,5 +148,6 @@ class ShardKeeper:
             "waiting_s": float(waiting),
             "update_s": float(update),
             "cpu_s": float(cpu),
+            "preempted_s": preempted,
             "pid": os.getpid(),
         }
