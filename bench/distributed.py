@@ -901,11 +901,11 @@ def _label(row: Row) -> str:
     return f"{row.impl} {row.mode} {row.workers}w/{row.shards}s"
 
 
-def _runs(row: Row) -> str:
+def _runs(row: Row, label: str = "runs") -> str:
     """ "; runs 0.88/0.93/0.97" where the row is the median of several paired runs."""
     if not row.efficiency_runs:
         return ""
-    return "; runs " + "/".join(f"{ratio:.2f}" for ratio in row.efficiency_runs)
+    return f"; {label} " + "/".join(f"{ratio:.2f}" for ratio in row.efficiency_runs)
 
 
 def format_goals(rows: Sequence[Row]) -> str:

@@ -64,6 +64,51 @@ def test_a_goal_row_is_the_pair_of_median_ratio_and_keeps_every_ratio(bench, mon
     assert (reference.samples_per_s, measurement.samples_per_s) == (50.0, 45.0)
 
 
+def test_the_goals_compare_with_torchtrainer_and_show_every_run(bench) -> None:
+    def row(impl: str, mode: str, workers: int, efficiency: float, runs: list[float]):
+        return bench.Row(
+            impl,
+            mode,
+            workers,
+            1,
+            256 * workers,
+            samples_per_s=1000.0 * efficiency,
+            efficiency_vs_single=efficiency,
+            efficiency_median_step=efficiency,
+            reference_samples_per_s=1000.0,
+            reference_step_ms=1.0,
+            efficiency_runs=runs,
+        )
+
+    rows = [
+        row("single", "sgd", 1, 1.0, None),
+        row("bptrain", "bsp", 1, 0.95, [0.94, 0.95, 0.96]),
+        row("bptrain", "bsp", 2, 1.8, [1.7, 1.8, 1.9]),
+        row("bptrain", "asp", 2, 1.6, None),
+        row("bptrain", "ssp", 2, 1.75, None),
+        row("ray_train_torch", "ddp", 1, 0.5, [0.4, 0.5, 0.6]),
+        row("ray_train_torch", "ddp", 2, 1.0, [0.9, 1.0, 1.1]),
+    ]
+    goals = bench.format_goals(rows).splitlines()
+    assert goals[1].endswith(
+        "0.95x (bptrain bsp 1w/1s, 950 vs 1000 samples/s; from median steps 0.95x; "
+        "runs 0.94/0.95/0.96) met"
+    )
+    assert goals[2].startswith("  2-worker bptrain bsp >= 1.70x single: 1.80x") and goals[
+        2
+    ].endswith(" met")
+    assert goals[3].endswith("1.60x (from median steps 1.60x) NOT met")  # asp
+    assert goals[4].endswith("1.75x (from median steps 1.75x) met")  # ssp
+    assert "TorchTrainer, 1 worker(s): 1.90x" in goals[5] and goals[5].endswith(
+        "runs 0.94/0.95/0.96; theirs 0.40/0.50/0.60) NOT met"
+    )
+    assert (
+        "TorchTrainer, 2 worker(s): 1.80x" in goals[6]
+        and "raw 1800 vs 1000 samples/s = 1.80x" in goals[6]
+    )
+    assert goals[6].endswith("theirs 0.90/1.00/1.10) NOT met")
+
+
 def test_only_the_goal_rows_of_the_base_model_are_repeated(bench) -> None:
     settings = bench.Settings(warmup=1, steps=2, samples=1000, repeats=3)
     assert bench.repeats_of(bench.Plan("bptrain", "asp", 2), settings) == 3
