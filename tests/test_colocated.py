@@ -190,7 +190,7 @@ def test_runqueue_seconds_count_the_time_a_thread_waits_for_its_cpu() -> None:
         rival.kill()
         rival.join()
         os.sched_setaffinity(0, allowed)
-    assert 0.05 < waited < 0.4
+    assert 0.05 < waited < 0.6  # at most the window and the slice that ends it
 
 
 def _spin_on(cpu: int, seconds: float) -> None:
