@@ -19,10 +19,20 @@ from pathlib import Path
 VENV_BIN = Path(sys.executable).parent
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before by this process: the kernel may give
+    two probes in a row the same port (each closes before the next binds), and Ray
+    refuses to start when two of its components are given one port."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def ray_env() -> dict[str, str]:

@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import yaml
 from bptrain import BptrainError, Client
 from bptrain.v1 import training_pb2 as pb
 from tests.conftest import digits_spec
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -98,12 +98,6 @@ def declared_ports(compose: dict) -> set[int]:
             if match and int(match[1]) > 0:
                 ports.add(int(match[1]))
     return ports
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -20,18 +19,13 @@ import yaml
 from bptrain import Client
 from bptrain.v1 import training_pb2 as pb
 from tests.conftest import digits_spec
+from tests.processes import free_port
 from tests.test_metrics_live import MeteredServer, metered_server
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_CONFIG = ROOT / "deploy/prometheus.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def config_for(target: str) -> dict:
