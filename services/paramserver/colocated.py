@@ -99,7 +99,7 @@ class ColocatedWorker(ShardKeeper):
         self._profile = np.zeros(4)  # Σ seconds: compute, communication, waiting, update
         self._profile_steps = 0
         self._cpu_at_start = time.process_time()
-        self._preempted_s = None if thread_runqueue_seconds() is None else 0.0
+        self._preempted_s: float | None = None  # until a step loop's first reading
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -174,8 +174,8 @@ class ColocatedWorker(ShardKeeper):
         finally:
             queued_after = thread_runqueue_seconds()
             with self._lock:
-                if None not in (queued_before, queued_after, self._preempted_s):
-                    self._preempted_s += queued_after - queued_before
+                if queued_before is not None and queued_after is not None:
+                    self._preempted_s = (self._preempted_s or 0.0) + queued_after - queued_before
                 self._training, self._ended = False, True
                 self._lock.notify_all()
         return self.step

@@ -134,7 +134,8 @@ class ShardKeeper:
         """Mean seconds per step in compute, communication, waiting and update, this
         process's CPU seconds per step since its first step, and the seconds per step its
         step loop was ready to run but waited for a CPU (preempted; over the step loops
-        that have returned; None where the kernel does not say). Preemption is inside
+        that have returned; None before the first has or where the kernel does not
+        say). Preemption is inside
         the phases, not beside them: it lengthens whichever phase it falls in."""
         with self._lock:
             steps = max(self._profile_steps, 1)
