@@ -201,8 +201,10 @@ def test_the_quick_run_reports_every_row(bench, tmp_path: Path) -> None:
     for workers in (1, 2):
         assert by_key[("bptrain", "bsp", workers)]["status"] == "ok"
     if sys.platform == "linux":  # how long each step loop waited for a CPU, per step
+        # A mean over every step, so under load it may pass the median step: no upper bound.
         for row in (single, by_key[("bptrain", "bsp", 1)], by_key[("bptrain", "bsp", 2)]):
-            assert 0 <= row["breakdown"]["preempted"] < row["step_ms_median"]
+            preempted = row["breakdown"]["preempted"]
+            assert math.isfinite(preempted) and preempted >= 0
     # --quick skips TorchTrainer, and says so rather than dropping the rows.
     for workers in (1, 2):
         torch_row = by_key[("ray_train_torch", "ddp", workers)]
