@@ -18,6 +18,9 @@ from services.sweeps.manager import SweepManager
 log = logging.getLogger(__name__)
 
 
+SIGNAL_POLL_S = 0.5  # how soon a termination signal is acted on, at most
+
+
 def serve(
     server_config: ServerConfig,
     jobs_config: JobsConfig,
@@ -60,7 +63,11 @@ def serve(
         port_file.write_text(f"{running.port}\n")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    # Python runs a signal's handler in the main thread only once that thread is back in
+    # the interpreter; the kernel may deliver the signal to any of Ray's or gRPC's
+    # threads, and an untimed wait then never returns (seen: SIGTERM ignored for 60 s).
+    while not stop.wait(timeout=SIGNAL_POLL_S):
+        pass
     log.info("shutting down")
     running.stop(grace_s=5.0)
     exporter.stop()
