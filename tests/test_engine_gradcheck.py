@@ -37,6 +37,9 @@ TOLERANCE = 1e-7
 # The stencil moves one θ entry by up to 3h = 3e-3, so z moves by 3e-3·|a| < this.
 KINK = 0.02
 MAX_LOSS = 8.0
+# The activations whose σ' (relu, leaky_relu) or σ'' (elu) jumps at z = 0; the smooth
+# ones (identity, tanh, sigmoid, gelu, softplus) need no distance from it.
+KINKED = frozenset({"relu", "leaky_relu", "elu"})
 LOGIT_LOSSES = ("softmax_cross_entropy", "binary_cross_entropy")
 REGULARISERS = {"plain": {}, "dropout": {"dropout": 0.3}, "l2": {"l2": 0.1}}
 REGULARISERS["dropout+l2"] = {**REGULARISERS["dropout"], **REGULARISERS["l2"]}
@@ -56,31 +59,48 @@ def _output(model: MLP, theta: np.ndarray, x: np.ndarray, masks) -> np.ndarray:
 
 
 def pre_activations(model: MLP, theta: np.ndarray, x: np.ndarray, masks) -> list[np.ndarray]:
-    """[z^1, ..., z^L] of the network's allocating forward, with the dropout masks."""
-    return [z for z, _ in model.layer_outputs(theta, x, dropout_masks=masks, keep_z=True)]
+    """The z^l of the layers with a KINKED σ, from the network's allocating forward with
+    the dropout masks (a width-1 layer under dropout gives the next layer z = b for the
+    dropped samples, so requiring |z| > KINK of every layer made such networks unusable)."""
+    outputs = model.layer_outputs(theta, x, dropout_masks=masks, keep_z=True)
+    return [
+        z for (z, _), name in zip(outputs, model.activation_names, strict=True) if name in KINKED
+    ]
 
 
-def _stencil_crosses_zero(model: MLP, theta, x, masks, zs) -> bool:
+def _kink_coordinates(model: MLP, theta, x, y, masks) -> list[np.ndarray]:
+    """Every quantity whose sign change crosses a kink: the kinked layers' z and, for
+    Huber, |r| − δ of each residual r."""
+    coordinates = pre_activations(model, theta, x, masks)
+    delta = getattr(model.loss_fn, "huber_delta", None)
+    if delta is not None:
+        residual = _output(model, theta, x, masks) - y.reshape(x.shape[0], -1)
+        coordinates.append(np.abs(residual) - delta)
+    return coordinates
+
+
+def _stencil_crosses_a_kink(model: MLP, theta, x, y, masks, coordinates) -> bool:
     """Whether moving any one entry of θ by the stencil's widest step (±3h) flips the sign
-    of some pre-activation: |z| > KINK is not enough where a layer's input is large (an
-    ELU's σ'' jumps at 0, which a seven-point stencil reads as a kink too)."""
+    of some kink coordinate: a distance > KINK is not enough where a layer's input is
+    large (an ELU's σ'' jumps at 0, which a seven-point stencil reads as a kink too; a
+    dropout-scaled a^{L-1} moves a Huber residual by more than KINK)."""
     reach = 3 * STENCIL_STEP
-    signs = [np.sign(z) for z in zs]
+    signs = [np.sign(c) for c in coordinates]
     for j in range(theta.size):
         for step in (-reach, reach):
             moved = theta.copy()
             moved[j] += step
-            moved_zs = pre_activations(model, moved, x, masks)
-            if any((np.sign(z) != s).any() for z, s in zip(moved_zs, signs, strict=True)):
+            moved_coordinates = _kink_coordinates(model, moved, x, y, masks)
+            if any((np.sign(c) != s).any() for c, s in zip(moved_coordinates, signs, strict=True)):
                 return True
     return False
 
 
 def _kink_free_problem(model: MLP, N: int, seed: int = 0, tries: int = 500):
-    """A float64 (θ, x, y, masks) with every |z| > KINK, Huber residuals off ±δ and a
-    loss ≤ MAX_LOSS (seeds tried in turn from `seed`)."""
+    """A float64 (θ, x, y, masks) with every kink coordinate (kinked layers' z, Huber's
+    |r| − δ) farther than KINK and out of the stencil's reach, and a loss ≤ MAX_LOSS
+    (seeds tried in turn from `seed`)."""
     D, C = model.sizes[0], model.sizes[-1]
-    delta = getattr(model.loss_fn, "huber_delta", None)
     for attempt in range(tries):
         rng = np.random.default_rng([seed, attempt])
         theta = model.layout.init_theta(model.activation_names, attempt, dtype=np.float64)
@@ -88,16 +108,12 @@ def _kink_free_problem(model: MLP, N: int, seed: int = 0, tries: int = 500):
         x = rng.standard_normal((N, D))
         y = random_targets(model.loss_name, rng, N, C)
         masks = model.draw_dropout_masks(rng, N, np.float64) if model.has_dropout else None
-        zs = pre_activations(model, theta, x, masks)
-        if any(np.abs(z).min() <= KINK for z in zs):
+        coordinates = _kink_coordinates(model, theta, x, y, masks)
+        if any(np.abs(c).min() <= KINK for c in coordinates):
             continue
-        if _stencil_crosses_zero(model, theta, x, masks, zs):
-            continue
-        if delta is not None:
-            residual = _output(model, theta, x, masks) - y.reshape(N, C)
-            if np.abs(np.abs(residual) - delta).min() <= KINK:
-                continue
         if model.compute_loss(theta, x, y, dropout_masks=masks) > MAX_LOSS:
+            continue
+        if _stencil_crosses_a_kink(model, theta, x, y, masks, coordinates):
             continue
         return theta, x, y, masks
     raise AssertionError(f"no kink-free problem in {tries} tries")
@@ -127,6 +143,7 @@ def test_backward_matches_finite_differences(
 
 
 def test_every_activation_and_loss_is_covered() -> None:
+    assert KINKED.issubset(ACTIVATION_NAMES)
     covered = {(hidden, loss, regulariser) for hidden, _, loss, regulariser in CASES}
     assert covered == set(itertools.product(ACTIVATION_NAMES, LOSS_NAMES, REGULARISERS))
 
