@@ -5,7 +5,8 @@ runs one job (digits through a 64-2048-2048-10 MLP: a few steps a second, so tha
 thousand followers get a few thousand messages a second). Then two client processes:
 
   followers   (a process of their own) StreamMetrics from after_step 0, spread over
-              `--channels` connections
+              `--channels` connections; one message per point, or with --batched
+              the points that are ready together in one message
   clients     (this process, asyncio) each a loop of SubmitJob(validate_only) then
               GetJob, `--rate` rounds a second (10: 1,000 calls a second from 50
               clients), or back to back with --rate 0, which measures saturation: each
@@ -27,6 +28,7 @@ clients' own event-loop lag is reported beside the latencies to show it). It rep
 
     python bench/load.py                       # 1000 followers, 50 clients
     python bench/load.py --followers 100 --clients 5 --steps 60 --json out.json
+    python bench/load.py --batched             # followers ask for batched messages
 """
 
 from __future__ import annotations
@@ -124,14 +126,20 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-async def follow(stub: training_pb2_grpc.TrainingServiceStub, job_id: str, out: Follower) -> None:
+async def follow(
+    stub: training_pb2_grpc.TrainingServiceStub, job_id: str, out: Follower, batched: bool
+) -> None:
+    request = pb.StreamMetricsRequest(job_id=job_id, batched=batched)
     try:
-        async for answer in stub.StreamMetrics(pb.StreamMetricsRequest(job_id=job_id)):
+        async for answer in stub.StreamMetrics(request):
+            received_at = time.perf_counter()
             if answer.HasField("final"):
                 out.ended = True
-            else:
-                out.steps.append(answer.point.step)
-                out.received_at.append(time.perf_counter())
+                continue
+            points = answer.points.points if answer.HasField("points") else [answer.point]
+            for point in points:
+                out.steps.append(point.step)
+                out.received_at.append(received_at)
     except grpc.RpcError as error:
         out.error = error.code().name
 
@@ -190,11 +198,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def followers_process(
-    target: str, job_id: str, count: int, channels: int, conn: Connection
+    target: str, job_id: str, count: int, channels: int, batched: bool, conn: Connection
 ) -> None:
     """The followers, in a process of their own: they open, say "ready" (with this
     process's CPU seconds) once each has had a point, and send their receipts at the end."""
-    receipts = asyncio.run(follow_all(target, job_id, count, channels, conn))
+    receipts = asyncio.run(follow_all(target, job_id, count, channels, batched, conn))
     conn.send((receipts, time.process_time()))
     conn.close()
 
@@ -209,13 +217,13 @@ def report_of(receiver: Connection, process: multiprocessing.process.BaseProcess
 
 
 async def follow_all(
-    target: str, job_id: str, count: int, channels: int, conn: Connection
+    target: str, job_id: str, count: int, channels: int, batched: bool, conn: Connection
 ) -> list[Follower]:
     opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     stubs = [training_pb2_grpc.TrainingServiceStub(c) for c in opened]
     followers = [Follower() for _ in range(count)]
     tasks = [
-        asyncio.create_task(follow(stubs[i % len(stubs)], job_id, out))
+        asyncio.create_task(follow(stubs[i % len(stubs)], job_id, out, batched))
         for i, out in enumerate(followers)
     ]
     deadline = time.perf_counter() + 60
@@ -239,7 +247,7 @@ async def run(args: argparse.Namespace, port: int, server_pid: int) -> dict:
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
         target=followers_process,
-        args=(target, job.job_id, args.followers, args.channels, sender),
+        args=(target, job.job_id, args.followers, args.channels, args.batched, sender),
         name="followers",
     )
     process.start()
@@ -320,6 +328,7 @@ def summary(
         "clients": args.clients,
         "rate_per_client": args.rate,
         "channels": args.channels,
+        "batched": args.batched,
         "job_state": pb.JobState.Name(final.state),
         "job_steps": final.step,
         "stored_points": len(stored),
@@ -339,7 +348,8 @@ def summary(
 
 def print_table(result: dict) -> None:
     print(
-        f"{result['followers']} followers over {result['channels']} connections, "
+        f"{result['followers']} {'batched ' if result['batched'] else ''}followers over "
+        f"{result['channels']} connections, "
         f"{result['clients']} clients at "
         f"{result['rate_per_client'] or 'back-to-back'} rounds/s; "
         f"job {result['job_state']} after {result['job_steps']} "
@@ -386,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds (SubmitJob + GetJob) a second per client; 0: back to back (saturation)",
     )
     parser.add_argument("--channels", type=int, default=20, help="client connections")
+    parser.add_argument(
+        "--batched",
+        action="store_true",
+        help="followers ask for batched messages (StreamMetricsRequest.batched)",
+    )
     parser.add_argument("--steps", type=int, default=150, help="the followed job's steps")
     parser.add_argument("--serve-args", default="", help="more `bptrain serve` arguments")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

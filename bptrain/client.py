@@ -156,14 +156,19 @@ class Client(SweepCalls):
         """
         source = Resumable(
             open_after=lambda step: self._stub.StreamMetrics(
-                pb.StreamMetricsRequest(job_id=job_id, after_step=step)
+                pb.StreamMetricsRequest(job_id=job_id, after_step=step, batched=True)
             ),
-            position=lambda event: event.point.step if event.HasField("point") else None,
+            position=_last_step,
             stream="metrics stream",
             unit="step",
             owner="job",
         )
-        return follow(source, after_step, reconnect_for_s, on_reconnect)
+        for event in follow(source, after_step, reconnect_for_s, on_reconnect):
+            if event.HasField("points"):  # the server batches what is ready together
+                for point in event.points.points:
+                    yield pb.StreamMetricsResponse(point=point)
+            else:  # a point (a server without batching) or the final job
+                yield event
 
     def metrics(
         self, job_id: str, after_step: int = 0, *, reconnect_for_s: float | None = None
@@ -270,3 +275,10 @@ class Client(SweepCalls):
         except grpc.RpcError as error:
             raise raise_from(error) from None
         raise BptrainError("DATA_LOSS", "the weights stream ended without its sha256")
+
+
+def _last_step(event: pb.StreamMetricsResponse) -> int | None:
+    """The metrics stream's cursor after `event`: its (last) point's step."""
+    if event.HasField("points") and event.points.points:
+        return event.points.points[-1].step
+    return event.point.step if event.HasField("point") else None

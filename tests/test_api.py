@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError
 
 from bptrain import BptrainError, Client
 from bptrain.v1 import training_pb2 as pb
+from bptrain.v1 import training_pb2_grpc
 from services.cluster import NAMESPACE
 from services.datasets import load_dataset
 from services.jobs.monitor import runner_actor_name
@@ -125,6 +126,32 @@ def test_a_finished_jobs_stream_replays_from_the_cursor_and_ends_with_its_state(
     events = list(client.events(job.job_id, after_step=5))
     assert [e.point.step for e in events[:-1]] == list(range(6, events[-1].final.total_steps + 1))
     assert events[-1].final.state == pb.SUCCEEDED
+
+
+def test_a_batched_stream_carries_the_same_points_in_fewer_messages(
+    client: Client, server: tuple
+) -> None:
+    job = client.submit(digits_spec(epochs=1))
+    final = client.wait(job.job_id)
+    running, _ = server
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = training_pb2_grpc.TrainingServiceStub(channel)
+        one_each, batched = (
+            list(stub.StreamMetrics(pb.StreamMetricsRequest(**fields), timeout=30))
+            for fields in (
+                {"job_id": job.job_id, "after_step": 3},
+                {"job_id": job.job_id, "after_step": 3, "batched": True},
+            )
+        )
+    assert all(m.WhichOneof("event") == "point" for m in one_each[:-1])
+    assert all(m.WhichOneof("event") == "points" for m in batched[:-1])
+    points = [p for m in batched[:-1] for p in m.points.points]
+    assert points == [m.point for m in one_each[:-1]]
+    assert [p.step for p in points] == list(range(4, final.total_steps + 1))
+    assert len(batched) < len(one_each)
+    assert one_each[-1].final.state == batched[-1].final.state == pb.SUCCEEDED
+    # The SDK asks for batches and hands out one event per point, as before.
+    assert [e.point for e in client.events(job.job_id, after_step=3)][:-1] == points
 
 
 @pytest.mark.parametrize(

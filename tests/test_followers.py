@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bptrain.v1 import training_pb2 as pb
+from services.api import followers as followers_module
 from services.api.followers import Followers
 from services.errors import InvalidSpecError, NotFoundError
 from services.jobs.records import JobState
@@ -50,9 +51,31 @@ async def collect(
     return steps, final
 
 
-async def started(followers: Followers, count: int, **kwargs) -> list[asyncio.Task]:
+async def collect_batched(
+    followers: Followers, after_step: int = 0
+) -> tuple[list[pb.StreamMetricsResponse], pb.Job | None]:
+    """The batched messages of one follower (each checked to carry `points`), and the final job."""
+    messages, final = [], None
+    stream = followers.follow("job-1", after_step, check_access=followers.store.get, batched=True)
+    async for answer in stream:
+        if answer.HasField("final"):
+            final = answer.final
+        else:
+            assert answer.HasField("points") and not answer.HasField("point")
+            messages.append(answer)
+    return messages, final
+
+
+def steps_of(messages: list[pb.StreamMetricsResponse]) -> list[int]:
+    return [point.step for message in messages for point in message.points.points]
+
+
+async def started(
+    followers: Followers, count: int, *, batched: bool = False, **kwargs
+) -> list[asyncio.Task]:
     followers.bind(asyncio.get_running_loop())
-    tasks = [asyncio.create_task(collect(followers, **kwargs)) for _ in range(count)]
+    follower = collect_batched if batched else collect
+    tasks = [asyncio.create_task(follower(followers, **kwargs)) for _ in range(count)]
     while followers.followed_jobs == 0:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)  # every follower has read the store and reached its wait
@@ -75,6 +98,51 @@ def test_many_followers_get_every_step_once_then_the_final_job(store: JobStore) 
     for steps, final in asyncio.run(scenario()):
         assert steps == list(range(1, 100))
         assert final is not None and final.state == pb.SUCCEEDED
+
+
+def test_batched_followers_get_every_step_once_a_message_per_write_shared_by_all(
+    store: JobStore,
+) -> None:
+    async def scenario() -> list[tuple[list[pb.StreamMetricsResponse], pb.Job | None]]:
+        followers = Followers(store)
+        write(store, followers, range(1, 4))  # stored before anyone follows
+        tasks = await started(followers, 20, batched=True)
+        for first in range(4, 100, 7):  # live batches, as the monitor writes them
+            write(store, followers, range(first, min(first + 7, 100)))
+            await asyncio.sleep(0.05)  # every follower has its message before the next
+        finish(store, followers)
+        return await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT_S)
+
+    results = asyncio.run(scenario())
+    writes = 1 + len(range(4, 100, 7))  # the stored points, then the live writes
+    for messages, final in results:
+        assert steps_of(messages) == list(range(1, 100))
+        assert len(messages) <= writes  # one per write (fewer where a refresh took two)
+        assert final is not None and final.state == pb.SUCCEEDED
+    live = [message for messages, _ in results for message in messages[1:]]
+    assert len({id(message) for message in live}) <= 2 * writes  # built once, shared
+
+
+def test_a_batched_follower_behind_the_tail_pages_the_store_in_bounded_messages(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(followers_module, "PAGE_POINTS", 4)
+    monkeypatch.setattr(followers_module, "BATCH_POINTS", 3)
+
+    async def scenario() -> tuple:
+        followers = Followers(store, tail_points=5)  # most points are behind the tail
+        write(store, followers, range(1, 21))
+        tasks = await started(followers, 1, batched=True)
+        write(store, followers, range(21, 31))
+        late = asyncio.create_task(collect_batched(followers, after_step=2))
+        await asyncio.sleep(0.1)
+        finish(store, followers)
+        return await asyncio.wait_for(asyncio.gather(tasks[0], late), TIMEOUT_S)
+
+    (live, live_final), (late, late_final) = asyncio.run(scenario())
+    assert steps_of(live) == list(range(1, 31)) and live_final is not None
+    assert steps_of(late) == list(range(3, 31)) and late_final is not None
+    assert max(len(m.points.points) for m in late + live) <= 4  # a page, or BATCH_POINTS
 
 
 def test_a_follower_resumes_after_its_step_and_one_behind_the_tail_reads_the_store(

@@ -7,13 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_RUN_TIMEOUT_S = 240  # about 20 s on a quiet 2-core machine
 
 
-def test_a_small_run_reports_every_follower_exact_and_each_process_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["one-per-point", "batched"])
+def test_a_small_run_reports_every_follower_exact_and_each_process_cpu(
+    tmp_path: Path, batched: bool
+) -> None:
     out = tmp_path / "load.json"
     small = ["--followers", "12", "--clients", "2", "--channels", "3", "--steps", "12"]
+    small += ["--batched"] if batched else []
     run = subprocess.run(
         [sys.executable, "bench/load.py", *small, "--json", str(out)],
         cwd=ROOT,
@@ -23,7 +29,7 @@ def test_a_small_run_reports_every_follower_exact_and_each_process_cpu(tmp_path:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
-    assert result["job_state"] == "SUCCEEDED"
+    assert result["job_state"] == "SUCCEEDED" and result["batched"] is batched
     assert result["stored_points"] == 12
     assert result["followers_exact"] == 12  # every step once, then the final job, in each
     assert result["follower_errors"] == [] and result["errors"] == {}

@@ -304,20 +304,30 @@ class CancelJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class StreamMetricsRequest(_message.Message):
-    __slots__ = ("job_id", "after_step")
+    __slots__ = ("job_id", "after_step", "batched")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_STEP_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     after_step: int
-    def __init__(self, job_id: _Optional[str] = ..., after_step: _Optional[int] = ...) -> None: ...
+    batched: bool
+    def __init__(self, job_id: _Optional[str] = ..., after_step: _Optional[int] = ..., batched: _Optional[bool] = ...) -> None: ...
+
+class MetricPoints(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
 
 class StreamMetricsResponse(_message.Message):
-    __slots__ = ("point", "final")
+    __slots__ = ("point", "final", "points")
     POINT_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
     point: MetricPoint
     final: Job
-    def __init__(self, point: _Optional[_Union[MetricPoint, _Mapping]] = ..., final: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+    points: MetricPoints
+    def __init__(self, point: _Optional[_Union[MetricPoint, _Mapping]] = ..., final: _Optional[_Union[Job, _Mapping]] = ..., points: _Optional[_Union[MetricPoints, _Mapping]] = ...) -> None: ...
 
 class GetWeightsRequest(_message.Message):
     __slots__ = ("job_id", "format", "latest")

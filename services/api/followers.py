@@ -14,6 +14,11 @@ every other callback of the event loop, and a health check or a GetJob arriving 
 waited for all of them (p99 115-180 ms under bench/load.py); taking turns, each waits
 for a few dozen (22-58 ms), for a wider spread of the same step over the followers.
 
+A follower that asks for `batched` messages gets the points that are ready together in
+one message (`points`, at most BATCH_POINTS): after a drain of the job's workers that is
+one message per follower instead of one per point, and followers at the same cursor share
+the message, built once per change of the tail.
+
 Invariant of a tail: every stored point with covered_after < step <= last_step is in
 `steps`/`responses`, in step order; `final` is set once the job has ended and no point
 after last_step is stored. Everything here runs on the server's event loop; `changed`
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 TAIL_POINTS = 4096  # newest points kept per followed job
 PAGE_POINTS = 1000  # points one store read returns at most
 FANOUT_SLOTS = 32  # followers with a tail message on its way at once
+BATCH_POINTS = 1000  # points in one batched message at most (~100 KB)
+_KEPT_BATCHES = 8  # batched messages kept per tail (cursors seen since its last change)
 
 
 @dataclass(eq=False)
@@ -53,6 +60,21 @@ class _Tail:
     is_refreshing: bool = False
     is_dirty: bool = False
     refresher: asyncio.Task | None = None
+    batches: dict[int, list[pb.StreamMetricsResponse]] = field(default_factory=dict)
+
+    def batches_after(self, start: int) -> list[pb.StreamMetricsResponse]:
+        """The points from index `start` on as batched messages, BATCH_POINTS to one;
+        built once per cursor and change of the tail, and shared by the followers there."""
+        key = self.steps[start]
+        batches = self.batches.get(key)
+        if batches is None:
+            if len(self.batches) >= _KEPT_BATCHES:
+                self.batches.clear()
+            points = [response.point for response in self.responses[start:]]
+            batches = self.batches[key] = [
+                batch_of(points[i : i + BATCH_POINTS]) for i in range(0, len(points), BATCH_POINTS)
+            ]
+        return batches
 
     def extend(self, points: list[MetricPoint], limit: int) -> None:
         for point in points:
@@ -60,6 +82,7 @@ class _Tail:
             self.responses.append(pb.StreamMetricsResponse(point=convert.point_to_proto(point)))
         if points:
             self.last_step = points[-1].step
+            self.batches.clear()  # their last point is no longer the tail's
         if len(self.steps) > limit:  # the oldest leave; followers behind them read the store
             cut = len(self.steps) - limit
             self.covered_after = self.steps[cut - 1]
@@ -99,9 +122,15 @@ class Followers:
         return len(self._tails)
 
     async def follow(
-        self, job_id: str, after_step: int, check_access: Callable[[str], JobRecord]
+        self,
+        job_id: str,
+        after_step: int,
+        check_access: Callable[[str], JobRecord],
+        *,
+        batched: bool = False,
     ) -> AsyncIterator[pb.StreamMetricsResponse]:
-        """Points with step > after_step, stored then live; then the finished job.
+        """Points with step > after_step, stored then live, one message each (`point`)
+        or, `batched`, those ready together in one (`points`); then the finished job.
 
         `check_access(job_id)` returns the job, or raises (NotFoundError) before the
         first message when the caller may not see it; it runs in a worker thread."""
@@ -117,14 +146,19 @@ class Followers:
                     points = await asyncio.to_thread(
                         self.store.metrics_after, job_id, cursor, PAGE_POINTS
                     )
-                    for point in points:
-                        yield pb.StreamMetricsResponse(point=convert.point_to_proto(point))
+                    protos = [convert.point_to_proto(point) for point in points]
+                    if batched and protos:
+                        yield batch_of(protos)
+                    else:
+                        for proto in protos:
+                            yield pb.StreamMetricsResponse(point=proto)
                     cursor = points[-1].step if points else tail.covered_after
                     continue
                 start = bisect.bisect_right(tail.steps, cursor)
                 if start < len(tail.steps):
                     last = tail.steps[-1]
-                    for response in tail.responses[start:]:
+                    ready = tail.batches_after(start) if batched else tail.responses[start:]
+                    for response in ready:
                         async with self._slots:  # held until the message is written
                             yield response
                     cursor = last
@@ -198,6 +232,11 @@ class Followers:
                 return record, points, True
             after = page[-1].step
         return record, points, False
+
+
+def batch_of(points: list[pb.MetricPoint]) -> pb.StreamMetricsResponse:
+    """One batched message of consecutive points (copied into it)."""
+    return pb.StreamMetricsResponse(points=pb.MetricPoints(points=points))
 
 
 def _final(record: JobRecord) -> pb.StreamMetricsResponse:

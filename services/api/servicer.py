@@ -92,6 +92,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             _job_id(request.job_id),
             request.after_step,
             check_access=functools.partial(self.manager.get, principal=caller()),
+            batched=request.batched,
         )
         async for event in events:
             yield event
