@@ -147,8 +147,9 @@ class Followers:
                         self.store.metrics_after, job_id, cursor, PAGE_POINTS
                     )
                     protos = [convert.point_to_proto(point) for point in points]
-                    if batched and protos:
-                        yield batch_of(protos)
+                    if batched:
+                        for i in range(0, len(protos), BATCH_POINTS):
+                            yield batch_of(protos[i : i + BATCH_POINTS])
                     else:
                         for proto in protos:
                             yield pb.StreamMetricsResponse(point=proto)
