@@ -53,6 +53,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bptrain.client import points_of  # noqa: E402
 from bptrain.specfile import spec_from_dict  # noqa: E402
 from bptrain.v1 import training_pb2 as pb  # noqa: E402
 from bptrain.v1 import training_pb2_grpc  # noqa: E402
@@ -133,11 +134,8 @@ async def follow(
     try:
         async for answer in stub.StreamMetrics(request):
             received_at = time.perf_counter()
-            if answer.HasField("final"):
-                out.ended = True
-                continue
-            points = answer.points.points if answer.HasField("points") else [answer.point]
-            for point in points:
+            out.ended = out.ended or answer.HasField("final")
+            for point in points_of(answer):
                 out.steps.append(point.step)
                 out.received_at.append(received_at)
     except grpc.RpcError as error:

@@ -6,7 +6,7 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -164,11 +164,11 @@ class Client(SweepCalls):
             owner="job",
         )
         for event in follow(source, after_step, reconnect_for_s, on_reconnect):
-            if event.HasField("points"):  # the server batches what is ready together
-                for point in event.points.points:
-                    yield pb.StreamMetricsResponse(point=point)
-            else:  # a point (a server without batching) or the final job
+            if event.HasField("final"):
                 yield event
+            else:  # a batch, or one point from a server without batching
+                for point in points_of(event):
+                    yield pb.StreamMetricsResponse(point=point)
 
     def metrics(
         self, job_id: str, after_step: int = 0, *, reconnect_for_s: float | None = None
@@ -277,8 +277,15 @@ class Client(SweepCalls):
         raise BptrainError("DATA_LOSS", "the weights stream ended without its sha256")
 
 
+def points_of(event: pb.StreamMetricsResponse) -> Sequence[pb.MetricPoint]:
+    """The metric points a StreamMetrics message carries: a batch's, its one point's, or
+    none (the final job)."""
+    if event.HasField("points"):
+        return event.points.points
+    return [event.point] if event.HasField("point") else []
+
+
 def _last_step(event: pb.StreamMetricsResponse) -> int | None:
-    """The metrics stream's cursor after `event`: its (last) point's step."""
-    if event.HasField("points") and event.points.points:
-        return event.points.points[-1].step
-    return event.point.step if event.HasField("point") else None
+    """The metrics stream's cursor after `event`: its last point's step."""
+    points = points_of(event)
+    return points[-1].step if points else None

@@ -94,9 +94,8 @@ def test_the_goals_compare_with_torchtrainer_and_show_every_run(bench) -> None:
         "0.95x (bptrain bsp 1w/1s, 950 vs 1000 samples/s; from median steps 0.95x; "
         "runs 0.94/0.95/0.96) met"
     )
-    assert goals[2].startswith("  2-worker bptrain bsp >= 1.70x single: 1.80x") and goals[
-        2
-    ].endswith(" met")
+    assert goals[2].startswith("  2-worker bptrain bsp >= 1.70x single: 1.80x")
+    assert goals[2].endswith(" met")
     assert goals[3].endswith("1.60x (from median steps 1.60x) NOT met")  # asp
     assert goals[4].endswith("1.75x (from median steps 1.75x) met")  # ssp
     assert "TorchTrainer, 1 worker(s): 1.90x" in goals[5] and goals[5].endswith(
