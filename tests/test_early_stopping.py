@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from bptrain.v1 import training_pb2 as pb
 from services.api.convert import spec_from_proto, spec_to_proto
 from services.errors import InvalidSpecError
 from services.jobs.early_stopping import EarlyStopper, StopWhenSpec
+from services.jobs.runner_launch import JobSetup, runner_options
+from services.jobs.runner_options import RunnerOptions
 from services.jobs.training_data import prepare_data
 from tests.conftest import digits_spec
 
@@ -75,6 +78,26 @@ def test_an_evaluation_seen_again_after_a_restore_is_not_counted_twice() -> None
     assert stopper.observe(20, {"loss": 1.5}) is None
     assert stopper.observe(20, {"loss": 1.5}) is None  # step 20 trained again
     assert stopper.observe(30, {"loss": 1.2}) is not None
+
+
+@pytest.mark.parametrize(
+    "history",
+    [((0, 1.0),), ((3, 1.0), (2, 1.0)), ((2, 1.0), (2, 0.5)), ((2, 1.0), (9, 1.0))],
+    ids=["step-0", "out-of-order", "repeated", "past-the-resume"],
+)
+def test_a_runner_refuses_a_stop_history_that_is_not_one_of_stored_steps(history) -> None:
+    with pytest.raises(ValueError, match="stop_history must hold increasing steps in"):
+        RunnerOptions(resume_at_most=8, stop_history=history)
+
+
+def test_the_runner_options_carry_the_stop_history() -> None:
+    setup = JobSetup(
+        weights_path=Path("w.npz"), checkpoint_dir=Path("c"), datasets_dir=Path("d"), worker_cpus=1
+    )
+    history = ((2, 1.5), (4, 1.25))
+    options = runner_options(setup, resume_at_most=5, stop_history=history)
+    assert (options.resume_at_most, options.stop_history) == (5, history)
+    assert runner_options(setup, resume_at_most=0).stop_history == ()
 
 
 # --- in the spec -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -172,6 +173,39 @@ def test_a_killed_runner_is_replaced_and_resumes_from_a_checkpoint(
     assert final.state == pb.SUCCEEDED, final.reason
     assert streamed_steps(client, job.job_id) == list(range(1, final.total_steps + 1))
     assert_same_weights(client.weights(job.job_id), reference())
+
+
+# Slow enough steps (a wide network) that a kill lands between the metric's best and the
+# end of its patience; validation accuracy on digits stops improving early.
+PATIENT_SPEC = digits_spec(
+    layers=[{"units": 512, "activation": "relu"}, {"units": 10, "activation": "identity"}],
+    epochs=200,
+    eval_every=10,
+    checkpoint_every=10,
+    stop_when={"metric": "validation_accuracy", "patience_evaluations": 30},
+)
+
+
+def test_a_replaced_runner_stops_where_the_lost_one_would_have(
+    client: Client, server: tuple
+) -> None:
+    reference = client.submit(PATIENT_SPEC).wait()
+    assert reference.state == pb.SUCCEEDED, reference.reason
+    said = re.fullmatch(r".*\(best [\d.]+ at step (\d+)\); stopped at step (\d+)", reference.reason)
+    assert said, reference.reason
+    best, stop = map(int, said.groups())
+    job = client.submit(PATIENT_SPEC)
+    running = wait_for_step(client, job.job_id, best + (stop - best) // 3)
+    assert running.state == pb.RUNNING, "the job ended before the kill"
+    runner = runner_actor_name(server[1].store.get(job.job_id))
+    ray.kill(ray.get_actor(runner, namespace="bptrain"), no_restart=True)
+    print(f"best at {best}, stop at {stop}; runner killed at step {running.step}")
+    final = job.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert final.reason == reference.reason  # patience went on from the stored evaluations
+    assert final.step == stop
+    assert streamed_steps(client, job.job_id) == list(range(1, stop + 1))
+    assert_same_weights(client.weights(job.job_id), client.weights(reference.job_id))
 
 
 KILLS = 10

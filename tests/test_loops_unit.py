@@ -173,6 +173,61 @@ def test_stop_when_out_of_patience_says_since_when(monkeypatch: pytest.MonkeyPat
     assert cohort.issued == [1, 2, 3, 4, 5, 6]
 
 
+PATIENCE_LOSSES = {1: 3.0, 2: 2.0}  # best at step 2; every later step's loss is 2.5
+
+
+def patience_loss(step: int) -> float:
+    return PATIENCE_LOSSES.get(step, 2.5)
+
+
+def test_a_replacement_runner_counts_patience_on_from_the_stored_evaluations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rule = StopWhenSpec(metric="loss", patience_evaluations=2)
+    cohort = bsp_cohort(eval_every=2, stop_when=rule)
+    cohort.loss = patience_loss
+    harness = make_run(monkeypatch, cohort)
+    # The lost runner stored steps 1..5 (evaluations at 2 and 4) and checkpointed step 4;
+    # step 5 is past the resume point: trained again, and its value is not replayed.
+    stored = [(step, patience_loss(step)) for step in range(1, 6)]
+    harness.run.report.replay_evaluations(4, stored)
+    with pytest.raises(StoppedEarly) as stopped:
+        train_bsp(harness.run, 4)
+    # Uninterrupted, the job stops at step 6; counted from the resume, it went on to 8.
+    assert str(stopped.value) == (
+        "loss did not improve for 2 evaluations (best 2 at step 2); stopped at step 6"
+    )
+    assert cohort.issued == [5, 6]
+
+
+def test_a_rule_met_at_the_resumed_step_stops_the_replacement_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rule = StopWhenSpec(metric="loss", patience_evaluations=2)
+    cohort = bsp_cohort(eval_every=2, stop_when=rule)
+    harness = make_run(monkeypatch, cohort)
+    stored = [(step, patience_loss(step)) for step in range(1, 7)]
+    with pytest.raises(StoppedEarly, match="stopped at step 6") as stopped:
+        harness.run.report.replay_evaluations(6, stored)
+    assert stopped.value.theta is None  # θ is the resumed one: the runner exports it
+    assert cohort.issued == []
+
+
+def test_replayed_values_are_only_those_of_evaluation_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rule = StopWhenSpec(metric="loss", patience_evaluations=1)
+    cohort = bsp_cohort(eval_every=4, stop_when=rule)
+    harness = make_run(monkeypatch, cohort)
+    # Only steps 4 and 8 are evaluations (eval_every 4; the last step, 10, is never one
+    # for the rule): the other steps' worse losses would have run out its patience.
+    values = {4: 2.0, 8: 1.0}
+    harness.run.report.replay_evaluations(10, [(s, values.get(s, 9.0)) for s in STEPS])
+    stopper = harness.run.report.stopper
+    assert (stopper.best, stopper.best_step, stopper.since_best) == (1.0, 8, 0)
+    assert stopper.last_step == 8
+
+
 def test_a_job_that_never_meets_stop_when_runs_to_its_last_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

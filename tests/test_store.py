@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -326,6 +327,35 @@ def test_writing_a_step_again_replaces_it(store: JobStore) -> None:
 
     points = store.metrics_after("job-a", 0)
     assert [(p.step, p.loss) for p in points] == [(1, 2.0), (2, 1.25)]
+
+
+def test_a_metrics_history_has_the_steps_up_to_a_bound_that_hold_the_metric(
+    store: JobStore,
+) -> None:
+    store.create(make_record("job-a"))
+    store.create(make_record("job-b"))
+    evaluated = {"validation_loss": 0.5, "validation_accuracy": 0.75}
+    store.add_metrics("job-a", [make_point(s, loss=1.0 / s) for s in (1, 3, 5)])
+    store.add_metrics("job-a", [make_point(s, loss=1.0 / s, **evaluated) for s in (2, 4, 6)])
+    store.add_metrics("job-b", [make_point(1, loss=9.0, **evaluated)])
+
+    assert store.metric_history("job-a", "loss", 4) == [(s, 1.0 / s) for s in (1, 2, 3, 4)]
+    assert store.metric_history("job-a", "validation_accuracy", 5) == [(2, 0.75), (4, 0.75)]
+    assert store.metric_history("job-a", "validation_loss", 0) == []
+    assert store.metric_history("job-c", "loss", 10) == []
+
+
+def test_a_metrics_history_reads_points_sqlite_cannot_parse(store: JobStore) -> None:
+    store.create(make_record("job-a"))  # Python's json writes Infinity, which SQLite refuses
+    store.add_metrics("job-a", [make_point(1, validation_loss=math.inf), make_point(2)])
+
+    assert store.metric_history("job-a", "validation_loss", 2) == [(1, math.inf)]
+    assert store.metric_history("job-a", "loss", 2) == [(1, 1.0), (2, 1.0)]
+
+
+def test_a_metrics_history_of_no_point_field_is_refused(store: JobStore) -> None:
+    with pytest.raises(ValueError, match="no field 'accuracy'"):
+        store.metric_history("job-a", "accuracy", 2)
 
 
 def test_record_carries_the_latest_point_and_its_step(store: JobStore) -> None:

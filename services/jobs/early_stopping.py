@@ -12,7 +12,9 @@ default once per epoch, and the last), on one metric:
   (best 0.0812 at step 300); stopped at step 450").
 
 Either or both may be given. The weights are θ after the stopping step. A runner that
-replaces a lost one (see "When things fail") counts patience again from its resume.
+replaces a lost one (see "When things fail") first shows its stopper the stored values
+of the metric up to the step it resumes after (`StepReporter.replay_evaluations`), so
+the best value and the count of evaluations without improvement go on from there.
 """
 
 from __future__ import annotations

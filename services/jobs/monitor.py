@@ -223,8 +223,12 @@ class RunnerMonitor:
         return start_runner(self.runner_name, self.job_id, self.spec, self._runner_options())
 
     def _runner_options(self) -> RunnerOptions:
-        """The runner's options for this job, resuming after its stored step."""
-        return runner_options(self.setup, resume_at_most=self.store.get(self.job_id).step)
+        """The runner's options for this job, resuming after its stored step with the
+        stored values of its `stop_when` metric."""
+        stored = self.store.get(self.job_id).step
+        rule = self.spec.stop_when
+        history = self.store.metric_history(self.job_id, rule.metric, stored) if rule.is_set else []
+        return runner_options(self.setup, resume_at_most=stored, stop_history=tuple(history))
 
     @property
     def runner_name(self) -> str:

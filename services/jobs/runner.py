@@ -29,7 +29,10 @@ the end.
 The resume rule: a runner resumes from the newest intact checkpoint at or before the
 last step the store has recorded (`resume_at_most`); checkpoints past it are removed at
 start (an earlier runner trained past what was recorded). The runner's lead over the
-store is bounded (`lead.Lead`), and pruning keeps the checkpoint that rule needs.
+store is bounded (`lead.Lead`), and pruning keeps the checkpoint that rule needs. The
+spec's `stop_when` rule resumes from the stored values of its metric up to that
+checkpoint (`RunnerOptions.stop_history`), so a replacement stops where its
+predecessor would have.
 """
 
 from __future__ import annotations
@@ -213,6 +216,7 @@ class JobRunner:
         else:
             loop = train_bsp if spec.consistency == "bsp" else train_async
         try:
+            report.replay_evaluations(step, options.stop_history)
             loop(run, step)
         except StoppedEarly as stopped:
             self._output.final = self._exported(cohort, report.reported, stopped.theta)

@@ -53,9 +53,12 @@ class JobSetup:
     max_lead_s: float = MAX_LEAD_S
 
 
-def runner_options(setup: JobSetup, *, resume_at_most: int) -> RunnerOptions:
-    """A runner's options for the job, resuming after step `resume_at_most` (the paths
-    made absolute: the runner's process may have another working directory)."""
+def runner_options(
+    setup: JobSetup, *, resume_at_most: int, stop_history: tuple[tuple[int, float], ...] = ()
+) -> RunnerOptions:
+    """A runner's options for the job, resuming after step `resume_at_most` with its
+    `stop_when` metric's `stop_history` (the paths made absolute: the runner's process
+    may have another working directory)."""
     return RunnerOptions(
         worker_cpus=setup.worker_cpus,
         datasets_dir=setup.datasets_dir.resolve(),
@@ -63,6 +66,7 @@ def runner_options(setup: JobSetup, *, resume_at_most: int) -> RunnerOptions:
         resume_at_most=resume_at_most,
         drain_period_s=setup.drain_period_s,
         max_lead_s=setup.max_lead_s,
+        stop_history=stop_history,
     )
 
 

@@ -36,6 +36,10 @@ class RunnerOptions:
     - `drain_period_s`: how often colocated workers' statistics are drained, so how
       soon a step's point (and its evaluation) reaches `poll` (in [0.05, 5]); a sweep's
       trials drain more often, so that a scheduler's verdict reaches them sooner.
+    - `stop_history`: (step, value) of the spec's `stop_when` metric at the stored steps
+      up to `resume_at_most`, in step order: a runner that replaces a lost one resumes
+      the rule's count from them (`StepReporter.replay_evaluations`), so patience is
+      not counted again from its resume.
     """
 
     worker_cpus: float = 1.0
@@ -45,6 +49,7 @@ class RunnerOptions:
     transport: str = "auto"
     max_lead_s: float | None = MAX_LEAD_S
     drain_period_s: float = DRAIN_PERIOD_S
+    stop_history: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.worker_cpus > 0:
@@ -57,3 +62,11 @@ class RunnerOptions:
             raise ValueError(f"max_lead_s must be > 0 or None, got {self.max_lead_s}")
         if not 0.05 <= self.drain_period_s <= 5.0:
             raise ValueError(f"drain_period_s must be in [0.05, 5], got {self.drain_period_s}")
+        steps = [step for step, _ in self.stop_history]
+        if steps and not (
+            steps[0] > 0 and steps[-1] <= self.resume_at_most and steps == sorted(set(steps))
+        ):
+            raise ValueError(
+                "stop_history must hold increasing steps in [1, resume_at_most = "
+                f"{self.resume_at_most}]"
+            )

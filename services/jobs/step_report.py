@@ -150,6 +150,22 @@ class StepReporter:
             if reason is not None:
                 raise StoppedEarly(reason, self._theta(theta, theta_refs))
 
+    def replay_evaluations(self, resumed: int, history: Sequence[tuple[int, float]]) -> None:
+        """A runner that replaces a lost one, resuming after step `resumed`: the
+        `stop_when` rule sees the evaluations up to it again from `history` ((step, value)
+        of its metric as stored, step order), so its best and its patience go on where
+        they were at that step; the steps after it are evaluated as they are trained.
+        StoppedEarly (θ: the resumed one) if the rule was met at `resumed` itself: the
+        lost runner reported the stop but did not end the job."""
+        metric = self.spec.stop_when.metric
+        for step, value in history:
+            if step > resumed:
+                break
+            if step % self.eval_every == 0 and step < self.steps:
+                reason = self.stopper.observe(step, {metric: value})
+                if reason is not None:
+                    raise StoppedEarly(reason)
+
     def _theta(self, theta: np.ndarray | None, theta_refs: list[ray.ObjectRef] | None):
         """θ after the step: `theta` if given, else from `theta_refs` or as the
         parameter server exports it now."""

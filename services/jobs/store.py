@@ -308,6 +308,27 @@ class JobStore:
             ).fetchall()
         return [_point(row["point"]) for row in rows]
 
+    def metric_history(self, job_id: str, name: str, at_most: int) -> list[tuple[int, float]]:
+        """(step, value) of one MetricPoint field, `name`, for every stored step up to
+        `at_most` where it has a value, in step order (a replacement runner's `stop_when`
+        resumes from them). Read inside SQLite; a point whose JSON SQLite cannot read
+        (a NaN or an infinity, which Python's json writes) is parsed here."""
+        if name not in _POINT_FIELDS:
+            raise ValueError(f"a metric point has no field {name!r}")
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT step, CASE WHEN json_valid(point) THEN json_extract(point, ?) "
+                "ELSE point END FROM metrics WHERE job_id = ? AND step <= ? ORDER BY step",
+                (f"$.{name}", job_id, at_most),
+            ).fetchall()
+        history = []
+        for step, value in rows:
+            if isinstance(value, str):
+                value = getattr(_point(value), name)
+            if value is not None:
+                history.append((int(step), float(value)))
+        return history
+
 
 def _record(db: sqlite3.Connection, row: sqlite3.Row) -> JobRecord:
     latest = db.execute(
