@@ -218,3 +218,17 @@ def test_blocks_are_w_over_b_zero_copy() -> None:
         assert np.shares_memory(block, theta)
         np.testing.assert_array_equal(block[:-1], W)
         np.testing.assert_array_equal(block[-1], b)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 7])
+def test_squares_of_the_shards_add_up_to_the_whole_gradients(shards: int) -> None:
+    layout = ParamLayout([5, 4, 3, 2])
+    g = np.random.default_rng(0).normal(size=layout.size).astype(np.float32)  # (P,)
+    parts = [layout.squares(g[lo:hi], lo) for lo, hi in layout.shard_bounds(shards)]
+    per_layer = np.sum([weights for weights, _ in parts], axis=0)
+    expected = [float(np.sum(W.astype(np.float64) ** 2)) for W, _ in layout.views(g)]
+    np.testing.assert_allclose(per_layer, expected, rtol=1e-6)
+    total = sum(whole for _, whole in parts)
+    assert total == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-6)
+    assert total > per_layer.sum()  # the biases count in the whole, not per layer
+    np.testing.assert_array_equal(layout.weight_squares(g, 0), layout.squares(g, 0)[0])

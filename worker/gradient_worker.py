@@ -8,7 +8,6 @@ GPU memory (CuPy) and only θ and the gradient cross the bus each step.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import socket
@@ -107,13 +106,19 @@ class GradientWorker:
     def compute_gradients(self, theta: np.ndarray, epoch: int, index: int) -> GradientResult:
         """Gradient of the mean loss over batch `index` of `epoch` at θ: (P,) in θ's dtype."""
         grad = np.empty_like(theta)
-        result = self._gradient_into(grad, theta, epoch, index)
+        samples, loss = self._gradient_into(grad, theta, epoch, index)
         norms = (
             tuple(self.model.layer_gradient_norms(grad))
-            if result.samples
-            else result.gradient_norms
+            if samples
+            else (0.0,) * self.model.layout.num_layers
         )
-        return dataclasses.replace(result, gradient=grad, gradient_norms=norms)
+        return GradientResult(
+            gradient=grad,
+            samples=samples,
+            loss=loss,
+            gradient_norms=norms,
+            worker=self.worker_index,
+        )
 
     def compute_gradients_into(
         self, out: np.ndarray, theta: np.ndarray, clock: int
@@ -122,22 +127,25 @@ class GradientWorker:
         ((P,), θ's dtype, host memory: a shared buffer, say); the result's `gradient` is
         `out` itself and its per-layer norms are left out (the caller has them cheaper)."""
         epoch, index = divmod(clock, self.steps_per_epoch)
-        return dataclasses.replace(self._gradient_into(out, theta, epoch, index), clock=clock)
+        samples, loss = self._gradient_into(out, theta, epoch, index)
+        return GradientResult(
+            gradient=out,
+            samples=samples,
+            loss=loss,
+            gradient_norms=(0.0,) * self.model.layout.num_layers,
+            worker=self.worker_index,
+            clock=clock,
+        )
 
     def _gradient_into(
         self, out: np.ndarray, theta: np.ndarray, epoch: int, index: int
-    ) -> GradientResult:
+    ) -> tuple[int, float]:
+        """g of batch `index` of `epoch` at θ, written into `out`; returns (its rows, the
+        mean loss over them): (0, 0.0) with g = 0 when the batch is empty."""
         rows = self._batch_rows(epoch, index)
-        result = GradientResult(
-            gradient=out,
-            samples=len(rows),
-            loss=0.0,
-            gradient_norms=(0.0,) * self.model.layout.num_layers,
-            worker=self.worker_index,
-        )
         if len(rows) == 0:  # an epoch's last step left nothing for this worker
             out.fill(0.0)
-            return result
+            return 0, 0.0
         if self.device != "cpu":
             rows = self.xp.asarray(rows)
         x, y = self.X[rows], self.y[rows]  # (b, D), (b,) or (b, K)
@@ -149,7 +157,7 @@ class GradientWorker:
         else:  # θ onto the GPU, g back into host memory
             loss, grad = self.model.loss_and_gradient(self.xp.asarray(theta), x, y, rng=rng)
             out[:] = to_numpy(grad)
-        return dataclasses.replace(result, loss=float(loss))
+        return len(rows), float(loss)
 
     def gradients(
         self, clock: int, *theta_parts: np.ndarray

@@ -117,14 +117,25 @@ class ParamLayout:
         """Σ (∂loss/∂W^l)² per layer over the entries of θ[lo : lo + len(part)] that belong
         to some W^l (biases excluded): (L,) float64. Summed over a gradient's shards and
         square-rooted, it gives every ‖∂loss/∂W^l‖ without ever joining the shards."""
+        return self.squares(part, lo)[0]
+
+    def squares(self, part: np.ndarray, lo: int) -> tuple[np.ndarray, float]:
+        """(`weight_squares(part, lo)`, Σ part²): the per-layer sums and, from them and
+        the biases' entries, the whole part's; one pass over it (a step's statistics
+        read every entry of its gradient once)."""
         hi = lo + len(part)
         squares = np.zeros(self.num_layers)
-        for layer, (w_start, b_start, _) in enumerate(self._offsets):
+        biases = 0.0
+        for layer, (w_start, b_start, b_end) in enumerate(self._offsets):
             a, b = max(w_start, lo), min(b_start, hi)
             if a < b:
                 chunk = part[a - lo : b - lo]
                 squares[layer] = float(chunk @ chunk)  # BLAS dot in θ's dtype: no copy
-        return squares
+            a, b = max(b_start, lo), min(b_end, hi)
+            if a < b:
+                chunk = part[a - lo : b - lo]
+                biases += float(chunk @ chunk)
+        return squares, float(squares.sum()) + biases
 
     def blocks(self, theta: Array) -> list[Array]:
         """[Θ^1, ..., Θ^L], Θ^l = [W^l; b^l] of shape (in + 1, out), zero-copy views of θ."""

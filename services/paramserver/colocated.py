@@ -36,7 +36,7 @@ from services.paramserver.colocated_state import (
     ShardState,
     thread_runqueue_seconds,
 )
-from services.paramserver.optimizers import apply_update, global_norm, init_state, learning_rate_at
+from services.paramserver.optimizers import apply_update, init_state, learning_rate_at
 from services.paramserver.server_config import ServerConfig
 from services.paramserver.step_stats import StepStats
 from worker.configs import WorkerConfig
@@ -201,7 +201,7 @@ class ColocatedWorker(ShardKeeper):
         loss = float(self.header[:, 0] @ self.header[:, 1]) / total
         reducing_done = time.perf_counter()
         eta = learning_rate_at(step, self.server.optimizer.learning_rate, self.server.schedule)
-        squares = self.layout.weight_squares(reduced, self.lo)
+        squares, square = self.layout.squares(reduced, self.lo)
         shard = self.theta[self.lo : self.hi]
         apply_update(shard, reduced, self.state, self.server.optimizer, learning_rate=eta)
         updated = time.perf_counter()
@@ -215,7 +215,7 @@ class ColocatedWorker(ShardKeeper):
             loss=loss,
             learning_rate=eta,
             weight_squares=tuple(squares),
-            square=global_norm(reduced) ** 2,
+            square=square,
             staleness=(0,) * self.workers,
             bytes_pushed=peers * slice_bytes,  # the other workers' slices of g read
             bytes_pulled=peers * slice_bytes,  # this shard of θ read by the others

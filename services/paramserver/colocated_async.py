@@ -164,14 +164,14 @@ class AsyncColocatedWorker(ColocatedWorker):
         self.mesh.announce()
         pushed = time.perf_counter()
         self.step = clock + 1
-        squares = self.layout.weight_squares(g, 0)
+        squares, square = self.layout.squares(g, 0)
         stats = StepStats(
             version=int(versions.min()),
             samples=result.samples,
             loss=result.loss,
             learning_rate=eta / (1 + staleness) if self.staleness_aware_lr else eta,
             weight_squares=tuple(squares),
-            square=float(g @ g),
+            square=square,
             staleness=(staleness,),
             clock_lead=(clock - slowest,),  # ahead of the slowest worker when it read θ
             bytes_pushed=g.nbytes,  # the whole gradient, into the shared state

@@ -39,7 +39,6 @@ import numpy as np
 
 from services.paramserver.optimizers import (
     apply_update,
-    global_norm,
     init_state,
     learning_rate_at,
 )
@@ -192,13 +191,14 @@ class ParameterServer:
                     g += (r.samples / total) * self._dense(r)  # Σ_i (n_i / n) g_i
             loss = sum(r.samples * r.loss for r in results) / total
             eta = learning_rate_at(self.version + 1, self.optimizer.learning_rate, self.schedule)
+            squares, square = self.layout.squares(g, self.lo)
             stats = StepStats(
                 version=self.version + 1,
                 samples=total,
                 loss=loss,
                 learning_rate=eta,
-                weight_squares=tuple(self.layout.weight_squares(g, self.lo)),
-                square=global_norm(g) ** 2,
+                weight_squares=tuple(squares),
+                square=square,
                 staleness=(0,) * len(results),
                 bytes_pushed=sum(r.nbytes for r in results),
                 compute_seconds=sum(r.compute_seconds for r in results) / len(results),
@@ -241,13 +241,14 @@ class ParameterServer:
             if self.staleness_aware_lr:
                 eta /= 1 + staleness  # η / (1 + τ)
             g = self._dense(result)
+            squares, square = self.layout.squares(g, self.lo)
             stats = StepStats(
                 version=self.version + (1 if result.samples else 0),
                 samples=result.samples,
                 loss=result.loss,
                 learning_rate=eta,
-                weight_squares=tuple(self.layout.weight_squares(g, self.lo)),
-                square=global_norm(g) ** 2,
+                weight_squares=tuple(squares),
+                square=square,
                 staleness=(staleness,),
                 clock_lead=(result.clock - slowest,),
                 bytes_pushed=result.nbytes,
