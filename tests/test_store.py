@@ -95,6 +95,37 @@ def test_records_of_one_stored_spec_share_one_parsed_spec_and_others_differ(
         a.seed = 5  # type: ignore[misc]
 
 
+def test_a_job_read_again_before_any_write_is_the_record_read_before(store: JobStore) -> None:
+    store.create(make_record("job-a"))
+    store.create(make_record("job-b"))
+    first = store.get("job-a")
+    assert store.get("job-a") is first  # nothing written since: not read again
+
+    store.add_metrics("job-b", [make_point(1)])  # any write to the file
+    assert store.get("job-a") is not first
+    assert store.get("job-a") == first
+    store.update("job-a", state=JobState.RUNNING)
+    assert store.get("job-a").state is JobState.RUNNING
+    store.add_metrics("job-a", [make_point(1), make_point(2, loss=0.5)])
+    assert (store.get("job-a").step, store.get("job-a").latest.loss) == (2, 0.5)
+
+
+def test_a_write_by_another_connection_is_seen_by_the_next_read(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    reader, writer = JobStore(path), JobStore(path)  # as if in two processes
+    try:
+        writer.create(make_record("job-a"))
+        assert reader.get("job-a").state is JobState.QUEUED
+        writer.update("job-a", state=JobState.SUCCEEDED, reason="done")
+        assert (reader.get("job-a").state, reader.get("job-a").reason) == (
+            JobState.SUCCEEDED,
+            "done",
+        )
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_a_read_does_not_wait_for_a_write_in_progress(store: JobStore) -> None:
     store.create(make_record("job-a"))
     read: list[JobRecord] = []
