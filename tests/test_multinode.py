@@ -94,3 +94,12 @@ def test_a_two_worker_job_runs_one_worker_on_each_node(two_nodes: dict, api_clie
     assert asp.state == pb.SUCCEEDED, asp.reason
     assert {worker.node_id for worker in asp.workers} == set(two_nodes["nodes"])
     assert asp.latest.validation_accuracy > 0.8
+    # ssp on the same fallback keeps its bound with the workers on two nodes.
+    ssp = client.submit(digits_spec(epochs=3, consistency="ssp", staleness=1))
+    points = list(client.metrics(ssp.job_id))
+    final = ssp.wait()
+    assert final.state == pb.SUCCEEDED, final.reason
+    assert {worker.node_id for worker in final.workers} == set(two_nodes["nodes"])
+    assert [p.step for p in points] == list(range(1, final.total_steps + 1))
+    assert max(p.clock_lead_max for p in points) <= 1  # the staleness bound
+    assert final.latest.validation_accuracy > 0.8
