@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from services.api.convert import (
 from services.datasets import DatasetOptions
 from services.errors import InvalidSpecError
 from services.jobs.records import JobRecord, JobState, MetricPoint
+from services.jobs.schedule_spec import ScheduleSpec
 from services.jobs.spec import DatasetSpec, JobSpec, LayerSpec
 from services.paramserver.optimizers import OptimizerConfig
 
@@ -528,3 +530,17 @@ def test_unknown_state_value_is_invalid(value: int) -> None:
 
     assert caught.value.field == "state"
     assert str(value) in str(caught.value)
+
+
+def test_a_schedule_spec_as_a_dict_and_as_the_optimizers_schedule() -> None:
+    rule = ScheduleSpec(kind="step", warmup_steps=5, step_size=7, gamma=0.5, min_learning_rate=0.01)
+    assert rule.as_dict() == dataclasses.asdict(rule)
+    schedule = rule.schedule(total_steps=100)
+    assert (schedule.kind, schedule.warmup_steps, schedule.step_size) == ("step", 5, 7)
+    assert (schedule.gamma, schedule.min_learning_rate, schedule.total_steps) == (0.5, 0.01, 100)
+    spec = JobSpec(
+        layers=(LayerSpec(units=10, activation="identity"),),
+        dataset=DatasetSpec(name="digits"),
+        schedule=rule,
+    )
+    assert spec_to_proto(spec).schedule == pb.ScheduleSpec(**dataclasses.asdict(rule))

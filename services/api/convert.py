@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from google.protobuf.message import Message
@@ -158,7 +157,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             weight_decay=optimizer.weight_decay,
             rho=optimizer.rho,
         ),
-        schedule=pb.ScheduleSpec(**dataclasses.asdict(spec.schedule)),
+        schedule=pb.ScheduleSpec(**spec.schedule.as_dict()),
         l2=spec.l2,
         label_smoothing=spec.label_smoothing,
         huber_delta=spec.huber_delta,

@@ -26,4 +26,12 @@ class ScheduleSpec:
         self.schedule(total_steps=self.warmup_steps + 1)  # validates every field
 
     def schedule(self, total_steps: int) -> LRSchedule:
-        return LRSchedule(**dataclasses.asdict(self), total_steps=total_steps)
+        return LRSchedule(**self.as_dict(), total_steps=total_steps)
+
+    def as_dict(self) -> dict[str, str | int | float]:
+        """Every field by name; its values are plain numbers and a name, so a shallow
+        dict (`dataclasses.asdict` deep-copies, a fifth of validating a spec)."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(ScheduleSpec))
