@@ -231,4 +231,3 @@ def test_squares_of_the_shards_add_up_to_the_whole_gradients(shards: int) -> Non
     total = sum(whole for _, whole in parts)
     assert total == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-6)
     assert total > per_layer.sum()  # the biases count in the whole, not per layer
-    np.testing.assert_array_equal(layout.weight_squares(g, 0), layout.squares(g, 0)[0])

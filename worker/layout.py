@@ -113,16 +113,14 @@ class ParamLayout:
             lo = hi
         return bounds
 
-    def weight_squares(self, part: np.ndarray, lo: int) -> np.ndarray:
-        """Σ (∂loss/∂W^l)² per layer over the entries of θ[lo : lo + len(part)] that belong
-        to some W^l (biases excluded): (L,) float64. Summed over a gradient's shards and
-        square-rooted, it gives every ‖∂loss/∂W^l‖ without ever joining the shards."""
-        return self.squares(part, lo)[0]
-
     def squares(self, part: np.ndarray, lo: int) -> tuple[np.ndarray, float]:
-        """(`weight_squares(part, lo)`, Σ part²): the per-layer sums and, from them and
-        the biases' entries, the whole part's; one pass over it (a step's statistics
-        read every entry of its gradient once)."""
+        """(weight squares, Σ part²) of a gradient's part θ[lo : lo + len(part)], in one
+        pass over it (a step's statistics read every entry of its gradient once).
+
+        Weight squares: Σ (∂loss/∂W^l)² per layer over the part's entries that belong to
+        some W^l (biases excluded), (L,) float64. Summed over a gradient's shards and
+        square-rooted, they give every ‖∂loss/∂W^l‖ without ever joining the shards. The
+        whole Σ part² adds the biases' entries to them."""
         hi = lo + len(part)
         squares = np.zeros(self.num_layers)
         biases = 0.0

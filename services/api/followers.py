@@ -71,9 +71,7 @@ class _Tail:
             if len(self.batches) >= _KEPT_BATCHES:
                 self.batches.clear()
             points = [response.point for response in self.responses[start:]]
-            batches = self.batches[key] = [
-                batch_of(points[i : i + BATCH_POINTS]) for i in range(0, len(points), BATCH_POINTS)
-            ]
+            batches = self.batches[key] = batches_of(points)
         return batches
 
     def extend(self, points: list[MetricPoint], limit: int) -> None:
@@ -148,8 +146,8 @@ class Followers:
                     )
                     protos = [convert.point_to_proto(point) for point in points]
                     if batched:
-                        for i in range(0, len(protos), BATCH_POINTS):
-                            yield batch_of(protos[i : i + BATCH_POINTS])
+                        for batch in batches_of(protos):
+                            yield batch
                     else:
                         for proto in protos:
                             yield pb.StreamMetricsResponse(point=proto)
@@ -235,9 +233,12 @@ class Followers:
         return record, points, False
 
 
-def batch_of(points: list[pb.MetricPoint]) -> pb.StreamMetricsResponse:
-    """One batched message of consecutive points (copied into it)."""
-    return pb.StreamMetricsResponse(points=pb.MetricPoints(points=points))
+def batches_of(points: list[pb.MetricPoint]) -> list[pb.StreamMetricsResponse]:
+    """Batched messages of consecutive points (copied into them), BATCH_POINTS to one."""
+    return [
+        pb.StreamMetricsResponse(points=pb.MetricPoints(points=points[i : i + BATCH_POINTS]))
+        for i in range(0, len(points), BATCH_POINTS)
+    ]
 
 
 def _final(record: JobRecord) -> pb.StreamMetricsResponse:

@@ -144,7 +144,7 @@ class StepReporter:
             else:
                 self.cohort.checkpoint()
             self.last_checkpoint = time.monotonic()
-        if is_evaluation and step < self.steps:
+        if self._is_rule_step(step):
             measured = {"loss": loss, **{f"validation_{k}": v for k, v in validation.items()}}
             reason = self.stopper.observe(step, measured)
             if reason is not None:
@@ -161,10 +161,15 @@ class StepReporter:
         for step, value in history:
             if step > resumed:
                 break
-            if step % self.eval_every == 0 and step < self.steps:
+            if self._is_rule_step(step):
                 reason = self.stopper.observe(step, {metric: value})
                 if reason is not None:
                     raise StoppedEarly(reason)
+
+    def _is_rule_step(self, step: int) -> bool:
+        """Whether `stop_when` looks at `step`: an evaluation step before the last (the
+        last ends the job anyway)."""
+        return step % self.eval_every == 0 and step < self.steps
 
     def _theta(self, theta: np.ndarray | None, theta_refs: list[ray.ObjectRef] | None):
         """θ after the step: `theta` if given, else from `theta_refs` or as the
