@@ -268,3 +268,28 @@ def test_at_most_fanout_slots_followers_have_a_message_on_its_way(store: JobStor
 def test_fanout_slots_must_be_positive(store: JobStore) -> None:
     with pytest.raises(ValueError, match="fanout_slots"):
         Followers(store, fanout_slots=0)
+
+
+def test_followers_that_leave_while_woken_or_in_line_leave_no_slot_taken(store: JobStore) -> None:
+    """One slot; three followers wait for the tail, points come, and two leave while
+    the tail's wake hands them the slot or lines them up for it. The one that stays,
+    and one that comes later, still get every step: the slot went on each time."""
+
+    async def scenario() -> None:
+        followers = Followers(store, fanout_slots=1)
+        tasks = await started(followers, 3)
+        await asyncio.sleep(0.2)  # each waits for the tail
+        write(store, followers, range(1, 4))
+        while not followers._tails["job-1"].last_step:  # the tail moved: all woken or in line
+            await asyncio.sleep(0)
+        for task in tasks[:2]:
+            task.cancel()
+        write(store, followers, range(4, 6))
+        later = asyncio.create_task(collect(followers))
+        await asyncio.sleep(0.2)
+        finish(store, followers)
+        stayed, came_later = await asyncio.wait_for(asyncio.gather(tasks[2], later), TIMEOUT_S)
+        assert stayed[0] == came_later[0] == [1, 2, 3, 4, 5]
+        assert stayed[1] is not None and came_later[1] is not None
+
+    asyncio.run(scenario())

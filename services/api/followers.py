@@ -13,6 +13,8 @@ Woken all at once, a thousand followers would put thousands of writes in front o
 every other callback of the event loop, and a health check or a GetJob arriving then
 waited for all of them (p99 115-180 ms under bench/load.py); taking turns, each waits
 for a few dozen (22-58 ms), for a wider spread of the same step over the followers.
+A follower waiting for the tail is not woken by new points themselves: the tail lines
+it up (`Turns.line_up`), and it wakes once, holding its slot.
 
 A follower that asks for `batched` messages gets the points that are ready together in
 one message (`points`, at most BATCH_POINTS): after a drain of the job's workers that is
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 
 from bptrain.v1 import training_pb2 as pb
 from services.api import convert
+from services.api.turns import Turns
 from services.errors import InvalidSpecError
 from services.jobs.records import JobRecord, MetricPoint
 from services.jobs.store import JobStore
@@ -56,7 +59,7 @@ class _Tail:
     responses: list[pb.StreamMetricsResponse] = field(default_factory=list)
     final: pb.StreamMetricsResponse | None = None
     followers: int = 0
-    moved: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: list[asyncio.Future[None]] = field(default_factory=list)  # for the tail to move
     is_refreshing: bool = False
     is_dirty: bool = False
     refresher: asyncio.Task | None = None
@@ -86,9 +89,13 @@ class _Tail:
             self.covered_after = self.steps[cut - 1]
             del self.steps[:cut], self.responses[:cut]
 
-    def wake(self) -> None:
-        self.moved.set()
-        self.moved = asyncio.Event()
+    def wake(self, turns: Turns) -> None:
+        """Every follower waiting for the tail lines up for a slot (in the order they
+        came), and wakes holding it."""
+        waiting, self.waiting = self.waiting, []
+        for woken in waiting:
+            if not woken.done():  # (cancelled: its follower left)
+                turns.line_up(woken)
 
 
 class Followers:
@@ -103,7 +110,7 @@ class Followers:
         self.tail_points = tail_points
         self._tails: dict[str, _Tail] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots = asyncio.Semaphore(fanout_slots)  # FIFO: waiting followers in line
+        self._turns = Turns(fanout_slots)  # FIFO: waiting followers in line
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The event loop the followers run on (the server's)."""
@@ -136,38 +143,45 @@ class Followers:
             raise InvalidSpecError("after_step", f"must be >= 0, got {after_step}")
         record = await asyncio.to_thread(check_access, job_id)
         tail = self._acquire(job_id, record)
+        slot = _Slot(self._turns)
         try:
             cursor = after_step
             while True:
-                moved = tail.moved
                 if cursor < tail.covered_after:  # behind the tail: page through the store
-                    points = await asyncio.to_thread(
-                        self.store.metrics_after, job_id, cursor, PAGE_POINTS
-                    )
-                    protos = [convert.point_to_proto(point) for point in points]
-                    if batched:
-                        for batch in batches_of(protos):
-                            yield batch
-                    else:
-                        for proto in protos:
-                            yield pb.StreamMetricsResponse(point=proto)
-                    cursor = points[-1].step if points else tail.covered_after
+                    slot.give()
+                    responses, cursor = await self._stored(job_id, cursor, tail, batched)
+                    for response in responses:
+                        yield response
                     continue
                 start = bisect.bisect_right(tail.steps, cursor)
                 if start < len(tail.steps):
                     last = tail.steps[-1]
                     ready = tail.batches_after(start) if batched else tail.responses[start:]
                     for response in ready:
-                        async with self._slots:  # held until the message is written
-                            yield response
+                        await slot.take()
+                        yield response  # the slot is held until the message is written
+                        slot.give()
                     cursor = last
                     continue
                 if tail.final is not None:
                     yield tail.final
                     return
-                await moved.wait()
+                await slot.wait_for(tail)
         finally:
+            slot.give()
             self._release(job_id, tail)
+
+    async def _stored(
+        self, job_id: str, cursor: int, tail: _Tail, batched: bool
+    ) -> tuple[list[pb.StreamMetricsResponse], int]:
+        """The next page of stored points after `cursor` as messages, and the new cursor."""
+        points = await asyncio.to_thread(self.store.metrics_after, job_id, cursor, PAGE_POINTS)
+        protos = [convert.point_to_proto(point) for point in points]
+        if batched:
+            responses = batches_of(protos)
+        else:
+            responses = [pb.StreamMetricsResponse(point=proto) for proto in protos]
+        return responses, points[-1].step if points else tail.covered_after
 
     def _acquire(self, job_id: str, record: JobRecord) -> _Tail:
         """The job's tail; a new one starts after `record` (the job as just read)."""
@@ -212,7 +226,7 @@ class Followers:
                 tail.extend(points, self.tail_points)
                 if is_complete and record.is_finished:
                     tail.final = _final(record)
-                tail.wake()
+                tail.wake(self._turns)
                 if tail.final is not None or (is_complete and not tail.is_dirty):
                     return
         except Exception:  # (the store closing under a shutdown): the next change reads again
@@ -239,6 +253,32 @@ def batches_of(points: list[pb.MetricPoint]) -> list[pb.StreamMetricsResponse]:
         pb.StreamMetricsResponse(points=pb.MetricPoints(points=points[i : i + BATCH_POINTS]))
         for i in range(0, len(points), BATCH_POINTS)
     ]
+
+
+class _Slot:
+    """One follower's hold on a slot of the fan-out's turns (at most one)."""
+
+    def __init__(self, turns: Turns) -> None:
+        self.turns = turns
+        self.is_held = False
+
+    async def take(self) -> None:
+        if not self.is_held:
+            await self.turns.take()
+            self.is_held = True
+
+    def give(self) -> None:
+        if self.is_held:
+            self.is_held = False
+            self.turns.give()
+
+    async def wait_for(self, tail: _Tail) -> None:
+        """Until the tail moves; then this follower holds a slot (woken once, with it)."""
+        self.give()  # (woken with nothing new for this follower)
+        woken = asyncio.get_running_loop().create_future()
+        tail.waiting.append(woken)  # no await since the follower's checks: no wake missed
+        await self.turns.holding(woken)
+        self.is_held = True
 
 
 def _final(record: JobRecord) -> pb.StreamMetricsResponse:
