@@ -293,3 +293,23 @@ def test_followers_that_leave_while_woken_or_in_line_leave_no_slot_taken(store: 
         assert stayed[1] is not None and came_later[1] is not None
 
     asyncio.run(scenario())
+
+
+def test_followers_that_leave_a_still_tail_leave_nothing_on_it(store: JobStore) -> None:
+    """A job that makes no progress while its followers come and go (one stays): the
+    tail keeps no trace of the ones that left."""
+
+    async def scenario() -> None:
+        followers = Followers(store)
+        stays = await started(followers, 1)
+        for _ in range(3):
+            leaving = await started(followers, 5)
+            for task in leaving:
+                task.cancel()
+            await asyncio.gather(*leaving, return_exceptions=True)
+        assert len(followers._tails["job-1"].waiting) == 1  # the one that stays
+        finish(store, followers)
+        steps, final = await asyncio.wait_for(stays[0], TIMEOUT_S)
+        assert steps == [] and final is not None and final.state == pb.SUCCEEDED
+
+    asyncio.run(scenario())

@@ -277,7 +277,12 @@ class _Slot:
         self.give()  # (woken with nothing new for this follower)
         woken = asyncio.get_running_loop().create_future()
         tail.waiting.append(woken)  # no await since the follower's checks: no wake missed
-        await self.turns.holding(woken)
+        try:
+            await self.turns.holding(woken)
+        except BaseException:  # (it left): nothing of it stays on a tail that does not move
+            if woken in tail.waiting:
+                tail.waiting.remove(woken)
+            raise
         self.is_held = True
 
 
