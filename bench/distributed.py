@@ -25,6 +25,10 @@ Rows:
                   No validation split and no checkpoints, so every step is training.
   ray_train_torch TorchTrainer + DDP (gloo) on the same model, batch and CPUs; timed inside
                   the training loop. Needs `ray[train]` (not a dependency of bptrain).
+  loop_no_ray     bptrain's colocated workers (the same classes, spec and shards) in plain
+                  processes, no Ray (bench/plain_loop.py): what this host allows the
+                  step loop, measured in the same run; `bptrain` against it is what
+                  running under Ray costs here. Not a goal row: context for the goals.
 
 A row whose spec the service rejects (a field not there yet), or whose library is not
 installed, prints "unavailable: <reason>"; a row that ran and failed, "failed: <reason>".
@@ -66,6 +70,10 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling plain_loop
+
+from plain_loop import LoopFailed, StepEnd, run_plain_loop
+
 from services.datasets import DatasetOptions, load_dataset
 from services.paramserver.colocated_state import thread_runqueue_seconds
 from services.paramserver.optimizers import OptimizerConfig, apply_update, init_state
@@ -83,7 +91,15 @@ LOCAL_BATCH = 256  # samples per worker per step
 SSP_STALENESS = 2
 SEED = 0
 POLL_TIMEOUT_S = 0.5  # as services/jobs/monitor.py polls a runner
-IMPLS = ("single", "naive_ray_ps", "bptrain", "bptrain_graph", "bptrain_tasks", "ray_train_torch")
+IMPLS = (
+    "single",
+    "naive_ray_ps",
+    "bptrain",
+    "bptrain_graph",
+    "bptrain_tasks",
+    "ray_train_torch",
+    "loop_no_ray",
+)
 # The JobRunner's bsp transport per row: the service's own choice, or the parameter-server
 # actor paths it keeps (a compiled graph; one task per hop).
 TRANSPORT = {"bptrain": "auto", "bptrain_graph": "graph", "bptrain_tasks": "tasks"}
@@ -94,7 +110,7 @@ class Unavailable(Exception):
     """The row cannot run here (a spec field the service lacks, a missing library)."""
 
 
-REPEATED_IMPLS = ("bptrain", "ray_train_torch")  # the rows the goals read
+REPEATED_IMPLS = ("bptrain", "ray_train_torch", "loop_no_ray")  # the rows the goals read
 DEFAULT_REPEATS = 3  # paired runs of each goal row in a full run (one with --quick)
 
 
@@ -530,6 +546,45 @@ def breakdown(
     }
 
 
+# --- the same step loop without Ray ---------------------------------------------------------
+
+
+def measure_loop_no_ray(plan: Plan, settings: Settings) -> Measurement:
+    """bptrain's colocated workers in plain processes (bench/plain_loop.py) on the row's
+    spec and shards; their own phase timings and CPU per step, as the bptrain rows'."""
+    from services.jobs.training_data import prepare_data
+
+    spec = bptrain_spec(plan, settings)
+    try:
+        ends, profiles = run_plain_loop(spec, prepare_data(spec), settings.warmup + settings.steps)
+    except LoopFailed as error:
+        raise RowFailed(str(error)) from None
+    records = step_records(ends, plan.workers, is_async=plan.mode != "bsp")
+    measurement = summarise(records, settings.warmup)
+    return dataclasses.replace(
+        measurement,
+        breakdown=breakdown(measurement, records, profiles),
+        cpu_per_step={"workers": statistics.fmean(p["cpu_s"] for p in profiles)},
+    )
+
+
+def step_records(ends: Sequence[StepEnd], workers: int, is_async: bool) -> list[StepRecord]:
+    """Step t ends when every worker has finished its step (bsp) or push (asp/ssp) t;
+    its samples: bsp's total, which every worker reports, or the pushes' sum."""
+    by_step: dict[int, list[StepEnd]] = {}
+    for end in ends:
+        by_step.setdefault(end.step, []).append(end)
+    start = min(end.finished_at for end in ends)
+    records = []
+    for step in sorted(by_step):
+        group = by_step[step]
+        if len(group) < workers:
+            break  # not every worker got this far (asp: the others had stopped)
+        samples = sum(end.samples for end in group) if is_async else group[0].samples
+        records.append(StepRecord(max(end.finished_at for end in group) - start, samples))
+    return records
+
+
 # --- Ray Train -------------------------------------------------------------------------------
 
 
@@ -628,6 +683,9 @@ def default_plans(quick: bool) -> tuple[Plan, ...]:
         ]
     for mode in ("ssp", "asp"):
         bptrain += [Plan("bptrain", mode, workers) for workers in ((2,) if quick else (1, 2))]
+    no_ray = [Plan("loop_no_ray", "bsp", w) for w in ((2,) if quick else (1, 2))]
+    if not quick:
+        no_ray += [Plan("loop_no_ray", mode, 2) for mode in ("ssp", "asp")]
     big = (
         []
         if quick
@@ -641,6 +699,7 @@ def default_plans(quick: bool) -> tuple[Plan, ...]:
         Plan("single", "sgd", 1),
         *(Plan("naive_ray_ps", "sync", workers) for workers in naive_workers),
         *bptrain,
+        *no_ray,
         Plan("ray_train_torch", "ddp", 1),
         Plan("ray_train_torch", "ddp", 2),
         *big,
@@ -656,6 +715,8 @@ def measure(plan: Plan, X: np.ndarray, y: np.ndarray, settings: Settings) -> Mea
         return measure_bptrain(plan, settings)
     if plan.impl == "ray_train_torch":
         return measure_ray_train(plan.workers, settings)
+    if plan.impl == "loop_no_ray":
+        return measure_loop_no_ray(plan, settings)
     raise ValueError(f"unknown impl {plan.impl!r}")
 
 
@@ -964,7 +1025,29 @@ def format_goals(rows: Sequence[Row]) -> str:
             f"{median_ratio:.2f}x{_runs(ours)}{_runs(theirs, 'theirs')}) "
             f"{verdict(ratio >= 2.0)}"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *format_ceilings(rows)])
+
+
+def format_ceilings(rows: Sequence[Row]) -> list[str]:
+    """Context for the goals, not a goal: the same step loop without Ray in this run
+    (loop_no_ray), and the share of it that the service's row reaches."""
+    lines = []
+    for mode, workers in (("bsp", 1), ("bsp", 2), ("ssp", 2), ("asp", 2)):
+        plain = _best(rows, "loop_no_ray", workers, (mode,))
+        if plain is None:
+            continue
+        line = (
+            f"  {mode} {workers}w: {plain.efficiency_vs_single:.2f}x single (from median "
+            f"steps {plain.efficiency_median_step:.2f}x{_runs(plain)})"
+        )
+        ours = _best(rows, "bptrain", workers, (mode,))
+        if ours is not None:
+            share = ours.efficiency_vs_single / plain.efficiency_vs_single
+            line += f"; bptrain {ours.efficiency_vs_single:.2f}x, {100 * share:.0f} % of it"
+        lines.append(line)
+    if lines:
+        lines.insert(0, "the same step loop without Ray, this run (context, not a goal)")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

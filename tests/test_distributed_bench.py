@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import re
 import subprocess
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from services.jobs.training_data import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "distributed.py"
@@ -108,6 +112,82 @@ def test_the_goals_compare_with_torchtrainer_and_show_every_run(bench) -> None:
     assert goals[6].endswith("theirs 0.90/1.00/1.10) NOT met")
 
 
+def test_the_goals_end_with_the_loop_without_ray_and_the_share_the_service_reaches(
+    bench,
+) -> None:
+    def row(impl: str, mode: str, workers: int, efficiency: float, runs=None):
+        return bench.Row(
+            impl,
+            mode,
+            workers,
+            1,
+            256 * workers,
+            samples_per_s=1000.0 * efficiency,
+            efficiency_vs_single=efficiency,
+            efficiency_median_step=efficiency,
+            reference_samples_per_s=1000.0,
+            efficiency_runs=runs,
+        )
+
+    rows = [
+        row("single", "sgd", 1, 1.0),
+        row("bptrain", "bsp", 2, 1.5),
+        row("loop_no_ray", "bsp", 2, 1.6, [1.5, 1.6, 1.7]),
+        row("loop_no_ray", "asp", 2, 1.9),
+    ]
+    lines = bench.format_goals(rows).splitlines()
+    start = lines.index("the same step loop without Ray, this run (context, not a goal)")
+    assert lines[start + 1 :] == [
+        "  bsp 2w: 1.60x single (from median steps 1.60x; runs 1.50/1.60/1.70); "
+        "bptrain 1.50x, 94 % of it",
+        "  asp 2w: 1.90x single (from median steps 1.90x)",  # no bptrain asp row ran
+    ]
+    assert "context" not in bench.format_goals(rows[:2])  # no loop_no_ray row: no context
+
+
+def test_a_step_of_the_plain_loop_ends_when_every_worker_finished_it(bench) -> None:
+    ends = [
+        bench.StepEnd(0, 1, 10.0, 512),
+        bench.StepEnd(1, 1, 10.5, 512),
+        bench.StepEnd(0, 2, 11.0, 512),
+        bench.StepEnd(1, 2, 11.2, 512),
+        bench.StepEnd(0, 3, 12.0, 512),  # worker 1 never finished step 3
+    ]
+    bsp = bench.step_records(ends, workers=2, is_async=False)
+    assert [(r.end_s, r.samples) for r in bsp] == [(0.5, 512), (pytest.approx(1.2), 512)]
+    pushes = [bench.StepEnd(w, step, 10.0 + step + w, 256) for step in (1, 2) for w in (0, 1)]
+    asp = bench.step_records(pushes, workers=2, is_async=True)
+    assert [(r.end_s, r.samples) for r in asp] == [(1.0, 512), (2.0, 512)]  # pushes summed
+
+
+@pytest.mark.parametrize("mode", ["bsp", "asp"])
+def test_the_plain_loop_trains_every_step_of_every_worker_without_ray(bench, mode) -> None:
+    settings = bench.Settings(warmup=2, steps=8, samples=3000)
+    spec = bench.bptrain_spec(bench.Plan("loop_no_ray", mode, 2), settings)
+    ends, profiles = bench.run_plain_loop(spec, prepare_data(spec), steps=10)
+    every = [(worker, step) for worker in (0, 1) for step in range(1, 11)]
+    assert sorted((e.worker, e.step) for e in ends) == every
+    assert [p["steps"] for p in profiles] == [10, 10]
+    batch = 512 if mode == "bsp" else 256  # bsp: the step's, over both workers
+    assert all(0 < e.samples <= batch for e in ends)  # an epoch's last batch may be short
+    if mode == "bsp":  # every worker reports the same step
+        assert {(e.step, e.samples) for e in ends if e.worker == 0} == {
+            (e.step, e.samples) for e in ends if e.worker == 1
+        }
+
+
+def test_a_plain_worker_that_fails_fails_the_row_with_its_reason_and_leaves_no_process(
+    bench,
+) -> None:
+    settings = bench.Settings(warmup=2, steps=8, samples=3000)
+    spec = bench.bptrain_spec(bench.Plan("loop_no_ray", "bsp", 2), settings)
+    data = prepare_data(spec)
+    too_few = dataclasses.replace(data, X_train=data.X_train[:, :5])  # not the model's 784
+    with pytest.raises(bench.LoopFailed, match=r"plain worker \d: ValueError"):
+        bench.run_plain_loop(spec, too_few, steps=10)
+    assert not multiprocessing.active_children()
+
+
 def test_only_the_goal_rows_of_the_base_model_are_repeated(bench) -> None:
     settings = bench.Settings(warmup=1, steps=2, samples=1000, repeats=3)
     assert bench.repeats_of(bench.Plan("bptrain", "asp", 2), settings) == 3
@@ -199,6 +279,7 @@ def test_the_quick_run_reports_every_row(bench, tmp_path: Path) -> None:
     assert 0 <= naive["comm_fraction"] <= 1
     for workers in (1, 2):
         assert by_key[("bptrain", "bsp", workers)]["status"] == "ok"
+    assert by_key[("loop_no_ray", "bsp", 2)]["status"] == "ok"  # the service's loop, no Ray
     if sys.platform == "linux":  # how long each step loop waited for a CPU, per step
         # A mean over every step, so under load it may pass the median step: no upper bound.
         for row in (single, by_key[("bptrain", "bsp", 1)], by_key[("bptrain", "bsp", 2)]):
