@@ -68,21 +68,26 @@ def test_a_goal_row_is_the_pair_of_median_ratio_and_keeps_every_ratio(bench, mon
     assert (reference.samples_per_s, measurement.samples_per_s) == (50.0, 45.0)
 
 
+def goal_row(bench, impl: str, mode: str, workers: int, efficiency: float, runs=None):
+    """A measured row at `efficiency` against a reference of 1,000 samples/s."""
+    return bench.Row(
+        impl,
+        mode,
+        workers,
+        1,
+        256 * workers,
+        samples_per_s=1000.0 * efficiency,
+        efficiency_vs_single=efficiency,
+        efficiency_median_step=efficiency,
+        reference_samples_per_s=1000.0,
+        reference_step_ms=1.0,
+        efficiency_runs=runs,
+    )
+
+
 def test_the_goals_compare_with_torchtrainer_and_show_every_run(bench) -> None:
-    def row(impl: str, mode: str, workers: int, efficiency: float, runs: list[float]):
-        return bench.Row(
-            impl,
-            mode,
-            workers,
-            1,
-            256 * workers,
-            samples_per_s=1000.0 * efficiency,
-            efficiency_vs_single=efficiency,
-            efficiency_median_step=efficiency,
-            reference_samples_per_s=1000.0,
-            reference_step_ms=1.0,
-            efficiency_runs=runs,
-        )
+    def row(*args):
+        return goal_row(bench, *args)
 
     rows = [
         row("single", "sgd", 1, 1.0, None),
@@ -115,19 +120,8 @@ def test_the_goals_compare_with_torchtrainer_and_show_every_run(bench) -> None:
 def test_the_goals_end_with_the_loop_without_ray_and_the_share_the_service_reaches(
     bench,
 ) -> None:
-    def row(impl: str, mode: str, workers: int, efficiency: float, runs=None):
-        return bench.Row(
-            impl,
-            mode,
-            workers,
-            1,
-            256 * workers,
-            samples_per_s=1000.0 * efficiency,
-            efficiency_vs_single=efficiency,
-            efficiency_median_step=efficiency,
-            reference_samples_per_s=1000.0,
-            efficiency_runs=runs,
-        )
+    def row(*args):
+        return goal_row(bench, *args)
 
     rows = [
         row("single", "sgd", 1, 1.0),
