@@ -325,6 +325,7 @@ def summary(
         "followers": args.followers,
         "clients": args.clients,
         "rate_per_client": args.rate,
+        "grpcio": grpc.__version__,  # its server's accept loop changed in 1.84 (README)
         "channels": args.channels,
         "batched": args.batched,
         "job_state": pb.JobState.Name(final.state),
@@ -351,7 +352,7 @@ def print_table(result: dict) -> None:
         f"{result['clients']} clients at "
         f"{result['rate_per_client'] or 'back-to-back'} rounds/s; "
         f"job {result['job_state']} after {result['job_steps']} "
-        f"steps ({result['stored_points']} points stored)"
+        f"steps ({result['stored_points']} points stored); grpcio {result['grpcio']}"
     )
     wall = result["cpu"]["wall_s"]
     print(f"{'what':<16} {'count':>8} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8} {'goal p99':>9}")

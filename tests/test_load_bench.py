@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ def test_a_small_run_reports_every_follower_exact_and_each_process_cpu(
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     assert result["job_state"] == "SUCCEEDED" and result["batched"] is batched
+    assert result["grpcio"] == grpc.__version__  # the server's accept loop depends on it
     assert result["stored_points"] == 12
     assert result["followers_exact"] == 12  # every step once, then the final job, in each
     assert result["follower_errors"] == [] and result["errors"] == {}
