@@ -41,20 +41,17 @@ def run_plain_loop(spec, data, steps: int) -> tuple[list[StepEnd], list[dict]]:
     """Train the validated JobSpec `spec` for `steps` steps on `data` (its TrainingData)
     in spec.workers plain processes. Returns every worker's step ends and profiles
     (`ShardKeeper.profile`)."""
+    from services.jobs.colocated_cohort import worker_arguments, worker_kind
+
     context = multiprocessing.get_context("spawn")  # the parent may run Ray's threads
-    is_async = spec.consistency != "bsp"
-    server = spec.server_config(spec.schedule.schedule(steps))
+    kind = worker_kind(spec)
+    server = spec.server_config(spec.schedule.schedule(steps))  # as the cohort's
     pipes, processes = [], []
     for i in range(spec.workers):
-        X, y = data.shard(i)
-        arguments = {"workers": spec.workers, "server": server, "X": X, "y": y}
-        arguments["worker"] = spec.worker_config(i, data.plan)
-        if is_async:
-            arguments["staleness_bound"] = spec.staleness_bound
-            arguments["staleness_aware_lr"] = spec.staleness_aware_lr
+        arguments = worker_arguments(spec, server, data.plan, i, *data.shard(i))
         ours, theirs = context.Pipe()
         process = context.Process(
-            target=_worker_main, args=(arguments, is_async, steps, theirs), daemon=True
+            target=_worker_main, args=(kind, arguments, steps, theirs), daemon=True
         )
         process.start()
         theirs.close()
@@ -96,16 +93,15 @@ def _receive(pipe: Connection, worker: int, phase: str):
     return message
 
 
-def _worker_main(arguments: dict, is_async: bool, steps: int, pipe: Connection) -> None:
+def _worker_main(kind: type, arguments: dict, steps: int, pipe: Connection) -> None:
     """One plain worker process: build, join the mesh, train, send the step ends."""
-    from services.paramserver.colocated import ColocatedWorker
     from services.paramserver.colocated_async import AsyncColocatedWorker
 
     index = arguments["worker"].batches.worker_index
+    is_async = issubclass(kind, AsyncColocatedWorker)  # its pushes count clocks from 0
     worker = None
     try:
         with threadpool_limits(limits=1):
-            kind = AsyncColocatedWorker if is_async else ColocatedWorker
             worker = kind(**arguments)
             pipe.send(worker.endpoint())
             endpoints, tag = pipe.recv()

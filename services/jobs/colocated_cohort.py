@@ -28,8 +28,10 @@ from services.jobs.spec import JobSpec
 from services.jobs.training_data import TrainingData
 from services.paramserver.colocated import ColocatedWorker, Drained, ShardState
 from services.paramserver.colocated_async import AsyncColocatedWorker, NotOneNode
+from services.paramserver.server_config import ServerConfig
 from worker.gradient_worker import GradientWorker
 from worker.layout import ParamLayout
+from worker.sampling import BatchPlan
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,29 @@ def is_colocated(spec: JobSpec) -> bool:
     if spec.ps_shards != 1 or spec.compression != "none":
         return False
     return spec.consistency != "bsp" or spec.workers == 1 or not spec.optimizer.clip_norm
+
+
+def worker_kind(spec: JobSpec) -> type[ColocatedWorker]:
+    """The colocated worker class of a job: bsp's, or asp/ssp's shared parameter server."""
+    return ColocatedWorker if spec.consistency == "bsp" else AsyncColocatedWorker
+
+
+def worker_arguments(
+    spec: JobSpec, server: ServerConfig, plan: BatchPlan, i: int, X: object, y: object
+) -> dict:
+    """Worker i's `worker_kind(spec)` arguments from step 0, on its shard X, y (arrays or
+    their ObjectRefs)."""
+    arguments = {
+        "workers": spec.workers,
+        "server": server,
+        "worker": spec.worker_config(i, plan),
+        "X": X,
+        "y": y,
+    }
+    if spec.consistency != "bsp":
+        arguments["staleness_bound"] = spec.staleness_bound
+        arguments["staleness_aware_lr"] = spec.staleness_aware_lr
+    return arguments
 
 
 class ColocatedCohort:
@@ -137,7 +162,7 @@ class ColocatedCohort:
 
     @property
     def _kind(self) -> type[ColocatedWorker]:
-        return ColocatedWorker if self.spec.consistency == "bsp" else AsyncColocatedWorker
+        return worker_kind(self.spec)
 
     def _new_worker(
         self, i: int, resume: ShardState | None, theta_ref: ray.ObjectRef | None
@@ -160,24 +185,9 @@ class ColocatedCohort:
     ) -> dict:
         """Worker i's arguments; from `resume` (its shard) and `theta_ref` (the whole θ)
         when given."""
-        spec, plan = self.spec, self.data.plan
         X, y = self._shards[i]
-        extra = {}
-        if spec.consistency != "bsp":
-            extra = {
-                "staleness_bound": spec.staleness_bound,
-                "staleness_aware_lr": spec.staleness_aware_lr,
-            }
-        return {
-            **extra,
-            "workers": spec.workers,
-            "server": self.server,
-            "worker": spec.worker_config(i, plan),
-            "X": X,
-            "y": y,
-            "resume": resume,
-            "resume_theta": theta_ref,
-        }
+        arguments = worker_arguments(self.spec, self.server, self.data.plan, i, X, y)
+        return {**arguments, "resume": resume, "resume_theta": theta_ref}
 
     def launch(
         self,
