@@ -111,6 +111,7 @@ class Unavailable(Exception):
 
 
 REPEATED_IMPLS = ("bptrain", "ray_train_torch", "loop_no_ray")  # the rows the goals read
+RAY_FREE_IMPLS = ("single", "loop_no_ray")  # measured before Ray starts
 DEFAULT_REPEATS = 3  # paired runs of each goal row in a full run (one with --quick)
 
 
@@ -721,24 +722,18 @@ def measure(plan: Plan, X: np.ndarray, y: np.ndarray, settings: Settings) -> Mea
 
 
 def start_ray(num_cpus: int) -> bool:
-    """A fresh embedded Ray with the tests' settings (services.cluster.connect's), never a
-    cluster that happens to run here (address "local"); whether this call started it."""
+    """A fresh embedded Ray as the service starts one (services.cluster.start_embedded),
+    never a cluster that happens to run here (address "local"); whether this call
+    started it."""
     import ray
 
-    from services.cluster import NAMESPACE
+    from services.cluster import start_embedded
 
     if ray.is_initialized():
         return False
     for name in THREAD_ENV:  # inherited by the raylet, so by every Ray worker process
         os.environ[name] = "1"
-    ray.init(
-        address="local",
-        namespace=NAMESPACE,
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    start_embedded(num_cpus, address="local")
     return True
 
 
@@ -771,49 +766,27 @@ def log_ray_costs() -> None:
 
 
 def run(settings: Settings) -> list[Row]:
-    """Measure every planned row, one after another; efficiency against the single row."""
+    """Measure every planned row, one after another; efficiency against the single row.
+    The rows that need no Ray (RAY_FREE_IMPLS) run first, before Ray starts, so that no
+    Ray process is beside them; the table keeps the plans' order."""
     import ray
 
     X, y = training_rows(settings.samples)
     num_cpus = max(plan.workers for plan in settings.plans)
+    plans = settings.plans
+    order = sorted(range(len(plans)), key=lambda i: plans[i].impl not in RAY_FREE_IMPLS)
     started_ray = is_ray_up = False
-    rows: list[Row] = []
+    measured: dict[int, Row] = {}
     try:
-        for plan in settings.plans:
-            if plan.impl != "single" and not is_ray_up:  # single runs before Ray's start-up
+        for i in order:
+            if plans[i].impl not in RAY_FREE_IMPLS and not is_ray_up:
                 started_ray, is_ray_up = start_ray(num_cpus), True
                 log_ray_costs()
-            row = Row(plan.impl, plan.mode, plan.workers, plan.shards, plan.batch, plan.model)
-            began, stolen = time.perf_counter(), host_cpu_times()
-            try:
-                reference, measurement, ratios = measure_paired(plan, X, y, settings)
-                row.reference_samples_per_s = reference.samples_per_s
-                row.reference_step_ms = reference.step_ms_median
-                row.efficiency_runs = ratios if len(ratios) > 1 else None
-            except Unavailable as error:
-                row.status, row.reason = "unavailable", str(error)
-            except RowFailed as error:
-                row.status, row.reason = "failed", str(error)
-            except Exception as error:
-                logger.exception("%s %s %dw: unexpected error", plan.impl, plan.mode, plan.workers)
-                row.status, row.reason = "failed", f"{type(error).__name__}: {error}"[:300]
-            else:
-                for name, value in asdict(measurement).items():
-                    setattr(row, name, value)
-            row.steal_fraction = steal_since(stolen)
-            logger.info(
-                "%-16s %-5s %dw %ds: %s (%.1f s)",
-                plan.impl,
-                plan.mode,
-                plan.workers,
-                plan.shards,
-                f"{row.samples_per_s:.0f} samples/s" if row.status == "ok" else row.reason,
-                time.perf_counter() - began,
-            )
-            rows.append(row)
+            measured[i] = measure_row(plans[i], X, y, settings)
     finally:
         if started_ray:
             ray.shutdown()
+    rows = [measured[i] for i in sorted(measured)]
     for row in rows:
         if row.samples_per_s is not None and row.reference_samples_per_s is not None:
             row.efficiency_vs_single = row.samples_per_s / row.reference_samples_per_s
@@ -822,6 +795,38 @@ def run(settings: Settings) -> list[Row]:
                 LOCAL_BATCH / row.reference_step_ms
             )
     return rows
+
+
+def measure_row(plan: Plan, X: np.ndarray, y: np.ndarray, settings: Settings) -> Row:
+    """One row of the table: `plan` measured against its references, or why it is not."""
+    row = Row(plan.impl, plan.mode, plan.workers, plan.shards, plan.batch, plan.model)
+    began, stolen = time.perf_counter(), host_cpu_times()
+    try:
+        reference, measurement, ratios = measure_paired(plan, X, y, settings)
+        row.reference_samples_per_s = reference.samples_per_s
+        row.reference_step_ms = reference.step_ms_median
+        row.efficiency_runs = ratios if len(ratios) > 1 else None
+    except Unavailable as error:
+        row.status, row.reason = "unavailable", str(error)
+    except RowFailed as error:
+        row.status, row.reason = "failed", str(error)
+    except Exception as error:
+        logger.exception("%s %s %dw: unexpected error", plan.impl, plan.mode, plan.workers)
+        row.status, row.reason = "failed", f"{type(error).__name__}: {error}"[:300]
+    else:
+        for name, value in asdict(measurement).items():
+            setattr(row, name, value)
+    row.steal_fraction = steal_since(stolen)
+    logger.info(
+        "%-16s %-5s %dw %ds: %s (%.1f s)",
+        plan.impl,
+        plan.mode,
+        plan.workers,
+        plan.shards,
+        f"{row.samples_per_s:.0f} samples/s" if row.status == "ok" else row.reason,
+        time.perf_counter() - began,
+    )
+    return row
 
 
 def repeats_of(plan: Plan, settings: Settings) -> int:

@@ -4,9 +4,10 @@ The bench's `loop_no_ray` rows. The service's own `ColocatedWorker` (bsp) and
 `AsyncColocatedWorker` (asp, ssp), the classes a job's runner makes Ray actors of, run
 here in N plain processes (multiprocessing, spawn) on the job's own shards and spec,
 joined by the same mesh and shared memory, one BLAS thread each. No runner, no drains
-while they train, no Ray process at work beside them. What they reach against `single`
-is the host's ceiling for this step loop (its barriers, its shared θ); a `bptrain` row
-against it is what running under Ray costs on this host.
+while they train, and no Ray process beside them: the bench runs these rows before it
+starts Ray. What they reach against `single` is the host's ceiling for this step loop
+(its barriers, its shared θ); a `bptrain` row against it is what running under Ray,
+its daemons included, costs on this host.
 
     steps, profiles = run_plain_loop(spec, data, steps=220)
 """

@@ -68,6 +68,44 @@ def test_a_goal_row_is_the_pair_of_median_ratio_and_keeps_every_ratio(bench, mon
     assert (reference.samples_per_s, measurement.samples_per_s) == (50.0, 45.0)
 
 
+def test_the_rows_without_ray_run_before_ray_starts_and_keep_their_place(
+    bench, monkeypatch
+) -> None:
+    import ray
+
+    events: list[str] = []
+
+    def measured(plan, *args):
+        events.append(f"{plan.impl}, Ray {'up' if 'ray' in events else 'down'}")
+        return bench.Row(plan.impl, plan.mode, plan.workers, plan.shards, plan.batch, plan.model)
+
+    def start_ray(num_cpus: int) -> bool:
+        events.append("ray")
+        return True  # started here: run() shuts it down
+
+    monkeypatch.setattr(bench, "training_rows", lambda samples: (None, None))
+    monkeypatch.setattr(bench, "start_ray", start_ray)
+    monkeypatch.setattr(bench, "log_ray_costs", lambda: None)
+    monkeypatch.setattr(bench, "measure_row", measured)
+    monkeypatch.setattr(ray, "shutdown", lambda: events.append("shutdown"))
+    plans = (
+        bench.Plan("single", "sgd", 1),
+        bench.Plan("bptrain", "bsp", 2),
+        bench.Plan("loop_no_ray", "bsp", 2),
+        bench.Plan("single", "sgd", 1, model="big"),
+    )
+    rows = bench.run(bench.Settings(warmup=1, steps=2, samples=100, plans=plans))
+    assert events == [
+        "single, Ray down",
+        "loop_no_ray, Ray down",
+        "single, Ray down",
+        "ray",
+        "bptrain, Ray up",
+        "shutdown",
+    ]
+    assert [(row.impl, row.model) for row in rows] == [(plan.impl, plan.model) for plan in plans]
+
+
 def goal_row(bench, impl: str, mode: str, workers: int, efficiency: float, runs=None):
     """A measured row at `efficiency` against a reference of 1,000 samples/s."""
     return bench.Row(
