@@ -31,6 +31,7 @@ def ray_start(address: str) -> list[str]:
         "--num-cpus=0",
         f"--object-store-memory={OBJECT_STORE_BYTES}",
         "--disable-usage-stats",
+        "--include-log-monitor=false",  # as every node of the compose file
     ]
 
 

@@ -88,6 +88,16 @@ def test_ray_nodes_run_the_documented_commands(compose: dict) -> None:
     assert compose["services"]["ray-worker"]["deploy"]["replicas"] >= 2
 
 
+def test_ray_nodes_start_no_idle_workers_and_no_log_monitor(compose: dict) -> None:
+    from services.node import ray_start
+
+    for name in BPTRAIN_SERVICES:  # the API's node: services.node's `ray start`
+        service = compose["services"][name]
+        assert service["environment"]["RAY_prestart_worker_first_driver"] == "0", name
+        command = ray_start("ray-head:6379") if name == "api" else service["command"]
+        assert flag(command, "--include-log-monitor") == "false", name
+
+
 def test_ray_nodes_have_shared_memory_for_their_object_store(compose: dict) -> None:
     for name in RAY_SERVICES:
         service = compose["services"][name]
