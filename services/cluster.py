@@ -68,9 +68,8 @@ def _stop_log_monitor() -> None:
     """Stop the embedded node's log monitor (it polls the log directory ten times a
     second). `ray start --include-log-monitor=false` does the same for a cluster's
     nodes; `ray.init` has no such option, so this reaches the node it started."""
-    node = getattr(ray._private.worker, "_global_node", None)
     try:
-        node.kill_log_monitor(check_alive=False)
+        ray._private.worker._global_node.kill_log_monitor(check_alive=False)
     except Exception as error:  # a Ray without it: only a cost, never a fault
         log.info("the embedded Ray's log monitor keeps running: %s", error)
 
