@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.node import ray_start
 from tests.test_compose_topology import COMPOSE, interpolate, load_compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +90,6 @@ def test_ray_nodes_run_the_documented_commands(compose: dict) -> None:
 
 
 def test_ray_nodes_start_no_idle_workers_and_no_log_monitor(compose: dict) -> None:
-    from services.node import ray_start
-
     for name in BPTRAIN_SERVICES:  # the API's node: services.node's `ray start`
         service = compose["services"][name]
         assert service["environment"]["RAY_prestart_worker_first_driver"] == "0", name

@@ -122,7 +122,9 @@ class ColocatedCohort:
             theta_ref = ray.put(latest.theta)
         self._generation += 1
         kept, self._kept = self._kept, None  # only the first start renews kept workers
-        renewed = kept.take(self._kind, self.worker_cpus, self.spec.device, n) if kept else []
+        renewed = (
+            kept.take(worker_kind(self.spec), self.worker_cpus, self.spec.device, n) if kept else []
+        )
         created = [self._new_worker(i, resumes[i], theta_ref) for i in range(len(renewed), n)]
         self.workers = renewed + created
         try:
@@ -160,16 +162,12 @@ class ColocatedCohort:
             log.info("job %s: restored from the checkpoint of step %d", self.job_id, step)
         return step
 
-    @property
-    def _kind(self) -> type[ColocatedWorker]:
-        return worker_kind(self.spec)
-
     def _new_worker(
         self, i: int, resume: ShardState | None, theta_ref: ray.ObjectRef | None
     ) -> ray.actor.ActorHandle:
         """Worker i in a new process; see `_arguments`."""
         return (
-            remote_class(self._kind)
+            remote_class(worker_kind(self.spec))
             .options(
                 name=actor_name(self.job_id, "worker", i, self._generation, self._incarnation),
                 num_cpus=self.worker_cpus,
@@ -247,4 +245,4 @@ class ColocatedCohort:
             self.workers = workers
             self.release()
             return None
-        return KeptWorkers(workers, self._kind, self.worker_cpus, self.spec.device)
+        return KeptWorkers(workers, worker_kind(self.spec), self.worker_cpus, self.spec.device)
